@@ -1,0 +1,5 @@
+"""``python -m edge`` is the ``facegate`` command."""
+
+from edge.cli import main
+
+raise SystemExit(main())

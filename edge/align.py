@@ -1,0 +1,80 @@
+"""Face alignment: a similarity transform from detector keypoints to a canonical template.
+
+The embedder was trained on faces in a fixed position; we estimate the
+rotation + uniform scale + translation (4 degrees of freedom) that maps the
+detected eyes, nose tip and mouth centre onto the template's points in the
+least-squares sense (Umeyama, 1991), and warp the frame with it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from edge.errors import ModelError
+from edge.types import Detection, Image
+
+F32 = npt.NDArray[np.float32]
+
+# BlazeFace keypoint order: 0 right eye, 1 left eye, 2 nose tip, 3 mouth centre,
+# 4 right ear tragion, 5 left ear tragion (right/left of the subject, so the
+# "right eye" appears on the left of the image). Ears are often hidden: unused.
+ALIGN_KEYPOINTS = (0, 1, 2, 3)
+
+# Template points (x, y) as fractions of the crop side, in ALIGN_KEYPOINTS order.
+# "facenet160": where FaceNet's training crops (MTCNN box + margin, 160 px)
+# put the eyes, nose and mouth: eyes 30% of the width apart at 36% height,
+# mouth centre at 70% height (checked on real faces: see tests/test_align.py).
+TEMPLATES: dict[str, F32] = {
+    "facenet160": np.array(
+        [[0.35, 0.36], [0.65, 0.36], [0.50, 0.53], [0.50, 0.70]], dtype=np.float32
+    ),
+}
+
+
+def umeyama_similarity(src: F32, dst: F32) -> F32:
+    """Least-squares similarity transform ``dst ~ s R src + t`` as a 2x3 matrix.
+
+    Umeyama's closed form: with centred points and ``S = dst_c^T src_c / n``,
+    ``U D V^T = svd(S)``, ``R = U diag(1, det(U V^T)) V^T``,
+    ``s = trace(diag(D) diag(1, det)) / var(src)``, ``t = mean(dst) - s R mean(src)``.
+    """
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    n = src.shape[0]
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    sc, dc = src - mu_s, dst - mu_d
+    var_s = (sc**2).sum() / n
+    cov = dc.T @ sc / n
+    U, D, Vt = np.linalg.svd(cov)
+    e = np.ones(2)
+    if np.linalg.det(U) * np.linalg.det(Vt) < 0:
+        e[1] = -1.0
+    R = U @ np.diag(e) @ Vt
+    s = (D * e).sum() / var_s if var_s > 0 else 1.0
+    t = mu_d - s * R @ mu_s
+    return np.hstack([s * R, t[:, None]]).astype(np.float32)
+
+
+def template_points(template: str, size: int) -> F32:
+    """The template's points in pixels for a ``size`` x ``size`` crop."""
+    try:
+        return (TEMPLATES[template] * np.float32(size)).astype(np.float32)
+    except KeyError:
+        raise ModelError(
+            f"unknown alignment template {template!r} (known: {', '.join(TEMPLATES)})"
+        ) from None
+
+
+def align_face(
+    rgb: Image, detection: Detection, template: str = "facenet160", size: int = 160
+) -> Image:
+    """Warp the face to the template: an RGB uint8 crop of ``size`` x ``size``."""
+    import cv2
+
+    src = detection.keypoints[list(ALIGN_KEYPOINTS)]
+    M = umeyama_similarity(src, template_points(template, size))
+    crop = cv2.warpAffine(
+        rgb, M, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+    return np.asarray(crop, dtype=np.uint8)

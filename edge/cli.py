@@ -1,0 +1,235 @@
+"""The ``facegate`` command line (also ``python -m edge``).
+
+Sub-commands: ``enroll``, ``gallery list|remove``, ``identify``, ``demo``,
+``check-config``, ``run``. Bad input never produces a traceback: every
+:class:`~edge.errors.FacegateError` becomes one ``facegate: error: ...``
+line on stderr and exit code 2; per-image problems are reported as
+skipped-with-reason lines and the command goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edge import __version__
+from edge.errors import FacegateError
+
+if TYPE_CHECKING:
+    from edge.config import Config
+    from edge.recognizer import Recognizer
+
+log = logging.getLogger("facegate")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML config (models, gallery, key)")
+    p.add_argument("--detector", help="detector model (default: from config or models/)")
+    p.add_argument("--embedder", help="embedder model (default: from config or models/)")
+    p.add_argument(
+        "--key-file", type=Path, help="file holding the gallery key (never the key itself)"
+    )
+
+
+def _config(args: argparse.Namespace) -> Config:
+    from dataclasses import replace
+
+    from edge.config import Config, load_config
+
+    cfg = load_config(args.config) if getattr(args, "config", None) else Config()
+    if getattr(args, "detector", None):
+        cfg = replace(cfg, detector=replace(cfg.detector, model=str(Path(args.detector).resolve())))
+    if getattr(args, "embedder", None):
+        cfg = replace(cfg, embedder=replace(cfg.embedder, model=str(Path(args.embedder).resolve())))
+    if getattr(args, "key_file", None):
+        cfg = replace(
+            cfg,
+            gallery=replace(cfg.gallery, key_file=str(args.key_file.resolve()), key_credential=""),
+        )
+    if getattr(args, "gallery", None):
+        cfg = replace(cfg, gallery=replace(cfg.gallery, path=str(Path(args.gallery).resolve())))
+    return cfg
+
+
+def _recognizer(cfg: Config) -> Recognizer:
+    from edge.recognizer import Recognizer
+
+    return Recognizer.from_config(cfg)
+
+
+def _image_paths(items: Sequence[str]) -> list[Path]:
+    """Expand folders into their image files; keep files as given (errors come later)."""
+    from edge.imageio import list_images
+
+    out: list[Path] = []
+    for it in items:
+        p = Path(it)
+        out.extend(list_images(p) if p.is_dir() else [p])
+    return out
+
+
+def _skip(path: Path | str, why: str) -> None:
+    print(f"skipped {path}: {why}", file=sys.stderr)
+
+
+# -- commands -----------------------------------------------------------------
+def cmd_enroll(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from edge.gallery import gallery_key
+    from edge.imageio import read_image
+
+    cfg = _config(args)
+    rec = _recognizer(cfg)
+    gallery = rec.gallery
+    key = gallery_key(cfg)
+    paths = _image_paths(args.images)
+    embs = []
+    for p in paths:
+        try:
+            embs.append(rec.embed_single_face(read_image(p)))
+        except FacegateError as e:
+            _skip(p, str(e).removeprefix(f"{p}: "))
+    if not embs:
+        raise FacegateError(f"no usable face in {len(paths)} image(s); {args.name!r} not enrolled")
+    gallery.add(args.name, np.stack(embs))
+    path = cfg.resolve(cfg.gallery.path)
+    gallery.save(path, key)
+    print(
+        f"enrolled {args.name!r}: {len(embs)} of {len(paths)} image(s) used; "
+        f"gallery {path} holds {len(gallery)} people"
+    )
+    return 0
+
+
+def cmd_gallery(args: argparse.Namespace) -> int:
+    from edge.embedder import Embedder
+    from edge.gallery import gallery_key, open_for_config
+
+    cfg = _config(args)
+    emb = Embedder.load(cfg.model_path(cfg.embedder.model), runtime=cfg.embedder.runtime)
+    path = cfg.resolve(cfg.gallery.path)
+    if not path.exists():
+        raise FacegateError(f"{path}: no gallery there")
+    gallery = open_for_config(cfg, emb.sha256)
+    if args.action == "list":
+        for name in gallery.names:
+            print(json.dumps({"name": name, "embeddings": len(gallery.person(name).embeddings)}))
+        return 0
+    for name in args.names:
+        gallery.remove(name)
+    gallery.save(path, gallery_key(cfg))
+    print(f"removed {', '.join(args.names)}; gallery holds {len(gallery)} people")
+    return 0
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    from edge.imageio import read_image
+
+    cfg = _config(args)
+    if not cfg.resolve(cfg.gallery.path).exists():
+        raise FacegateError(f"{cfg.resolve(cfg.gallery.path)}: no gallery there (enroll first)")
+    rec = _recognizer(cfg)
+    failed = 0
+    for p in _image_paths(args.images):
+        try:
+            faces = rec.identify(read_image(p))
+        except FacegateError as e:
+            failed += 1
+            _skip(p, str(e).removeprefix(f"{p}: "))
+            continue
+        print(json.dumps({"image": str(p), "faces": [f.to_json() for f in faces]}), flush=True)
+    return 1 if failed else 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from edge.config import load_config
+
+    cfg = load_config(args.path)
+    missing = [
+        str(p)
+        for p in (cfg.model_path(cfg.detector.model), cfg.model_path(cfg.embedder.model))
+        if not p.exists()
+    ]
+    print(f"{args.path}: ok")
+    for m in missing:
+        print(f"warning: model {m} does not exist yet (python -m tools.models build)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edge.demo import run_demo
+
+    return run_demo(broker=args.broker, out=sys.stdout)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge.daemon import main_run
+
+    return main_run(str(args.config))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="facegate", description="Offline face recognition for door-access devices."
+    )
+    ap.add_argument("--version", action="version", version=f"facegate {__version__}")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("enroll", help="add a person to the gallery from photos")
+    p.add_argument("--gallery", required=True, help="gallery file (.fgg)")
+    p.add_argument("--name", required=True)
+    p.add_argument("images", nargs="+", help="images or folders of images")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_enroll)
+
+    p = sub.add_parser("gallery", help="list or remove enrolled people")
+    p.add_argument("action", choices=["list", "remove"])
+    p.add_argument("names", nargs="*", help="people to remove")
+    p.add_argument("--gallery", required=True)
+    _add_model_args(p)
+    p.set_defaults(func=cmd_gallery)
+
+    p = sub.add_parser("identify", help="print who is in each image, one JSON line per image")
+    p.add_argument("--gallery", required=True)
+    p.add_argument("images", nargs="+")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_identify)
+
+    p = sub.add_parser("demo", help="run the whole pipeline on built-in photos")
+    p.add_argument("--broker", help="also publish to this MQTT broker (HOST[:PORT])")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("check-config", help="validate a TOML config")
+    p.add_argument("path", type=Path)
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("run", help="run the recognition service")
+    p.add_argument("--config", type=Path, required=True)
+    p.set_defaults(func=cmd_run)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "gallery" and args.action == "remove" and not args.names:
+        print("facegate: error: gallery remove needs at least one name", file=sys.stderr)
+        return 2
+    try:
+        rc: int = args.func(args)
+        return rc
+    except FacegateError as e:
+        print(f"facegate: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130

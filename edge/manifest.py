@@ -1,0 +1,218 @@
+"""Model manifests: the JSON that travels with every model file.
+
+A manifest sits beside its model as ``<model>.json`` (for
+``facenet_int8.tflite``: ``facenet_int8.json``) and states what the device
+must know to use the model: input shape/dtype and quantisation, the
+preprocessing, the alignment template, the embedding size, the model's
+sha256, and the calibrated open-set parameters. A model whose hash, input
+shape or dtype disagrees with its manifest is refused
+(:class:`~edge.errors.ManifestMismatch`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from edge.errors import ManifestMismatch, ModelError
+
+FORMAT = "facegate-manifest/1"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Shape, dtype and (for quantised tensors) the affine parameters."""
+
+    shape: tuple[int, ...]
+    dtype: str  # "int8" | "uint8" | "float32"
+    scale: float = 0.0  # 0 for float tensors
+    zero_point: int = 0
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How pixels become the model's float input: ``(rgb - mean) / std``."""
+
+    size: tuple[int, int]  # (width, height)
+    mean: float = 127.5
+    std: float = 128.0
+    color: str = "RGB"  # channel order the model expects
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Open-set parameters: threshold, margin and the confidence curve.
+
+    ``confidence(d) = 1 / (1 + exp((d - conf_midpoint) / conf_scale))``.
+    ``source`` says where they came from ("default" or the calibration run).
+    """
+
+    threshold: float
+    margin: float
+    conf_midpoint: float
+    conf_scale: float
+    source: str = "default"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything a model needs to be used correctly on the device."""
+
+    kind: str  # "embedder" | "detector"
+    name: str
+    file: str  # model file name, relative to the manifest
+    sha256: str
+    input: TensorSpec
+    output: TensorSpec
+    preprocessing: Preprocessing
+    quantization: str  # "int8" | "float32"
+    embedding_size: int = 0
+    alignment: str = ""  # template name for embedders ("facenet160")
+    calibration: Calibration | None = None
+    source: dict[str, Any] = field(default_factory=dict)
+    tool_version: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = field(default=None, compare=False)
+
+    @property
+    def model_path(self) -> Path:
+        """The model file, resolved next to the manifest."""
+        base = self.path.parent if self.path is not None else Path.cwd()
+        return base / self.file
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("path")
+        d["format"] = FORMAT
+        return d
+
+    def with_calibration(self, cal: Calibration) -> Manifest:
+        return replace(self, calibration=cal)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest_path_for(model_or_manifest: Path) -> Path:
+    """``x.tflite`` -> ``x.json``; a ``.json`` path is returned as is."""
+    p = Path(model_or_manifest)
+    return p if p.suffix == ".json" else p.with_suffix(".json")
+
+
+def _tensor(d: dict[str, Any]) -> TensorSpec:
+    return TensorSpec(
+        shape=tuple(int(x) for x in d["shape"]),
+        dtype=str(d["dtype"]),
+        scale=float(d.get("scale", 0.0)),
+        zero_point=int(d.get("zero_point", 0)),
+    )
+
+
+def from_dict(d: dict[str, Any], path: Path | None = None) -> Manifest:
+    """Build a :class:`Manifest` from parsed JSON; a missing key is a ModelError."""
+    where = str(path) if path else "manifest"
+    try:
+        if d.get("format") != FORMAT:
+            raise ModelError(f"{where}: unsupported manifest format {d.get('format')!r}")
+        pre = d["preprocessing"]
+        cal = d.get("calibration")
+        return Manifest(
+            kind=str(d["kind"]),
+            name=str(d["name"]),
+            file=str(d["file"]),
+            sha256=str(d["sha256"]),
+            input=_tensor(d["input"]),
+            output=_tensor(d["output"]),
+            preprocessing=Preprocessing(
+                size=(int(pre["size"][0]), int(pre["size"][1])),
+                mean=float(pre.get("mean", 127.5)),
+                std=float(pre.get("std", 128.0)),
+                color=str(pre.get("color", "RGB")),
+            ),
+            quantization=str(d["quantization"]),
+            embedding_size=int(d.get("embedding_size", 0)),
+            alignment=str(d.get("alignment", "")),
+            calibration=None
+            if cal is None
+            else Calibration(
+                threshold=float(cal["threshold"]),
+                margin=float(cal["margin"]),
+                conf_midpoint=float(cal["conf_midpoint"]),
+                conf_scale=float(cal["conf_scale"]),
+                source=str(cal.get("source", "")),
+            ),
+            source=dict(d.get("source", {})),
+            tool_version=str(d.get("tool_version", "")),
+            extra=dict(d.get("extra", {})),
+            path=path,
+        )
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise ModelError(f"{where}: malformed manifest ({type(e).__name__}: {e})") from None
+
+
+def load_manifest(model_or_manifest: Path | str) -> Manifest:
+    """Read the manifest of a model (given the model path or the manifest path)."""
+    mp = manifest_path_for(Path(model_or_manifest))
+    if not mp.is_file():
+        raise ModelError(
+            f"no manifest at {mp}: a model always travels with its manifest "
+            "(run `python -m tools.models build`)"
+        )
+    try:
+        data = json.loads(mp.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"{mp}: unreadable manifest ({e})") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{mp}: manifest is not a JSON object")
+    return from_dict(data, path=mp.resolve())
+
+
+def verify_file(manifest: Manifest) -> Path:
+    """Check the model file exists and its sha256 matches; return its path."""
+    mp = manifest.model_path
+    if not mp.is_file():
+        raise ModelError(f"model file {mp} is missing (run `python -m tools.models build`)")
+    digest = sha256_file(mp)
+    if digest != manifest.sha256:
+        raise ManifestMismatch(
+            f"{mp}: sha256 {digest[:12]}... does not match its manifest "
+            f"({manifest.sha256[:12]}...); refusing a model that is not the one described"
+        )
+    return mp
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temporary file in the same folder, fsync, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_manifest(manifest: Manifest, path: Path | None = None) -> Path:
+    """Write a manifest atomically (to ``path`` or where it was loaded from)."""
+    target = path or manifest.path
+    if target is None:
+        raise ModelError("save_manifest: no path given")
+    write_json_atomic(Path(target), manifest.to_dict())
+    return Path(target)

@@ -1,0 +1,134 @@
+"""Pure numerical functions of the pipeline, each with its formula.
+
+No state, no I/O: everything here is tested directly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from edge.types import Match
+
+FloatArray = npt.NDArray[np.floating]
+
+
+def quantize(
+    x: FloatArray, scale: float, zero_point: int, dtype: type = np.int8
+) -> npt.NDArray[np.integer]:
+    """Affine quantisation: ``q = clip(round(x / scale) + zero_point, qmin, qmax)``.
+
+    ``qmin``/``qmax`` are the limits of ``dtype`` (-128..127 for int8,
+    0..255 for uint8). This is TFLite's scheme for per-tensor parameters.
+    """
+    if scale <= 0:
+        raise ValueError(f"quantisation scale must be positive, got {scale}")
+    info = np.iinfo(dtype)
+    q = np.round(np.asarray(x, dtype=np.float32) / np.float32(scale)) + zero_point
+    out: npt.NDArray[np.integer] = np.clip(q, info.min, info.max).astype(dtype)
+    return out
+
+
+def dequantize(
+    q: npt.NDArray[np.integer], scale: float, zero_point: int
+) -> npt.NDArray[np.float32]:
+    """Inverse of :func:`quantize`: ``x = scale * (q - zero_point)``."""
+    x = np.float32(scale) * (np.asarray(q, dtype=np.float32) - np.float32(zero_point))
+    return np.asarray(x, dtype=np.float32)
+
+
+def l2_normalize(x: FloatArray, axis: int = -1, eps: float = 1e-10) -> npt.NDArray[np.float32]:
+    """``x / max(||x||_2, eps)`` along ``axis`` (a zero vector stays zero)."""
+    v = np.asarray(x, dtype=np.float32)
+    norm = np.sqrt(np.sum(v * v, axis=axis, keepdims=True))
+    return np.asarray(v / np.maximum(norm, eps), dtype=np.float32)
+
+
+def cosine_distance(a: FloatArray, b: FloatArray) -> npt.NDArray[np.float32]:
+    """Cosine distance ``d = 1 - <a, b> / (||a|| ||b||)``, in [0, 2].
+
+    ``a`` has shape (D,) or (N, D); ``b`` has shape (M, D). Returns shape (M,)
+    or (N, M). For unit vectors ``||a - b||^2 = 2 d``.
+    """
+    an = l2_normalize(np.atleast_2d(a))
+    bn = l2_normalize(np.atleast_2d(b))
+    d = (1.0 - an @ bn.T).astype(np.float32)
+    d = np.clip(d, 0.0, 2.0).astype(np.float32)
+    return np.asarray(d[0] if np.ndim(a) == 1 else d, dtype=np.float32)
+
+
+def person_min_distances(
+    distances: FloatArray, person_starts: npt.NDArray[np.intp]
+) -> npt.NDArray[np.float32]:
+    """Per-person minimum over a person-sorted distance vector.
+
+    ``distances`` has one entry per enrolled embedding, grouped by person;
+    ``person_starts[i]`` is the index of person i's first embedding. Returns
+    ``min_{j in person i} distances[j]`` for each person (vectorised with
+    ``np.minimum.reduceat``).
+    """
+    return np.minimum.reduceat(np.asarray(distances, dtype=np.float32), person_starts)
+
+
+@dataclass(frozen=True)
+class Confidence:
+    """Calibrated confidence ``p(genuine | d) = 1 / (1 + exp((d - midpoint) / scale))``.
+
+    A logistic curve in the distance: 0.5 at ``midpoint``, falling as ``d``
+    grows; ``scale`` sets how quickly. ``tools.calibrate`` fits both on
+    genuine/impostor distance distributions (logistic regression); before
+    calibration the defaults put 0.5 at the threshold.
+    """
+
+    midpoint: float
+    scale: float
+
+    def __call__(self, distance: float) -> float:
+        z = (distance - self.midpoint) / self.scale
+        # Guard the exponent: float overflow far from the midpoint.
+        z = max(-60.0, min(60.0, z))
+        return 1.0 / (1.0 + math.exp(z))
+
+
+def open_set_decision(
+    names: list[str],
+    person_distances: FloatArray,
+    threshold: float,
+    margin: float,
+    confidence: Confidence,
+) -> Match:
+    """The open-set rule: name the nearest person only when it is close **and** clearly ahead.
+
+    With ``d1`` the smallest per-person distance (person ``n1``) and ``d2`` the
+    second smallest (None with one person enrolled)::
+
+        name = n1   if d1 < threshold and (d2 is None or d2 - d1 >= margin)
+        name = None otherwise ("unknown")
+
+    ``confidence`` is the calibrated ``p(genuine | d1)``; for an unknown face it
+    is still reported (how likely the nearest person it is *not* is 1 - it).
+    """
+    if len(names) == 0:
+        return Match(
+            name=None, distance=2.0, second_best_distance=None, confidence=0.0, nearest=None
+        )
+    pd = np.asarray(person_distances, dtype=np.float32)
+    if len(pd) == 1:
+        i1 = 0
+        d2: float | None = None
+    else:
+        two = np.argpartition(pd, 1)[:2]
+        i1, i2 = (two[0], two[1]) if pd[two[0]] <= pd[two[1]] else (two[1], two[0])
+        d2 = float(pd[i2])
+    d1 = float(pd[i1])
+    accepted = d1 < threshold and (d2 is None or d2 - d1 >= margin)
+    return Match(
+        name=names[i1] if accepted else None,
+        distance=d1,
+        second_best_distance=d2,
+        confidence=confidence(d1),
+        nearest=names[i1],
+    )
