@@ -1,0 +1,392 @@
+"""The headless service behind ``facegate run --config PATH``.
+
+Start order: publisher (MQTT, or JSON lines on stdout when MQTT is off),
+recognizer (models verified against their manifests, gallery opened), frame
+capture; then ``READY=1``. The loop takes the newest frame, recognizes it,
+feeds the :class:`~edge.tracker.Tracker` and publishes each decision. Shutdown
+goes in reverse order (capture, publisher), each part joined with a timeout,
+so SIGTERM ends the process within ``service.stop_timeout_s``.
+
+Signals only set events: SIGTERM/SIGINT the stop event, SIGHUP a gallery
+reload (as does the MQTT ``reload-gallery`` command); the loop acts on them.
+
+The systemd watchdog is pinged only while the service is healthy: a frame was
+processed within the last half watchdog period and the publisher's network
+thread is alive. A stuck camera or a dead MQTT thread therefore gets the
+service restarted by systemd instead of running blind.
+
+A replay (folder or video file) delivers every frame, paced at
+``camera.fps`` when ``camera.realtime``; without ``camera.loop`` it ends the
+daemon with exit status 0 once every frame was processed. A live camera
+keeps only the newest frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Protocol
+
+from edge.errors import FacegateError
+from edge.sdnotify import Notifier, watchdog_interval
+from edge.tracker import Tracker
+from edge.types import Decision, Frame, FrameResult
+
+if TYPE_CHECKING:
+    from edge.config import Config
+    from edge.gallery import Gallery
+
+log = logging.getLogger("facegate.daemon")
+
+# How long one wait for a frame may block: bounds the reaction time to the
+# stop event, to reload requests and to watchdog pings.
+FRAME_WAIT_S = 0.2
+# How often the fps figure and systemd's STATUS= line are refreshed. The MQTT
+# state (which publishes on every update) follows mqtt.state_interval_s.
+STATUS_EVERY_S = 5.0
+
+
+class PublisherLike(Protocol):
+    """What the daemon needs from :class:`edge.mqtt.Publisher` (and its fake)."""
+
+    on_command: Callable[[str], None] | None
+
+    def start(self) -> None: ...
+
+    def publish_decision(self, decision: Decision) -> dict[str, Any]: ...
+
+    def set_state(self, **fields: Any) -> None: ...
+
+    def alive(self) -> bool: ...
+
+    def stop(self, timeout: float) -> None: ...
+
+
+class RecognizerLike(Protocol):
+    """What the daemon needs from :class:`edge.recognizer.Recognizer`."""
+
+    @property
+    def gallery(self) -> Gallery: ...
+
+    @property
+    def model_sha256(self) -> str: ...
+
+    @property
+    def threshold(self) -> float: ...
+
+    def set_gallery(self, gallery: Gallery) -> None: ...
+
+    def process(self, frame: Frame) -> FrameResult: ...
+
+
+class CaptureLike(Protocol):
+    """What the daemon needs from :class:`edge.sources.CaptureThread`."""
+
+    dropped: int
+    captured: int
+
+    def start(self) -> None: ...
+
+    def get(self, timeout: float) -> Frame | None: ...
+
+    def join(self, timeout: float) -> None: ...
+
+    @property
+    def alive(self) -> bool: ...
+
+    @property
+    def finished(self) -> bool: ...
+
+
+class StdoutPublisher:
+    """The publisher when MQTT is off: each event payload as one JSON line on stdout."""
+
+    def __init__(self, cfg: Config, out: Any = None) -> None:
+        from edge.mqtt import FakePublisher
+
+        self._fake = FakePublisher(cfg)
+        self._out = out
+        self.on_command: Callable[[str], None] | None = None
+
+    def start(self) -> None:
+        self._fake.start()
+
+    def publish_decision(self, decision: Decision) -> dict[str, Any]:
+        payload: dict[str, Any] = self._fake.publish_decision(decision)
+        from edge.events import encode
+
+        out = self._out or sys.stdout
+        out.write(encode(payload).decode() + "\n")
+        out.flush()
+        return payload
+
+    def set_state(self, **fields: Any) -> None:
+        self._fake.set_state(**fields)
+
+    def alive(self) -> bool:
+        return bool(self._fake.alive())
+
+    def stop(self, timeout: float) -> None:
+        self._fake.stop(timeout)
+
+
+def make_publisher(cfg: Config) -> PublisherLike:
+    """The real MQTT publisher when ``mqtt.enabled``, else JSON lines on stdout."""
+    if cfg.mqtt.enabled:
+        from edge.mqtt import Publisher
+
+        pub: PublisherLike = Publisher(cfg)
+        return pub
+    return StdoutPublisher(cfg)
+
+
+def make_capture(cfg: Config, stop: threading.Event) -> CaptureLike:
+    """The configured frame source in its capture thread (not started)."""
+    from edge.sources import CaptureThread, open_source
+
+    source = open_source(cfg)
+    # A live camera keeps only the newest frame (stale ones are dropped); a
+    # replay (folder, video file) delivers every frame, so it gives the same
+    # decisions on every run, paced at camera.fps when camera.realtime.
+    keep_all = not getattr(source, "live", True)
+    cap: CaptureLike = CaptureThread(source, stop, keep_all=keep_all)
+    return cap
+
+
+class _Health:
+    """Decides when to ping the systemd watchdog (and pings it)."""
+
+    def __init__(self, notifier: Notifier, publisher: PublisherLike, interval: float | None):
+        self.notifier = notifier
+        self.publisher = publisher
+        self.interval = interval
+        now = time.monotonic()
+        # Counting from start-up gives the camera half a period to deliver.
+        self.last_frame = now
+        self.last_ping = 0.0
+        self.unhealthy_logged = False
+
+    def frame_done(self) -> None:
+        self.last_frame = time.monotonic()
+
+    def tick(self) -> None:
+        if self.interval is None:
+            return
+        now = time.monotonic()
+        if now - self.last_ping < self.interval / 4:
+            return
+        fresh = now - self.last_frame <= self.interval / 2
+        mqtt_ok = self.publisher.alive()
+        if fresh and mqtt_ok:
+            self.notifier.watchdog()
+            self.last_ping = now
+            self.unhealthy_logged = False
+        elif not self.unhealthy_logged:
+            why = "no frame processed recently" if not fresh else "MQTT thread not alive"
+            log.warning("withholding watchdog ping: %s", why)
+            self.unhealthy_logged = True
+
+
+def _event_line(d: Decision, payload: dict[str, Any]) -> str:
+    who = d.name if d.name is not None else "-"
+    seq = payload.get("seq", "?")
+    return (
+        f"event seq={seq} {d.kind} name={who} track={d.track_id} frames={d.track_length} "
+        f"distance={d.distance:.3f} confidence={d.confidence:.2f}"
+    )
+
+
+def run(
+    cfg: Config,
+    stop: threading.Event,
+    publisher: PublisherLike | None = None,
+    *,
+    reload: threading.Event | None = None,
+    notifier: Notifier | None = None,
+    recognizer: RecognizerLike | None = None,
+    capture_factory: Callable[[Config, threading.Event], CaptureLike] = make_capture,
+) -> int:
+    """Run the service until ``stop`` is set or a finite replay ends; the exit status.
+
+    0: stopped on request or replay finished; 1: the frame source or the loop
+    failed at runtime (systemd restarts us). Start-up problems (bad model,
+    gallery, camera) raise :class:`FacegateError`.
+    """
+    from edge.gallery import open_for_config
+
+    notifier = notifier or Notifier()
+    reload = reload or threading.Event()
+    budget = cfg.service.stop_timeout_s
+    started = time.monotonic()
+    pub = publisher or make_publisher(cfg)
+    cap_stop = threading.Event()
+    cap: CaptureLike | None = None
+    rc = 0
+    notifier.status("starting")
+    pub.start()
+    try:
+        rec = recognizer
+        if rec is None:
+            from edge.recognizer import Recognizer
+
+            # This also opens the gallery: a bad one fails start-up, before READY.
+            rec = Recognizer.from_config(cfg)
+        model_sha = rec.model_sha256
+
+        def on_command(cmd: str) -> None:
+            # Called on the MQTT thread: only flag it, the loop does the work.
+            if cmd == "reload-gallery":
+                reload.set()
+
+        pub.on_command = on_command
+        tracker = Tracker(cfg.decision)
+        cap = capture_factory(cfg, cap_stop)
+        cap.start()
+        health = _Health(notifier, pub, watchdog_interval())
+        log.info(
+            "running: device=%s source=%s gallery=%d people model=%s threshold=%.3f",
+            cfg.device.id,
+            cfg.camera.source,
+            len(rec.gallery),
+            model_sha[:12],
+            rec.threshold,
+        )
+        notifier.ready(f"running, {len(rec.gallery)} people enrolled")
+        frames = events = 0
+        fps = 0.0
+        window_start, window_frames = time.monotonic(), 0
+        last_state = 0.0  # publish the state right away
+
+        def publish_state(now: float) -> None:
+            assert cap is not None and rec is not None
+            pub.set_state(
+                status="running",
+                fps=round(fps, 2),
+                frames=frames,
+                dropped=cap.dropped,
+                events=events,
+                gallery_size=len(rec.gallery),
+                uptime_s=round(now - started, 1),
+                model_sha256=model_sha,
+            )
+
+        while not stop.is_set():
+            if reload.is_set():
+                reload.clear()
+                try:
+                    rec.set_gallery(open_for_config(cfg, model_sha))
+                    log.info("gallery reloaded: %d people", len(rec.gallery))
+                    last_state = 0.0
+                except FacegateError as e:
+                    log.error("gallery reload failed, keeping the old one: %s", e)
+            frame = cap.get(timeout=FRAME_WAIT_S)
+            if frame is None:
+                if cap.finished:
+                    log.info("replay finished after %d frames, %d events", frames, events)
+                    break
+                if not cap.alive:
+                    log.error("frame source stopped delivering frames")
+                    rc = 1
+                    break
+            else:
+                result = rec.process(frame)
+                snapshot = frame.image if cfg.mqtt.snapshot else None
+                for d in tracker.update(result, snapshot):
+                    payload = pub.publish_decision(d)
+                    events += 1
+                    log.info("%s", _event_line(d, payload))
+                frames += 1
+                window_frames += 1
+                health.frame_done()
+            health.tick()
+            now = time.monotonic()
+            if now - window_start >= STATUS_EVERY_S:
+                fps = window_frames / (now - window_start)
+                window_start, window_frames = now, 0
+                notifier.status(f"{fps:.1f} fps, {frames} frames, {events} events")
+            if now - last_state >= cfg.mqtt.state_interval_s:
+                last_state = now
+                publish_state(now)
+    except FacegateError:
+        raise
+    except Exception:
+        log.exception("service loop failed")
+        rc = 1
+    finally:
+        notifier.stopping("stopping")
+        t_stop = time.monotonic()
+        # Reverse start order: capture first (no new frames), then the publisher
+        # (which flushes what it can and keeps the rest in its outbox).
+        cap_stop.set()
+        if cap is not None:
+            cap.join(timeout=budget * 0.4)
+            if cap.alive:
+                log.warning("capture thread did not stop in time")
+        remaining = max(0.5, budget - (time.monotonic() - t_stop) - 0.5)
+        try:
+            pub.set_state(status="offline")
+        except Exception as e:  # the state is a courtesy; stopping must go on
+            log.debug("final state not published: %s", e)
+        pub.stop(timeout=remaining)
+        notifier.close()
+        log.info("stopped in %.2f s", time.monotonic() - t_stop)
+    return rc
+
+
+def _configure_logging(level: str) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        # journald adds timestamps; keep lines short.
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("facegate").setLevel(level)
+    logging.getLogger("edge").setLevel(level)
+
+
+def main_run(config_path: str) -> int:
+    """``facegate run --config PATH``: load the config, handle signals, run.
+
+    Bad input becomes one ``facegate: error: ...`` line and exit status 2.
+    """
+    from edge.config import load_config
+
+    stop = threading.Event()
+    reload = threading.Event()
+
+    def on_stop(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    def on_hup(signum: int, _frame: FrameType | None) -> None:
+        reload.set()
+
+    previous = {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, on_stop),
+        signal.SIGINT: signal.signal(signal.SIGINT, on_stop),
+        signal.SIGHUP: signal.signal(signal.SIGHUP, on_hup),
+    }
+    try:
+        cfg = load_config(config_path)
+        _configure_logging(cfg.service.log_level)
+        return run(cfg, stop, reload=reload)
+    except FacegateError as e:
+        print(f"facegate: error: {e}", file=sys.stderr)
+        return e.exit_code
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m edge.daemon", description=__doc__)
+    ap.add_argument("--config", required=True, help="TOML config file")
+    args = ap.parse_args(argv)
+    return main_run(args.config)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

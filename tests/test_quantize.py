@@ -1,0 +1,356 @@
+"""tools.quantize: the frozen-graph conversion, the int8 checks, the report, and bad input.
+
+One real conversion (FaceNet's frozen graph, a handful of faces) is shared by
+the tests at session scope; bad inputs fail before any conversion starts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.embedder import Embedder
+from edge.errors import FacegateError
+from edge.manifest import load_manifest
+from tools import edgetpu_ops, models, quantize
+
+REPO = Path(__file__).resolve().parents[1]
+FACES = REPO.parent / "shared" / "faces"
+MODELS = models.MODELS_DIR
+DETECTOR = MODELS / "face_detection_short_range.tflite"
+
+
+@pytest.fixture(scope="session")
+def facenet_pb() -> Path:
+    try:
+        models.build_detector(models.DETECTORS[0])
+        return models.facenet_pb()
+    except FacegateError as e:
+        pytest.skip(
+            f"FaceNet graph / detector unavailable (run `python -m tools.models build`): {e}"
+        )
+
+
+def _few_faces() -> list[tuple[str, str, np.ndarray]]:
+    """Three photos each of four people from ../shared/faces, else the registry faces."""
+    if not FACES.is_dir():
+        return models.default_calibration_images(augment=3)
+    people = sorted(p for p in FACES.iterdir() if p.is_dir() and len(list(p.iterdir())) >= 3)[:4]
+    out: list[tuple[str, str, np.ndarray]] = []
+    for person in people:
+        for label, name, rgb in quantize.read_folder(person.parent):
+            if label == person.name and sum(n.startswith(label) for _, n, _ in out) < 3:
+                out.append((label, name, rgb))
+    return out
+
+
+@pytest.fixture(scope="session")
+def converted(
+    facenet_pb: Path, tmp_path_factory: pytest.TempPathFactory
+) -> quantize.QuantizeResult:
+    out = tmp_path_factory.mktemp("quantized")
+    cfg = quantize.QuantizeConfig(
+        model=facenet_pb,
+        out_dir=out,
+        name="fn",
+        images=_few_faces(),
+        output_node=models.FACENET_OUTPUT,
+        detector=DETECTOR,
+        holdout=0.34,
+        show_progress=False,
+    )
+    return quantize.quantize(cfg)
+
+
+@pytest.mark.slow
+def test_outputs_and_nothing_else(converted: quantize.QuantizeResult) -> None:
+    names = sorted(p.name for p in converted.int8_model.parent.iterdir())
+    assert names == [
+        "fn_float32.json",
+        "fn_float32.tflite",
+        "fn_int8.json",
+        "fn_int8.report.json",
+        "fn_int8.report.md",
+        "fn_int8.tflite",
+    ]
+
+
+@pytest.mark.slow
+def test_int8_model_is_full_integer(converted: quantize.QuantizeResult) -> None:
+    inp, out = quantize.io_specs(converted.int8_model)
+    assert inp.dtype == "int8" and out.dtype == "int8"
+    ops = quantize.model_ops(converted.int8_model)
+    assert ops and quantize.non_int8_ops(ops) == []
+    # Every op is one the Edge TPU compiler can map (Coral's supported-ops table).
+    assert edgetpu_ops.unsupported_ops(op.name for op in ops) == []
+    assert not {"SHAPE", "STRIDED_SLICE", "PACK", "DEQUANTIZE"} & {op.name for op in ops}
+
+
+@pytest.mark.slow
+def test_manifests_describe_the_models(converted: quantize.QuantizeResult) -> None:
+    for path, quant in ((converted.float_model, "float32"), (converted.int8_model, "int8")):
+        m = load_manifest(path)
+        inp, out = quantize.io_specs(path)
+        assert (m.input, m.output) == (inp, out)
+        assert m.quantization == quant and m.embedding_size == out.shape[-1]
+        assert m.source["format"] == "frozen-graph" and m.tool_version == quantize.TOOL_VERSION
+        assert m.calibration == quantize.SUGGESTED
+        assert m.alignment == "facenet160"
+        emb = Embedder.load(path).embed(np.zeros((1, 160, 160, 3), np.uint8))
+        assert np.linalg.norm(emb[0]) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_report_numbers(converted: quantize.QuantizeResult) -> None:
+    rep = json.loads(converted.report_json.read_text())
+    assert rep == json.loads(json.dumps(converted.report))
+    agree = rep["agreement"]
+    assert agree["float_vs_source"]["min_cosine"] >= 0.9999
+    assert agree["int8_vs_float_calibration"]["mean_cosine"] >= 0.98
+    assert agree["int8_vs_float_held_aside"]["n"] == rep["faces"]["held_aside"] > 0
+    assert agree["int8_vs_float_held_aside"]["mean_cosine"] >= 0.98
+    for q in ("float32", "int8"):
+        assert rep[q]["latency_ms"] > 0 and rep[q]["size_bytes"] > 0
+        v = rep[q]["verification"]
+        assert v["pairs_genuine"] > 0 and 0.5 <= v["accuracy"] <= 1.0
+    md = converted.report_md.read_text()
+    for needle in ("TAR at FAR", "held-aside", "not int8: none", "latency"):
+        assert needle in md
+
+
+# -- bad input: one line, exit 2, nothing written -----------------------------------------
+
+
+def _photo_folder(tmp: Path) -> Path:
+    """A folder with one real face photo (matplotlib's sample Grace Hopper)."""
+    import matplotlib
+
+    d = tmp / "faces" / "Grace_Hopper"
+    d.mkdir(parents=True)
+    shutil.copy(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg", d)
+    return d.parent
+
+
+def _run_cli(args: list[str], out: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    rc = quantize.main([*args, "--out-dir", str(out), "--no-progress", "--detector", str(DETECTOR)])
+    err = capsys.readouterr().err.strip()
+    return rc, err
+
+
+def _assert_clean_failure(rc: int, err: str, out: Path, needle: str) -> None:
+    lines = [ln for ln in err.splitlines() if ln.startswith("quantize:")]
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("quantize: error:"), err
+    assert needle in lines[0], lines[0]
+    assert "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir()), "a partial output was left behind"
+
+
+def test_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, err = _run_cli(
+        [str(tmp_path / "nope.pb"), "--calibration", str(tmp_path)], tmp_path / "o", capsys
+    )
+    _assert_clean_failure(rc, err, tmp_path / "o", "no such model file")
+
+
+def test_unsupported_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    m = tmp_path / "model.onnx"
+    m.write_bytes(b"\x08\x01")
+    rc, err = _run_cli([str(m), "--calibration", str(tmp_path)], tmp_path / "o", capsys)
+    _assert_clean_failure(rc, err, tmp_path / "o", "unsupported model format")
+
+
+@pytest.mark.parametrize("suffix", [".pb", ".keras", ".h5"])
+def test_corrupt_model(
+    facenet_pb: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], suffix: str
+) -> None:
+    m = tmp_path / f"model{suffix}"
+    m.write_bytes(b"this is not a model \x00\xff" * 50)
+    rc, err = _run_cli(
+        [str(m), "--calibration", str(_photo_folder(tmp_path))], tmp_path / "o", capsys
+    )
+    _assert_clean_failure(rc, err, tmp_path / "o", str(m))
+
+
+def test_truncated_frozen_graph(
+    facenet_pb: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = tmp_path / "truncated.pb"
+    with open(facenet_pb, "rb") as f:
+        m.write_bytes(f.read(1_000_003))
+    rc, err = _run_cli(
+        [str(m), "--calibration", str(_photo_folder(tmp_path))], tmp_path / "o", capsys
+    )
+    _assert_clean_failure(rc, err, tmp_path / "o", "not a frozen TensorFlow graph")
+
+
+def test_calibration_folder_without_faces(
+    facenet_pb: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import cv2
+
+    d = tmp_path / "nofaces"
+    d.mkdir()
+    cv2.imwrite(str(d / "grey.png"), np.full((240, 320, 3), 128, np.uint8))
+    rc, err = _run_cli([str(facenet_pb), "--calibration", str(d)], tmp_path / "o", capsys)
+    _assert_clean_failure(rc, err, tmp_path / "o", "no usable face")
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc, err = _run_cli([str(facenet_pb), "--calibration", str(empty)], tmp_path / "o", capsys)
+    _assert_clean_failure(rc, err, tmp_path / "o", "no images")
+
+    rc, err = _run_cli(
+        [str(facenet_pb), "--calibration", str(tmp_path / "missing")], tmp_path / "o", capsys
+    )
+    _assert_clean_failure(rc, err, tmp_path / "o", "does not exist")
+
+
+def test_wrong_input_size(
+    facenet_pb: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, err = _run_cli(
+        [str(facenet_pb), "--calibration", str(_photo_folder(tmp_path)), "--input-size", "112"],
+        tmp_path / "o",
+        capsys,
+    )
+    _assert_clean_failure(rc, err, tmp_path / "o", "wrong input size")
+
+
+def test_wrong_output_node(
+    facenet_pb: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, err = _run_cli(
+        [str(facenet_pb), "--calibration", str(_photo_folder(tmp_path)), "--output-node", "nope"],
+        tmp_path / "o",
+        capsys,
+    )
+    _assert_clean_failure(rc, err, tmp_path / "o", "no node 'nope'")
+
+
+# -- pieces ---------------------------------------------------------------------------------
+
+
+def test_holdout_keeps_augmented_copies_with_their_photo() -> None:
+    labels = ["a"] * 12 + ["b"] * 3 + [""] * 4
+    names = [f"a{i // 3}.jpg" + ("" if i % 3 == 0 else f"#aug{i % 3}") for i in range(12)]
+    names += ["b0", "b1", "b2", "x0", "x1", "x2", "x3"]
+    cal, held = quantize.holdout_split(labels, 0.25, names)
+    assert sorted(cal + held) == list(range(len(labels)))
+    held_photos = {quantize._base(names[i]) for i in held}
+    assert held_photos == {"a3.jpg", "x3"}  # the 4th photo of each group of >= 4
+    assert not held_photos & {quantize._base(names[i]) for i in cal}
+    assert quantize.holdout_split(labels, 0.25, names) == (cal, held)
+    assert quantize.holdout_split(labels, 0.0, names) == (list(range(len(labels))), [])
+
+
+def test_verification_matches_brute_force() -> None:
+    rng = np.random.default_rng(1)
+    gen = rng.normal(0.3, 0.1, 60).astype(np.float32)
+    imp = rng.normal(0.7, 0.1, 900).astype(np.float32)
+    v = quantize.verification(gen, imp, far=0.01)
+    ts = np.concatenate([gen, imp, [np.inf]])
+    brute = max((np.sum(gen < t) + np.sum(imp >= t)) / 960 for t in ts)
+    assert v["accuracy"] == pytest.approx(brute)
+    brute_bal = max((np.mean(gen < t) + np.mean(imp >= t)) / 2 for t in ts)
+    assert v["balanced_accuracy"] == pytest.approx(brute_bal)
+    assert np.mean(imp < v["threshold_at_far"]) <= 0.01
+    assert v["tar_at_far"] == pytest.approx(np.mean(gen < v["threshold_at_far"]))
+    empty = quantize.verification(gen, np.zeros(0, np.float32))
+    assert empty["accuracy"] is None
+
+
+def test_pair_scores_counts_pairs() -> None:
+    e = np.eye(4, dtype=np.float32)
+    g, i = quantize.pair_scores(e, ["a", "a", "b", ""])
+    assert len(g) == 1 and len(i) == 2  # unlabelled faces are left out
+    assert np.allclose(g, 1.0) and np.allclose(i, 1.0)
+
+
+def test_non_int8_ops_flags_float_and_dequantize() -> None:
+    ops = [
+        quantize.OpInfo("CONV_2D", ("int8", "int8", "int32"), ("int8",)),
+        quantize.OpInfo("DEQUANTIZE", ("int8",), ("float32",)),
+        quantize.OpInfo("ADD", ("float32", "float32"), ("float32",)),
+    ]
+    bad = quantize.non_int8_ops(ops)
+    assert [b.split("(")[0] for b in bad] == ["DEQUANTIZE", "ADD"]
+
+
+def test_edgetpu_without_compiler_says_how_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    res = quantize.edgetpu_compile(tmp_path / "m.tflite", tmp_path)
+    assert res["available"] is False
+    msg = res["message"]
+    assert "\n" not in msg and "apt-get install edgetpu-compiler" in msg
+
+
+def test_edgetpu_compiler_output_is_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stand-in compiler printing the real tool's table format."""
+    exe = tmp_path / "edgetpu_compiler"
+    exe.write_text(
+        "#!/bin/sh\necho 'Operator                       Count      Status'\n"
+        "echo 'CONV_2D                        132        Mapped to Edge TPU'\n"
+        "echo 'ADD                            21         Mapped to Edge TPU'\n"
+        "echo 'L2_NORMALIZATION               1          More than one subgraph is not supported'\n"
+    )
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    res = quantize.edgetpu_compile(tmp_path / "m.tflite", tmp_path)
+    assert res["ops_mapped"] == 153 and res["ops_total"] == 154 and res["ok"]
+
+
+def test_supported_ops_list_is_upper_case_tflite_names() -> None:
+    assert all(k == k.upper() and " " not in k for k in edgetpu_ops.SUPPORTED_OPS)
+    assert edgetpu_ops.unsupported_ops(["CONV_2D", "GATHER", "DEQUANTIZE", "GATHER"]) == [
+        "DEQUANTIZE",
+        "GATHER",
+    ]
+
+
+def test_preprocess_formula_and_bgr() -> None:
+    from edge.manifest import Preprocessing
+
+    px = np.array([[[[0, 128, 255]]]], np.uint8)
+    rgb = quantize.preprocess(px, Preprocessing((1, 1), 127.5, 128.0, "RGB"))
+    assert np.allclose(rgb, (px.astype(np.float32) - 127.5) / 128.0)
+    bgr = quantize.preprocess(px, Preprocessing((1, 1), 127.5, 128.0, "BGR"))
+    assert np.allclose(bgr, rgb[..., ::-1])
+
+
+def test_saved_model_source(tmp_path: Path) -> None:
+    """A SavedModel folder (a small conv net) loads with a fixed batch-1 input and runs."""
+    tf = pytest.importorskip("tensorflow")
+
+    class Net(tf.Module):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            rng = np.random.default_rng(3)
+            self.k = tf.Variable(rng.normal(0, 0.2, (3, 3, 3, 8)).astype(np.float32))
+            self.w = tf.Variable(rng.normal(0, 0.2, (8, 16)).astype(np.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec((None, 32, 32, 3), tf.float32)])  # type: ignore[untyped-decorator]
+        def __call__(self, x: object) -> dict[str, object]:
+            h = tf.nn.relu(tf.nn.conv2d(x, self.k, 2, "SAME"))
+            return {"embeddings": tf.reduce_mean(h, axis=[1, 2]) @ self.w}
+
+    net = Net()
+    d = tmp_path / "sm"
+    tf.saved_model.save(net, str(d), signatures=net.__call__)
+    src = quantize.load_source(d, (32, 32))
+    assert src.kind == "saved-model" and src.input_shape == (1, 32, 32, 3)
+    x = np.random.default_rng(4).uniform(-1, 1, (1, 32, 32, 3)).astype(np.float32)
+    assert np.allclose(src(x), net(tf.constant(x))["embeddings"].numpy(), atol=1e-5)
+    assert quantize.load_source(d / "saved_model.pb", (32, 32)).kind == "saved-model"
+    with pytest.raises(FacegateError, match="wrong input size"):
+        quantize.load_source(d, (64, 64))
+    # The int8 conversion of a SavedModel source is full-integer too.
+    int8 = tmp_path / "m.tflite"
+    int8.write_bytes(quantize.convert_int8(src, np.repeat(x, 4, axis=0), show_progress=False))
+    assert quantize.non_int8_ops(quantize.model_ops(int8)) == []

@@ -1,0 +1,443 @@
+"""Open-set identification accuracy, measured the way NIST FRVT 1:N does.
+
+    # half of the people enrolled with their first photo, the other half strangers:
+    python -m tools.evaluate ../shared/faces --enrol-fraction 0.5 --enrol-first 1
+    # separate enrolment and probe folders (probe people may be absent from the gallery):
+    python -m tools.evaluate --enrol enrol/ --probe probes/ --compare-float
+
+Every photo goes through the device's detector, alignment and embedder
+(:mod:`tools._faces`); enrolled people go into an :class:`edge.gallery.Gallery`
+and probes are matched with the device's :class:`edge.matcher.Matcher` and
+open-set rule. For a sweep of thresholds, and at the calibrated threshold and
+margin from the model's manifest, we report:
+
+* FNIR: mated probes (the person is enrolled) not named correctly; a probe
+  whose face was not detected counts as a miss;
+* FPIR: non-mated probes (strangers) named as anyone;
+* rank-1: mated probes whose nearest enrolled person is the right one;
+* how many faces were not detected (enrolment and probes).
+
+Output: a table on stdout, ``evaluation.json`` and ``fnir_fpir.png`` in
+``--out`` (default ``reports/evaluation/``). ``--compare-float`` repeats the
+evaluation with the float32 model for a side-by-side view of quantisation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edge.errors import FacegateError
+from edge.gallery import Gallery
+from edge.manifest import Calibration, write_json_atomic
+from edge.matcher import Matcher
+from edge.numerics import Confidence
+from edge.recognizer import calibration_for
+from tools import plots, stats
+from tools._common import run_tool
+from tools._faces import (
+    DEFAULT_CACHE,
+    DEFAULT_DETECTOR,
+    DEFAULT_FLOAT_MODEL,
+    DEFAULT_MODEL,
+    FaceEmbedder,
+    FaceSet,
+    LabelledImage,
+    list_people,
+)
+
+log = logging.getLogger("tools.evaluate")
+
+DEFAULT_OUT = Path("reports/evaluation")
+SWEEP = np.round(np.arange(0.20, 1.0001, 0.05), 2)  # the printed table
+CURVE = np.round(np.arange(0.0, 2.0001, 0.0025), 4)  # the plotted curve
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which photos enrol whom, and which are probes."""
+
+    enrol: list[LabelledImage]
+    probes: list[LabelledImage]
+    enrolled_people: list[str]
+    strangers: list[str]  # probe people never enrolled
+
+
+def evenly_spaced(n: int, fraction: float) -> list[int]:
+    """Indices of ``round(n * fraction)``-ish items spread evenly over ``range(n)``.
+
+    Item ``i`` is chosen when ``ceil((i + 1) f) > ceil(i f)``: for 0.5 that
+    is every second item starting with the first (``ceil(n / 2)`` items), so
+    a sorted list of people splits into two halves that both span the
+    alphabet.
+    """
+    eps = 1e-9
+    return [
+        i for i in range(n) if math.ceil((i + 1) * fraction - eps) > math.ceil(i * fraction - eps)
+    ]
+
+
+def split_folder(
+    folder: Path,
+    enrol_fraction: float = 0.5,
+    enrol_first: int = 1,
+    swap: bool = False,
+    people_to_enrol: Sequence[str] | None = None,
+) -> Split:
+    """One folder: a fraction of the people enrolled with their first photos, the rest strangers.
+
+    People are sorted by name and chosen with :func:`evenly_spaced` (for 0.5:
+    the 1st, 3rd, 5th, ...); ``swap`` enrols the others instead (for 0.5: the
+    2nd, 4th, ...), and ``people_to_enrol`` names them explicitly. An
+    enrolled person's first ``enrol_first`` photos (sorted by file name)
+    enrol them and the rest are mated probes; every photo of a stranger is a
+    non-mated probe.
+    """
+    if not 0.0 < enrol_fraction <= 1.0:
+        raise FacegateError(f"--enrol-fraction must be in (0, 1], got {enrol_fraction}")
+    if enrol_first < 1:
+        raise FacegateError(f"--enrol-first must be >= 1, got {enrol_first}")
+    items = list_people(folder)
+    people = sorted({it.label for it in items})
+    if people_to_enrol:
+        unknown = sorted(set(people_to_enrol) - set(people))
+        if unknown:
+            raise FacegateError(f"--enrol-people: no folder for {', '.join(unknown)} in {folder}")
+        chosen = set(people_to_enrol)
+    else:
+        chosen = {people[i] for i in evenly_spaced(len(people), enrol_fraction)}
+    if swap:
+        chosen = set(people) - chosen
+    if not chosen:
+        raise FacegateError("the split enrols no one")
+    enrol: list[LabelledImage] = []
+    probes: list[LabelledImage] = []
+    taken: dict[str, int] = {}
+    for it in items:  # sorted by person, then file
+        if it.label in chosen and taken.get(it.label, 0) < enrol_first:
+            enrol.append(it)
+            taken[it.label] = taken.get(it.label, 0) + 1
+        else:
+            probes.append(it)
+    return Split(enrol, probes, sorted(chosen), [p for p in people if p not in chosen])
+
+
+def split_two(enrol_folder: Path, probe_folder: Path, enrol_first: int | None = None) -> Split:
+    """Two folders: enrolment photos (the first ``enrol_first`` per person, or all) and probes."""
+    enrol = list_people(enrol_folder)
+    if enrol_first is not None:
+        if enrol_first < 1:
+            raise FacegateError(f"--enrol-first must be >= 1, got {enrol_first}")
+        count: dict[str, int] = {}
+        kept = []
+        for it in enrol:
+            count[it.label] = count.get(it.label, 0) + 1
+            if count[it.label] <= enrol_first:
+                kept.append(it)
+        enrol = kept
+    probes = list_people(probe_folder)
+    people = sorted({it.label for it in enrol})
+    strangers = sorted({it.label for it in probes} - set(people))
+    return Split(enrol, probes, people, strangers)
+
+
+@dataclass(frozen=True)
+class ModelEvaluation:
+    """One model's open-set identification results."""
+
+    model: str
+    calibration: Calibration
+    sweep: list[stats.IdentificationPoint]
+    calibrated: stats.IdentificationPoint
+    curve: list[stats.IdentificationPoint]
+    enrolled: list[str]
+    failed_to_enrol: list[str]
+    enrol_not_detected: list[str]
+    probe_not_detected: list[str]
+    mean_confidence_correct: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "calibration": asdict(self.calibration),
+            "calibrated": asdict(self.calibrated),
+            "sweep": [asdict(p) for p in self.sweep],
+            "enrolled": self.enrolled,
+            "failed_to_enrol": self.failed_to_enrol,
+            "enrol_not_detected": self.enrol_not_detected,
+            "probe_not_detected": self.probe_not_detected,
+            "mean_confidence_correct": self.mean_confidence_correct,
+            "curve": {
+                "threshold": [p.threshold for p in self.curve],
+                "fnir": [p.fnir for p in self.curve],
+                "fpir": [p.fpir for p in self.curve],
+            },
+        }
+
+
+def evaluate_faces(
+    model: str,
+    enrol: FaceSet,
+    probes: FaceSet,
+    calibration: Calibration,
+    undetected_probes: Sequence[LabelledImage] = (),
+    enrol_failed: Sequence[LabelledImage] = (),
+    thresholds: npt.NDArray[np.float64] | None = None,
+) -> ModelEvaluation:
+    """Enrol, search every probe with the device's matcher, and count errors.
+
+    The calibrated row uses :class:`edge.matcher.Matcher` (the device's exact
+    decision); the sweep applies the same rule through
+    :func:`tools.stats.identification_rates` at each threshold with the
+    calibrated margin.
+    """
+    gallery = Gallery(enrol.model_sha256 or "evaluation")
+    for name in sorted(set(enrol.labels)):
+        rows = [i for i, lab in enumerate(enrol.labels) if lab == name]
+        gallery.add(name, enrol.embeddings[rows])
+    if len(gallery) == 0:
+        raise FacegateError("no one could be enrolled (no usable face in any enrolment photo)")
+    conf = Confidence(calibration.conf_midpoint, calibration.conf_scale)
+    matcher = Matcher(gallery, calibration.threshold, calibration.margin, conf)
+    names = matcher.names
+    enrolled = set(names)
+    und_mated = sum(1 for it in undetected_probes if it.label in enrolled)
+    und_non = len(undetected_probes) - und_mated
+    pd = (
+        matcher.person_distances(probes.embeddings)
+        if len(probes.labels)
+        else np.zeros((0, len(names)), np.float32)
+    )
+    th = SWEEP if thresholds is None else thresholds
+
+    def rates(ts: npt.NDArray[np.float64]) -> list[stats.IdentificationPoint]:
+        return stats.identification_rates(
+            pd, probes.labels, names, ts, calibration.margin, und_mated, und_non
+        )
+
+    # The calibrated row from the device's own decisions.
+    matches = matcher.match_many(probes.embeddings) if len(probes.labels) else []
+    mated = [lab in enrolled for lab in probes.labels]
+    n_mated = sum(mated) + und_mated
+    n_non = len(mated) - sum(mated) + und_non
+    fn = und_mated + sum(
+        1 for m, ok, lab in zip(matches, mated, probes.labels, strict=True) if ok and m.name != lab
+    )
+    fp = sum(1 for m, ok in zip(matches, mated, strict=True) if not ok and m.name is not None)
+    r1 = sum(
+        1
+        for m, ok, lab in zip(matches, mated, probes.labels, strict=True)
+        if ok and m.nearest == lab
+    )
+    correct_conf = [
+        m.confidence for m, lab in zip(matches, probes.labels, strict=True) if m.name == lab
+    ]
+    calibrated = stats.IdentificationPoint(
+        threshold=calibration.threshold,
+        fnir=fn / n_mated if n_mated else float("nan"),
+        fpir=fp / n_non if n_non else float("nan"),
+        rank1=r1 / n_mated if n_mated else float("nan"),
+        mated=n_mated,
+        nonmated=n_non,
+        false_negatives=fn,
+        false_positives=fp,
+    )
+    return ModelEvaluation(
+        model=model,
+        calibration=calibration,
+        sweep=rates(np.asarray(th, np.float64)),
+        calibrated=calibrated,
+        curve=rates(CURVE),
+        enrolled=names,
+        failed_to_enrol=sorted({it.label for it in enrol_failed} - enrolled),
+        enrol_not_detected=[f"{it.label}/{it.path.name}" for it in enrol_failed],
+        probe_not_detected=[f"{it.label}/{it.path.name}" for it in undetected_probes],
+        mean_confidence_correct=float(np.mean(correct_conf)) if correct_conf else None,
+    )
+
+
+def evaluate_model(
+    model_path: Path,
+    split: Split,
+    detector: Path = DEFAULT_DETECTOR,
+    min_face: int = 40,
+    runtime: str = "auto",
+    threads: int = 2,
+    cache_dir: Path | None = DEFAULT_CACHE,
+    progress: bool = False,
+    threshold: float | None = None,
+    margin: float | None = None,
+) -> ModelEvaluation:
+    """Embed the split with one model and evaluate it at its manifest's calibration."""
+    fe = FaceEmbedder(model_path, detector, min_face, runtime, threads)
+    desc = f"embedding ({Path(model_path).stem})"
+    enrol = fe.embed_items(split.enrol, cache_dir, progress, desc)
+    probes = fe.embed_items(split.probes, cache_dir, progress, desc)
+    cal = calibration_for(fe.embedder, threshold, margin)
+    return evaluate_faces(
+        Path(model_path).stem,
+        enrol,
+        probes,
+        cal,
+        [it for it, _ in probes.failed],
+        [it for it, _ in enrol.failed],
+    )
+
+
+# -- output --------------------------------------------------------------------------------
+def _r(x: float) -> str:
+    return "  n/a " if math.isnan(x) else f"{100 * x:5.1f}%"
+
+
+def table(evals: Sequence[ModelEvaluation]) -> str:
+    """The sweep as text, one block per model; the calibrated row is marked with ``*``."""
+    lines = []
+    for ev in evals:
+        c = ev.calibration
+        lines.append(
+            f"{ev.model}: {len(ev.enrolled)} people enrolled, "
+            f"{ev.calibrated.mated} mated and {ev.calibrated.nonmated} non-mated probes; "
+            f"not detected: {len(ev.enrol_not_detected)} enrolment, "
+            f"{len(ev.probe_not_detected)} probe photos; margin {c.margin:.3f} ({c.source})"
+        )
+        lines.append("  threshold    FNIR    FPIR  rank-1   FN   FP")
+        rows = [(p, False) for p in ev.sweep] + [(ev.calibrated, True)]
+        rows.sort(key=lambda r: (r[0].threshold, r[1]))
+        for p, cal in rows:
+            mark = "*" if cal else " "
+            lines.append(
+                f"{mark} {p.threshold:8.5f}  {_r(p.fnir)}  {_r(p.fpir)}  {_r(p.rank1)}"
+                f"  {p.false_negatives:3d}  {p.false_positives:3d}"
+            )
+        lines.append("  (* = calibrated threshold from the manifest, decided by edge.matcher)")
+        lines.append("")
+    if len(evals) == 2:
+        a, b = evals
+        lines.append(
+            f"at the calibrated thresholds: {a.model} FNIR {_r(a.calibrated.fnir).strip()} "
+            f"FPIR {_r(a.calibrated.fpir).strip()} | {b.model} FNIR "
+            f"{_r(b.calibrated.fnir).strip()} FPIR {_r(b.calibrated.fpir).strip()}"
+        )
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m tools.evaluate",
+        description="Open-set identification (FNIR, FPIR, rank-1) of the device pipeline, "
+        "over a threshold sweep and at the calibrated threshold.",
+    )
+    p.add_argument("folder", type=Path, nargs="?", help="one folder of people to split")
+    p.add_argument("--enrol", type=Path, help="enrolment folder (with --probe)")
+    p.add_argument("--probe", type=Path, help="probe folder (with --enrol)")
+    p.add_argument(
+        "--enrol-fraction",
+        type=float,
+        default=0.5,
+        help="share of people enrolled when splitting one folder",
+    )
+    p.add_argument(
+        "--enrol-first",
+        type=int,
+        help="enrol with the first N photos (default 1 "
+        "when splitting one folder, all with --enrol)",
+    )
+    p.add_argument(
+        "--swap", action="store_true", help="enrol the people the split would make strangers"
+    )
+    p.add_argument("--enrol-people", help="comma-separated names to enrol (instead of a fraction)")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="embedder .tflite")
+    p.add_argument("--float-model", type=Path, default=DEFAULT_FLOAT_MODEL)
+    p.add_argument("--compare-float", action="store_true", help="also evaluate the float model")
+    p.add_argument("--detector", type=Path, default=DEFAULT_DETECTOR)
+    p.add_argument("--threshold", type=float, help="override the manifest's threshold")
+    p.add_argument("--margin", type=float, help="override the manifest's margin")
+    p.add_argument("--min-face", type=int, default=40)
+    p.add_argument("--runtime", default="auto")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--no-cache", action="store_true", help="do not cache embeddings")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def make_split(a: argparse.Namespace) -> Split:
+    if a.folder is not None and (a.enrol or a.probe):
+        raise FacegateError("give one folder to split, or --enrol and --probe, not both")
+    if a.folder is not None:
+        names = [n.strip() for n in a.enrol_people.split(",")] if a.enrol_people else None
+        return split_folder(a.folder, a.enrol_fraction, a.enrol_first or 1, a.swap, names)
+    if a.enrol is None or a.probe is None:
+        raise FacegateError("give a folder to split, or both --enrol and --probe")
+    return split_two(a.enrol, a.probe, a.enrol_first)
+
+
+def run(a: argparse.Namespace) -> int:
+    split = make_split(a)
+    cache = None if a.no_cache else DEFAULT_CACHE
+    models = [a.model] + ([a.float_model] if a.compare_float else [])
+    evals = [
+        evaluate_model(
+            m,
+            split,
+            a.detector,
+            a.min_face,
+            a.runtime,
+            a.threads,
+            cache,
+            not a.quiet,
+            a.threshold,
+            a.margin,
+        )
+        for m in models
+    ]
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = {
+        "split": {
+            "enrolled_people": split.enrolled_people,
+            "strangers": split.strangers,
+            "enrol_photos": len(split.enrol),
+            "probe_photos": len(split.probes),
+        },
+        "models": [e.to_json() for e in evals],
+    }
+    write_json_atomic(out / "evaluation.json", data)
+    files = [out / "evaluation.json"]
+    if plots.available():
+        files.append(
+            plots.identification_plot(
+                [(e.model, e.curve) for e in evals],
+                out / "fnir_fpir.png",
+                [(e.model, e.calibrated) for e in evals],
+            )
+        )
+    else:
+        log.warning("matplotlib is not installed: plot skipped (pip install facegate[tools])")
+    print(table(evals), end="")
+    print("report: " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return run(build_parser().parse_args(argv))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI: a user error is one line on stderr and exit code 2."""
+    return run_tool("evaluate", _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
