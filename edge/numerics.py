@@ -22,12 +22,14 @@ def quantize(
     """Affine quantisation: ``q = clip(round(x / scale) + zero_point, qmin, qmax)``.
 
     ``qmin``/``qmax`` are the limits of ``dtype`` (-128..127 for int8,
-    0..255 for uint8). This is TFLite's scheme for per-tensor parameters.
+    0..255 for uint8). This is TFLite's scheme for per-tensor parameters, and
+    like TFLite (``std::round``) it rounds halves away from zero, not to even.
     """
     if scale <= 0:
         raise ValueError(f"quantisation scale must be positive, got {scale}")
     info = np.iinfo(dtype)
-    q = np.round(np.asarray(x, dtype=np.float32) / np.float32(scale)) + zero_point
+    y = np.asarray(x, dtype=np.float32) / np.float32(scale)
+    q = np.sign(y) * np.floor(np.abs(y) + np.float32(0.5)) + zero_point
     out: npt.NDArray[np.integer] = np.clip(q, info.min, info.max).astype(dtype)
     return out
 

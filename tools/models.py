@@ -28,10 +28,10 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from edge.errors import ManifestMismatch, ModelError
+from edge.errors import FacegateError, ManifestMismatch, ModelError
 from edge.imageio import read_image
 from edge.manifest import (
     Manifest,
@@ -45,6 +45,7 @@ from edge.manifest import (
 from edge.types import Image
 from tools._common import run_tool
 from tools.quantize import FACENET_PREPROCESSING as FACENET_PREPROCESSING
+from tools.quantize import SUGGESTED
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO / "models"
@@ -295,6 +296,56 @@ def facenet_pb(models_dir: Path = MODELS_DIR) -> Path:
     return pb
 
 
+def _calibrations(targets: list[Path]) -> dict[Path, Manifest]:
+    """Manifests of the targets that carry a real calibration (from ``tools.calibrate``)."""
+    kept = {}
+    for t in targets:
+        try:
+            m = load_manifest(t)
+        except FacegateError:
+            continue
+        if m.calibration is not None and m.calibration.source != SUGGESTED.source:
+            kept[t] = m
+    return kept
+
+
+def _restore_calibrations(targets: list[Path], kept: dict[Path, Manifest]) -> None:
+    """Put a calibration back into a rebuilt manifest when it still describes the model.
+
+    A calibration is a measurement of one model's distances. The committed
+    manifests carry the project's calibration; a rebuild from the same source
+    graph with the same tool produces the same model (the build is
+    deterministic), so the calibration is carried over. If the source or the
+    tool differ, it is dropped with a warning: calibrate again.
+    """
+    for t in targets:
+        old = kept.get(t)
+        if old is None or old.calibration is None:
+            continue
+        new = load_manifest(t)
+        same_model = new.sha256 == old.sha256
+        same_recipe = (
+            new.source.get("sha256") == old.source.get("sha256")
+            and new.source.get("output_node") == old.source.get("output_node")
+            and new.tool_version == old.tool_version
+        )
+        if not (same_model or same_recipe):
+            print(
+                f"warning: {t.name}: rebuilt from another source or tool; its calibration "
+                f"({old.calibration.source}) no longer applies: run python -m tools.calibrate",
+                file=sys.stderr,
+            )
+            continue
+        cal = old.calibration
+        if not same_model:
+            cal = replace(cal, source=f"{cal.source} (carried over: same source and tool)")
+        extra = dict(new.extra)
+        if "calibration" in old.extra:
+            extra["calibration"] = old.extra["calibration"]
+        save_manifest(replace(new.with_calibration(cal), extra=extra))
+        os.chmod(new.path or t.with_suffix(".json"), 0o644)
+
+
 def build_embedder(
     models_dir: Path = MODELS_DIR,
     force: bool = False,
@@ -335,7 +386,9 @@ def build_embedder(
             "calibration_set": str(calibration.name) if calibration else "default-augmented",
         },
     )
+    kept = _calibrations(targets)
     res = quantize(cfg)
+    _restore_calibrations(targets, kept)
     if show_progress:
         print(res.report_md.read_text(encoding="utf-8"), file=sys.stderr)
     return "built"

