@@ -31,7 +31,7 @@ def test_round_trip(tmp_path: Path, key: bytes | None) -> None:
     g.save(p, key)
     back = Gallery.load(p, key, SHA)
     assert back.names == ["bob", "thomas"]
-    names, E, starts = back.matrix()
+    _, E, starts = back.matrix()
     assert E.shape == (3, 8) and starts.tolist() == [0, 2]
     np.testing.assert_allclose(np.linalg.norm(E, axis=1), 1.0, rtol=1e-6)
     np.testing.assert_array_equal(E, g.matrix()[1])

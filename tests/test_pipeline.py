@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DETECTOR, DETECTOR_FULL, EMBEDDER, EMBEDDER_FLOAT
 
 from edge.align import TEMPLATES, align_face, template_points, umeyama_similarity
 from edge.detector import ANCHORS, FaceDetector, decode, make_anchors, weighted_nms
@@ -17,8 +18,6 @@ from edge.imageio import list_images, read_image
 from edge.manifest import load_manifest
 from edge.numerics import quantize
 from edge.types import Box, Detection
-
-from conftest import DETECTOR, DETECTOR_FULL, EMBEDDER, EMBEDDER_FLOAT
 
 
 # -- alignment -----------------------------------------------------------------
