@@ -674,3 +674,56 @@ def test_daemon_over_a_real_broker_with_reload(
     assert proc.returncode == 0, err
     assert f"gallery reloaded: {len(ENROLLED)} people" in err
     assert sub.payloads(topics.availability)[-1] == b"offline"
+
+
+@needs_pipeline
+@needs_faces
+@pytest.mark.mqtt
+def test_replays_of_real_photos_and_the_clip_reach_the_broker(
+    replay: tuple[Path, list[str | None]], enrolled: Enrolled, tmp_path: Path, mqtt_broker: Broker
+) -> None:
+    """``facegate run`` on the photo replay and on the real clip: the decisions arrive on MQTT."""
+    from edge.events import Topics
+
+    d, truth = replay
+    topics = Topics.for_device("facegate", "test-door")
+    sub = Collector(mqtt_broker, [topics.event], persistent=False).start()
+    mqtt: dict[str, object] = {
+        "enabled": True,
+        "host": mqtt_broker.host,
+        "port": mqtt_broker.port,
+        "outbox_path": str(tmp_path / "outbox.sqlite"),
+    }
+
+    def run(name: str, sections: dict[str, dict[str, object]]) -> list[dict[str, Any]]:
+        before = len(sub.payloads(topics.event))
+        proc = _spawn(_write_config(d, name, {**sections, "mqtt": mqtt}), None)
+        _out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        n = int(err.rsplit("frames, ", 1)[1].split(" events")[0])
+        assert sub.wait_for(lambda: len(sub.payloads(topics.event)) - before >= n, 20)
+        return [json.loads(p) for p in sub.payloads(topics.event)[before:]]
+
+    try:
+        photos = run(
+            "broker-folder.toml",
+            {"camera": {"source": "folder", "path": "replay", "fps": REPLAY_FPS}},
+        )
+        expected = [("recognized", t) if t else ("unknown", None) for t in truth]
+        assert [(e["type"], e["name"]) for e in photos] == expected
+        clip = run(
+            "broker-clip.toml",
+            {
+                "camera": {"source": "opencv", "uri": str(VIDEO), "realtime": False},
+                "detector": {"model": str(FULL_RANGE)},
+                "decision": {"k": 3, "n": 4, "cooldown_s": 30.0, "max_track_age_s": 60.0},
+            },
+        )
+        # The street crowd holds nobody enrolled: unknowns only, and some.
+        assert clip and {e["type"] for e in clip} == {"unknown"}
+        assert all(e["name"] is None for e in clip)
+        # One device, one sequence: dense across both runs (the outbox persists it).
+        seqs = [e["seq"] for e in photos + clip]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    finally:
+        sub.stop()
