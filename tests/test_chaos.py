@@ -95,6 +95,9 @@ def test_facegate_run_survives_broker_and_daemon_crashes(tmp_path: Path) -> None
     created is known from its outbox: sequence numbers are taken in the same
     transaction that stores the event, so ``1 .. next_seq - 1`` is every event
     ever created, and an empty outbox at the end means every one was acknowledged.
+    Availability turns "offline" (the retained Last Will) when the daemon is
+    killed and "online" when it is back; 1,000 malformed commands at the end
+    leave it running and deciding.
 
     The broker is stopped with SIGTERM here (it writes its persistence and
     exits), the daemon with SIGKILL. With the broker SIGKILLed instead, a run
@@ -143,11 +146,17 @@ prefix = "test"
 keepalive = 5
 drain_rate = 500.0
 outbox_path = "{outbox}"
+commands = true
 [service]
 state_dir = "{tmp_path}"
 """
     )
     checker = Collector(broker, ["test/door1/event"], client_id="chaos-run").start()
+    watcher = Collector(broker, ["test/door1/availability"], persistent=False).start()
+
+    def availability() -> bytes:
+        got = watcher.payloads("test/door1/availability")
+        return got[-1] if got else b""
 
     def start() -> subprocess.Popen[bytes]:
         return subprocess.Popen(
@@ -165,10 +174,21 @@ state_dir = "{tmp_path}"
             time.sleep(1.0)
             broker.restart(kill=False, down_s=(0.0, 0.4, 1.2)[i % 3])
             if i == 4:
+                assert watcher.wait_for(lambda: availability() == b"online", 15)
                 daemon.kill()
                 daemon.wait(timeout=5)
+                # The Last Will: retained "offline" as soon as the broker sees the socket die.
+                assert watcher.wait_for(lambda: availability() == b"offline", 15)
                 daemon = start()
-        time.sleep(1.0)
+                assert watcher.wait_for(lambda: availability() == b"online", 30)
+        # 1,000 malformed commands: rejected, and the daemon goes on deciding.
+        assert watcher.wait_for(lambda: availability() == b"online", 30)
+        junk = [b"", b"{", b"null", b'{"command": "rm -rf /"}', b"\xff" * 300, b"[1,2]"]
+        for n in range(1000):
+            watcher.client.publish("test/door1/command", junk[n % len(junk)] + str(n).encode())
+        before = len(checker.payloads("test/door1/event"))
+        assert checker.wait_for(lambda: len(checker.payloads("test/door1/event")) > before + 5, 20)
+        assert daemon.poll() is None, "malformed commands killed the daemon"
         daemon.send_signal(15)
         assert daemon.wait(timeout=10) == 0
         box = Outbox(outbox, 10000)
@@ -200,4 +220,5 @@ state_dir = "{tmp_path}"
             daemon.kill()
             daemon.wait(timeout=5)
         checker.stop()
+        watcher.stop()
         broker.stop()
