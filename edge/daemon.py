@@ -105,14 +105,26 @@ class CaptureLike(Protocol):
 
 
 class StdoutPublisher:
-    """The publisher when MQTT is off: each event payload as one JSON line on stdout."""
+    """Each event payload as one JSON line on stdout (or ``out``).
 
-    def __init__(self, cfg: Config, out: Any = None) -> None:
+    The publisher when MQTT is off; with ``inner`` (a real :class:`edge.mqtt.Publisher`)
+    it prints and publishes, as ``facegate demo --broker`` does.
+    """
+
+    def __init__(self, cfg: Config, out: Any = None, inner: PublisherLike | None = None) -> None:
         from edge.mqtt import FakePublisher
 
-        self._fake = FakePublisher(cfg)
+        self._fake: Any = inner if inner is not None else FakePublisher(cfg)
         self._out = out
-        self.on_command: Callable[[str], None] | None = None
+
+    @property
+    def on_command(self) -> Callable[[str], None] | None:
+        return self._fake.on_command  # type: ignore[no-any-return]
+
+    @on_command.setter
+    def on_command(self, fn: Callable[[str], None] | None) -> None:
+        # Commands arrive through the wrapped publisher: hand it the callback.
+        self._fake.on_command = fn
 
     def start(self) -> None:
         self._fake.start()

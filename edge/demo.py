@@ -21,7 +21,7 @@ import tempfile
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import numpy as np
 
@@ -35,7 +35,7 @@ from edge.config import (
     ServiceConfig,
 )
 from edge.errors import FacegateError
-from edge.types import Decision, Image
+from edge.types import Image
 
 CANVAS = (480, 640)  # height, width of the demo "camera"
 FPS = 10.0
@@ -107,35 +107,6 @@ def scene(photos: dict[str, Image]) -> list[Image]:
     return frames
 
 
-class _PrintingPublisher:
-    """Publishes through ``inner`` (MQTT) and prints each payload as a JSON line."""
-
-    def __init__(self, inner: Any, out: IO[str]) -> None:
-        self.inner = inner
-        self.out = out
-        self.on_command = None
-
-    def start(self) -> None:
-        self.inner.start()
-
-    def publish_decision(self, decision: Decision) -> dict[str, Any]:
-        from edge.events import encode
-
-        payload: dict[str, Any] = self.inner.publish_decision(decision)
-        self.out.write(encode(payload).decode() + "\n")
-        self.out.flush()
-        return payload
-
-    def set_state(self, **fields: Any) -> None:
-        self.inner.set_state(**fields)
-
-    def alive(self) -> bool:
-        return bool(self.inner.alive())
-
-    def stop(self, timeout: float) -> None:
-        self.inner.stop(timeout)
-
-
 def run_demo(broker: str | None = None, out: IO[str] | None = None) -> int:
     """Enroll, replay, print the events; publish them too when ``broker`` is given."""
     from edge.daemon import StdoutPublisher, run
@@ -175,12 +146,12 @@ def run_demo(broker: str | None = None, out: IO[str] | None = None) -> int:
             decision=DecisionConfig(k=3, n=4, cooldown_s=30.0, max_track_age_s=0.5),
             service=ServiceConfig(state_dir=state, log_level="WARNING"),
         )
-        publisher: Any
+        publisher: StdoutPublisher
         if broker:
             host, _, port = broker.partition(":")
             mqtt = MqttConfig(enabled=True, host=host, port=int(port or 1883), state_interval_s=5)
             cfg = replace(cfg, mqtt=mqtt)
-            publisher = _PrintingPublisher(Publisher(cfg), out)
+            publisher = StdoutPublisher(cfg, out, inner=Publisher(cfg))
         else:
             publisher = StdoutPublisher(cfg, out)
 
