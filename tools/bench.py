@@ -23,15 +23,17 @@ unit tests: ``tests/test_bench.py`` checks the pure helpers on given numbers.
 Frames are the photos in ``../shared/faces`` and ``../shared/group`` and
 frames of ``../shared/video/video.mp4`` when that folder exists, else the
 sample photos matplotlib and scikit-image ship (so a fresh checkout can run
-it). Every frame is scaled to fit the camera's 640x480 (``--max-side``), as
+it). Every frame is scaled to fit the camera's 640x480 (``--camera``), as
 the door camera would deliver it; both systems get exactly these arrays.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import math
 import os
 import platform
 import statistics
@@ -40,11 +42,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -52,6 +55,10 @@ import numpy.typing as npt
 from edge.errors import FacegateError
 from edge.types import Image
 from tools._common import run_tool
+
+if TYPE_CHECKING:
+    from edge.gallery import Gallery
+    from edge.recognizer import Recognizer
 
 log = logging.getLogger("tools.bench")
 
@@ -66,6 +73,7 @@ EMB_FLOAT = MODELS / "facenet_float32.tflite"
 GALLERY_SIZES = (10, 100, 1000)
 EMBEDDINGS_PER_PERSON = 3
 PEER_TOLERANCE = 0.6  # face_recognition's customary distance tolerance
+STRANGER = "<stranger>"  # the label of a probe whose person is not enrolled
 GROWTH_LIMIT_PCT = 10.0
 
 # The targets of issue 6: key -> (what, comparison, limit, unit).
@@ -109,7 +117,11 @@ def growth_pct(first: float, last: float) -> float:
 
 @dataclass(frozen=True)
 class Target:
-    """One target and its measured value; ``value`` None means not measured (``note`` says why)."""
+    """One target and its measured value.
+
+    ``value`` None (or NaN) means not measured, ``note`` says why; infinity
+    stands for "never happened" (no event arrived, the daemon died) and fails.
+    """
 
     key: str
     what: str
@@ -122,7 +134,7 @@ class Target:
     @property
     def status(self) -> str:
         """``pass``, ``fail`` or ``n/a``."""
-        if self.value is None or not np.isfinite(self.value):
+        if self.value is None or math.isnan(self.value):
             return "n/a"
         v, lim = self.value, self.limit
         ok = {"<": v < lim, "<=": v <= lim, ">": v > lim, ">=": v >= lim}[self.op]
@@ -130,7 +142,7 @@ class Target:
 
 
 def evaluate_targets(
-    values: dict[str, float | None], notes: dict[str, str] | None = None
+    values: Mapping[str, float | None], notes: Mapping[str, str] | None = None
 ) -> list[Target]:
     """Every target of :data:`TARGETS` against the measured ``values`` (missing: n/a).
 
@@ -151,8 +163,10 @@ def all_pass(targets: Sequence[Target]) -> bool:
 
 
 def _fmt_num(v: float | None, unit: str = "") -> str:
-    if v is None or not np.isfinite(v):
+    if v is None or math.isnan(v):
         return "-"
+    if math.isinf(v):
+        return "never" if v > 0 else "-inf"
     a = abs(v)
     s = (
         f"{v:.0f}"
@@ -196,16 +210,15 @@ def format_targets(targets: Sequence[Target]) -> str:
     return format_table(["target", "measured", "limit", "result"], rows)
 
 
-def overhead_ratio(
-    whole_ms: Sequence[float], faces: Sequence[int], det_invoke_ms: float, emb_invoke_ms: float
-) -> float:
+def overhead_ratio(whole_ms: Sequence[float], models_ms: Sequence[float]) -> float:
     """Whole-frame time over the bare model time on the same frames.
 
-    ``sum_f whole_f / sum_f (det_invoke + faces_f * emb_invoke)``: 1.0 means
-    all time is spent inside the two models.
+    ``sum_f whole_f / sum_f models_f`` where ``models_f`` is the detector
+    invoke plus one embedder invoke per face of frame ``f``: 1.0 means all
+    time is spent inside the two models.
     """
-    models = sum(det_invoke_ms + n * emb_invoke_ms for n in faces)
-    return float(sum(whole_ms) / models) if models > 0 else float("nan")
+    models = float(sum(models_ms))
+    return float(sum(whole_ms)) / models if models > 0 else float("nan")
 
 
 # ----------------------------------------------------------------------------- frames
@@ -268,7 +281,7 @@ def _video_frames(path: Path, count: int) -> list[tuple[str, Image]]:
             cap.set(cv2.CAP_PROP_POS_FRAMES, int(i))
             ok, bgr = cap.read()
             if ok:
-                out.append((f"video.mp4#{i}", np.ascontiguousarray(bgr[:, :, ::-1])))
+                out.append((f"video.mp4#{i}", np.ascontiguousarray(bgr[:, :, ::-1], np.uint8)))
         return out
     finally:
         cap.release()
@@ -313,6 +326,34 @@ def load_frames(
     return frames, where
 
 
+def load_strangers(
+    shared: Path, known: set[str], count: int, max_w: int, max_h: int
+) -> list[BenchFrame]:
+    """One photo each of ``count`` LFW people not among ``known`` (0: all of them).
+
+    They are the open-set half of the identification comparison: a stranger
+    must come out unknown. Taking every one (the default) leaves no room to
+    pick a flattering subset; a smaller ``count`` spreads over the list.
+    """
+    from edge.imageio import list_images, read_image
+
+    lfw = shared / "lfw"
+    if count < 0 or not lfw.is_dir():
+        return []
+    norm = {k.lower() for k in known}
+    people = sorted(p for p in lfw.iterdir() if p.is_dir() and p.name.lower() not in norm)
+    if not people:
+        return []
+    n = len(people) if count == 0 else min(count, len(people))
+    out = []
+    for i in np.unique(np.linspace(0, len(people) - 1, n).astype(int)):
+        imgs = list_images(people[i], recursive=False)
+        if imgs:
+            rgb = fit(read_image(imgs[0]), max_w, max_h)
+            out.append(BenchFrame(f"lfw/{people[i].name}/{imgs[0].name}", rgb, STRANGER))
+    return out
+
+
 # ----------------------------------------------------------------------------- timing
 
 
@@ -342,7 +383,7 @@ def bench_decode(frames: Sequence[BenchFrame], repeats: int) -> float:
         if not ok:
             continue
         data = buf.tobytes()
-        samples += time_ms(lambda d=data: decode_image(d), repeats)  # type: ignore[misc]
+        samples += time_ms(partial(decode_image, data), repeats)
     return median(samples)
 
 
@@ -368,51 +409,87 @@ class StageResult:
     per_frame_ms: list[float] = field(default_factory=list)
 
 
-def _enrol_gallery(rec: Any, frames: Sequence[BenchFrame]) -> tuple[Any, set[str]]:
-    """A gallery of the first photo of each labelled person; also the enrolment frame names."""
-    from edge.errors import NoFaceError
-    from edge.gallery import Gallery
+@dataclass(frozen=True)
+class Models:
+    """The models under test (``--detector``, ``--int8``, ``--float32``, ``--edgetpu``)."""
 
-    g = Gallery(rec.model_sha256)
-    used: set[str] = set()
+    detector: Path = DETECTOR
+    int8: Path = EMB_INT8
+    float32: Path = EMB_FLOAT
+    edgetpu: bool = False
+
+
+def build_recognizer(models: Models, runtime: str, threads: int) -> Recognizer:
+    """The device pipeline on the int8 embedder (the Edge TPU delegate when asked)."""
+    from edge.detector import FaceDetector
+    from edge.embedder import Embedder
+    from edge.gallery import Gallery
+    from edge.recognizer import FaceCropper, Recognizer, calibration_for
+
+    det = FaceDetector.load(models.detector, runtime=runtime, num_threads=threads)
+    emb = Embedder.load(models.int8, runtime=runtime, num_threads=threads, edgetpu=models.edgetpu)
+    cropper = FaceCropper(det, emb.manifest.alignment or "facenet160", emb.size[0])
+    return Recognizer(cropper, emb, Gallery(emb.sha256), calibration_for(emb))
+
+
+def enrolment_names(frames: Sequence[BenchFrame]) -> set[str]:
+    """The frames whose face is enrolled: the first photo (in order) of each labelled person."""
     seen: set[str] = set()
+    used: set[str] = set()
     for f in frames:
-        if f.label is None or f.label in seen:
+        if f.label is None or f.label == STRANGER or f.label in seen:
             continue
         seen.add(f.label)
         used.add(f.name)
-        try:
-            g.add(f.label, rec.embed_single_face(f.rgb)[None, :])
-        except NoFaceError:
-            # Not enrolled: same rule for the peer (see bench_peer).
-            continue
+    return used
+
+
+def _enrol_gallery(rec: Recognizer, frames: Sequence[BenchFrame]) -> tuple[Gallery, set[str]]:
+    """A gallery of the largest face of each person's first photo; also those frames' names.
+
+    The largest face, as for the peer (the device's ``enrol`` command would
+    refuse a photo with two faces; here both systems follow one rule).
+    """
+    from edge.gallery import Gallery
+
+    g = Gallery(rec.model_sha256)
+    used = enrolment_names(frames)
+    for f in frames:
+        if f.name in used and f.label is not None:
+            crops = rec.cropper.crops(f.rgb)
+            if crops:  # else not enrolled, the same rule as for the peer
+                g.add(f.label, rec.embedder.embed([crops[0].crop]))
     return g, used
 
 
 def bench_stages(
-    frames: Sequence[BenchFrame], runtime: str, threads: int, repeats: int, invokes: int
+    frames: Sequence[BenchFrame],
+    runtime: str,
+    threads: int,
+    repeats: int,
+    invokes: int,
+    models: Models = Models(),
 ) -> StageResult:
     """Stage medians for one runtime and thread count (int8 embedder in the whole frame)."""
     from edge.align import align_face
     from edge.embedder import Embedder
-    from edge.recognizer import Recognizer
     from edge.types import Frame
 
     r = StageResult(runtime, threads)
-    rec = Recognizer.from_models(DETECTOR, EMB_INT8, runtime=runtime, num_threads=threads)
+    rec = build_recognizer(models, runtime, threads)
     gallery, _ = _enrol_gallery(rec, frames)
     rec.set_gallery(gallery)
     det = rec.cropper.detector
-    femb = Embedder.load(EMB_FLOAT, runtime=runtime, num_threads=threads)
+    femb = Embedder.load(models.float32, runtime=runtime, num_threads=threads)
 
     r.detect_invoke_ms = median(time_ms(lambda: det.interpreter.run(det._input), invokes, 3))
     det_samples: list[float] = []
     align_samples: list[float] = []
     crop = None
     for f in frames:
-        det_samples += time_ms(lambda f=f: det.detect(f.rgb), repeats)  # type: ignore[misc]
+        det_samples += time_ms(partial(det.detect, f.rgb), repeats)
         for d in det.detect(f.rgb):
-            align_samples += time_ms(lambda d=d, f=f: align_face(f.rgb, d), repeats)  # type: ignore[misc]
+            align_samples += time_ms(partial(align_face, f.rgb, d), repeats)
             if crop is None:
                 crop = align_face(f.rgb, d)
     r.detect_ms, r.align_ms = median(det_samples), median(align_samples)
@@ -421,21 +498,37 @@ def bench_stages(
     iemb = rec.embedder
     for name, emb in (("int8", iemb), ("float", femb)):
         emb.embed_one(crop)  # fills the input tensor with a real face
-        inv = median(time_ms(lambda e=emb: e.interpreter.run(e._input), invokes, 3))  # type: ignore[misc]
-        full = median(time_ms(lambda e=emb: e.embed_one(crop), invokes, 1))  # type: ignore[misc]
+        inv = median(time_ms(partial(emb.interpreter.run, emb._input), invokes, 3))
+        full = median(time_ms(partial(emb.embed_one, crop), invokes, 1))
         setattr(r, f"embed_{name}_invoke_ms", inv)
         setattr(r, f"embed_{name}_ms", full)
 
+    # The whole frame, and right after it the bare invokes of the same frame's
+    # tensors (still in the input buffers), so that both see the same load.
     faces: list[int] = []
+    models_ms: list[float] = []
     for i, f in enumerate(frames):
         frame = Frame(f.rgb, i, time.time(), f.name)
-        faces.append(len(rec.process(frame).faces))
-        r.per_frame_ms.append(median(time_ms(lambda fr=frame: rec.process(fr), repeats)))  # type: ignore[misc]
+        n = len(rec.process(frame).faces)
+        faces.append(n)
+        whole, bare = [], []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            rec.process(frame)
+            t1 = time.perf_counter()
+            det.interpreter.run(det._input)
+            for _ in range(n):
+                iemb.interpreter.run(iemb._input)
+            t3 = time.perf_counter()
+            whole.append((t1 - t) * 1e3)
+            bare.append((t3 - t1) * 1e3)
+        r.per_frame_ms.append(median(whole))
+        models_ms.append(median(bare))
     r.frames, r.faces = len(frames), sum(faces)
     r.frame_ms = median(r.per_frame_ms)
     r.frame_total_ms = float(sum(r.per_frame_ms))
     r.fps = 1e3 * len(frames) / r.frame_total_ms if r.frame_total_ms > 0 else float("nan")
-    r.overhead = overhead_ratio(r.per_frame_ms, faces, r.detect_invoke_ms, r.embed_int8_invoke_ms)
+    r.overhead = overhead_ratio(r.per_frame_ms, models_ms)
     return r
 
 
@@ -456,7 +549,7 @@ def bench_matching(dim: int, repeats: int, seed: int = 0) -> dict[int, float]:
             )
         m = Matcher(g, 0.4, 0.05, Confidence(0.4, 0.04))
         q = l2_normalize(rng.standard_normal((1, dim)).astype(np.float32))
-        out[n] = median(time_ms(lambda m=m, q=q: m.match_many(q), repeats, 5))  # type: ignore[misc]
+        out[n] = median(time_ms(partial(m.match_many, q), repeats, 5))
     return out
 
 
@@ -465,16 +558,35 @@ def bench_matching(dim: int, repeats: int, seed: int = 0) -> dict[int, float]:
 
 @dataclass
 class IdResult:
-    """Identification of the labelled probes (not the enrolment photos)."""
+    """Identification of the probes: labelled photos not enrolled, and strangers.
 
-    probes: int = 0
+    ``correct`` counts known people named right; ``strangers_rejected`` the
+    strangers called unknown; their sum is ``total_correct``.
+    """
+
     enrolled: int = 0
+    probes: int = 0
     correct: int = 0
     wrong_person: int = 0
     unknown_or_missed: int = 0
+    strangers: int = 0
+    strangers_rejected: int = 0
+    false_accepts: int = 0
+
+    @property
+    def total_correct(self) -> int:
+        return self.correct + self.strangers_rejected
 
 
-def _score(truth: str, said: str | None, r: IdResult) -> None:
+def score(truth: str, said: str | None, r: IdResult) -> None:
+    """Count one probe: ``truth`` is a name or :data:`STRANGER`, ``said`` None for unknown."""
+    if truth == STRANGER:
+        r.strangers += 1
+        if said is None:
+            r.strangers_rejected += 1
+        else:
+            r.false_accepts += 1
+        return
     r.probes += 1
     if said == truth:
         r.correct += 1
@@ -484,11 +596,12 @@ def _score(truth: str, said: str | None, r: IdResult) -> None:
         r.wrong_person += 1
 
 
-def identify_ours(frames: Sequence[BenchFrame], runtime: str, threads: int) -> IdResult:
-    """Enrol the first photo of each person, identify the largest face of every other photo."""
-    from edge.recognizer import Recognizer
+def identify_ours(
+    frames: Sequence[BenchFrame], runtime: str, threads: int, models: Models = Models()
+) -> IdResult:
+    """Enrol each person's first photo, identify the largest face of every other labelled one."""
 
-    rec = Recognizer.from_models(DETECTOR, EMB_INT8, runtime=runtime, num_threads=threads)
+    rec = build_recognizer(models, runtime, threads)
     gallery, used = _enrol_gallery(rec, frames)
     rec.set_gallery(gallery)
     r = IdResult(enrolled=len(gallery))
@@ -496,7 +609,7 @@ def identify_ours(frames: Sequence[BenchFrame], runtime: str, threads: int) -> I
         if f.label is None or f.name in used:
             continue
         res = rec.identify(f.rgb)
-        _score(f.label, res[0].match.name if res else None, r)
+        score(f.label, res[0].match.name if res else None, r)
     return r
 
 
@@ -525,13 +638,15 @@ def peer_version() -> str | None:
         return "unknown"
 
 
-def bench_peer(frames: Sequence[BenchFrame]) -> PeerResult:
+def bench_peer(frames: Sequence[BenchFrame], strangers: Sequence[BenchFrame] = ()) -> PeerResult:
     """``face_recognition`` with its defaults: HOG detector (upsample 1), ResNet encodings.
 
     Per frame: ``face_locations`` then ``face_encodings`` of every face (what
-    a user of the library runs per frame). The same first photo per person
-    is enrolled; a probe is named after the nearest enrolled encoding when
-    its distance is within the customary tolerance 0.6, else unknown.
+    a user of the library runs per frame), timed over ``frames``. The same
+    first photo per person is enrolled (its largest face); a probe (its
+    largest face) is named after the nearest enrolled encoding when its
+    distance is within the customary tolerance 0.6, else unknown. The
+    ``strangers`` are identified too but not timed.
     """
     version = peer_version()
     if version is None:
@@ -540,8 +655,6 @@ def bench_peer(frames: Sequence[BenchFrame]) -> PeerResult:
 
     enrol_names: list[str] = []
     enrol_vecs: list[npt.NDArray[np.float64]] = []
-    seen: set[str] = set()
-    used: set[str] = set()
     per_frame: list[tuple[BenchFrame, list[Any], list[Any]]] = []
     fr.face_encodings(frames[0].rgb, fr.face_locations(frames[0].rgb))  # warm-up
     total = 0.0
@@ -553,6 +666,9 @@ def bench_peer(frames: Sequence[BenchFrame]) -> PeerResult:
         per_frame.append((f, locs, encs))
     res = PeerResult(True, version=version, frames=len(frames), total_ms=total * 1e3)
     res.fps = len(frames) / total if total > 0 else float("nan")
+    for f in strangers:  # identification only, not timed
+        locs = fr.face_locations(f.rgb)
+        per_frame.append((f, locs, fr.face_encodings(f.rgb, locs)))
 
     def largest(locs: list[Any], encs: list[Any]) -> Any:
         if not encs:
@@ -560,13 +676,10 @@ def bench_peer(frames: Sequence[BenchFrame]) -> PeerResult:
         areas = [(b - t) * (r - lft) for t, r, b, lft in locs]
         return encs[int(np.argmax(areas))]
 
+    used = enrolment_names(frames)
     for f, locs, encs in per_frame:
-        if f.label is None or f.label in seen:
-            continue
-        seen.add(f.label)
-        used.add(f.name)
         e = largest(locs, encs)
-        if e is not None:
+        if f.name in used and f.label is not None and e is not None:
             enrol_names.append(f.label)
             enrol_vecs.append(e)
     res.ident.enrolled = len(enrol_names)
@@ -579,7 +692,7 @@ def bench_peer(frames: Sequence[BenchFrame]) -> PeerResult:
             d = fr.face_distance(np.stack(enrol_vecs), e)
             i = int(np.argmin(d))
             said = enrol_names[i] if d[i] <= PEER_TOLERANCE else None
-        _score(f.label, said, res.ident)
+        score(f.label, said, res.ident)
     return res
 
 
@@ -602,6 +715,7 @@ class DaemonResult:
     rss_growth_pct: float = float("nan")
     thread_growth: float = float("nan")
     exit_code: int | None = None
+    failed: bool = False
 
 
 def _toml(v: object) -> str:
@@ -635,7 +749,12 @@ def _vm_hwm_mb(pid: int) -> float | None:
 
 
 def bench_daemon(
-    frames: Sequence[BenchFrame], seconds: float, sample_every: float, fps: float, workdir: Path
+    frames: Sequence[BenchFrame],
+    seconds: float,
+    sample_every: float,
+    fps: float,
+    workdir: Path,
+    models: Models = Models(),
 ) -> DaemonResult:
     """Run ``python -m edge run`` on a looping replay of the frames; sample RSS and threads."""
     import cv2
@@ -648,7 +767,6 @@ def bench_daemon(
         return DaemonResult(False, f"{e.name} not installed")
     from edge.events import Topics
     from edge.gallery import Gallery
-    from edge.recognizer import Recognizer
     from tools._broker import LocalBroker, mosquitto_path
 
     if mosquitto_path() is None:
@@ -657,7 +775,7 @@ def bench_daemon(
     replay.mkdir(parents=True)
     for i, f in enumerate(frames):
         cv2.imwrite(str(replay / f"{i:04d}.jpg"), np.ascontiguousarray(f.rgb[:, :, ::-1]))
-    rec = Recognizer.from_models(DETECTOR, EMB_INT8, num_threads=2)
+    rec = build_recognizer(models, "auto", 2)
     gallery, _ = _enrol_gallery(rec, frames)
     if len(gallery) == 0:
         gallery = Gallery(rec.model_sha256)
@@ -683,7 +801,12 @@ def bench_daemon(
             {
                 "device": {"id": device},
                 "camera": {"source": "folder", "path": "replay", "fps": fps, "loop": True},
-                "embedder": {"num_threads": 2},
+                "detector": {"model": str(models.detector.resolve())},
+                "embedder": {
+                    "model": str(models.int8.resolve()),
+                    "num_threads": 2,
+                    "edgetpu": models.edgetpu,
+                },
                 "gallery": {"path": "gallery.fgg"},
                 "decision": {"single_frame": True, "cooldown_s": 0.0},
                 "mqtt": {
@@ -701,35 +824,48 @@ def bench_daemon(
         sub.subscribe(topics.event, qos=1)
         sub.loop_start()
         t_start = time.time()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "edge", "run", "--config", str(config)],
-            cwd=REPO_ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        # stderr to a file: a pipe nobody reads during a long soak would fill up
+        # and block the daemon.
+        errlog = workdir / "daemon.stderr"
+        with errlog.open("w") as errf:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "edge", "run", "--config", str(config)],
+                cwd=REPO_ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=errf,
+                stdin=subprocess.DEVNULL,
+            )
         res = DaemonResult(True, seconds=seconds)
+        died = False
         try:
             p = psutil.Process(proc.pid)
             end = time.monotonic() + seconds
             next_sample = time.monotonic() + sample_every
-            while time.monotonic() < end and proc.poll() is None:
+            while time.monotonic() < end:
+                if proc.poll() is not None:
+                    died = True
+                    break
                 time.sleep(min(0.05, max(0.0, next_sample - time.monotonic())))
-                if time.monotonic() >= next_sample:
-                    next_sample += sample_every
+                if time.monotonic() < next_sample:
+                    continue
+                next_sample += sample_every
+                try:
                     mem = p.memory_info().rss / 2**20
-                    res.samples.append(
-                        {
-                            "t_s": round(time.time() - t_start, 1),
-                            "rss_mb": round(mem, 1),
-                            "threads": p.num_threads(),
-                        }
-                    )
-                    print(
-                        f"  daemon t={res.samples[-1]['t_s']:6.1f}s rss={mem:6.1f} MB "
-                        f"threads={res.samples[-1]['threads']} events={len(received)}",
-                        file=sys.stderr,
-                    )
+                    threads = p.num_threads()
+                except psutil.Error:
+                    continue  # it just ended: the next poll says so
+                res.samples.append(
+                    {
+                        "t_s": round(time.time() - t_start, 1),
+                        "rss_mb": round(mem, 1),
+                        "threads": threads,
+                    }
+                )
+                print(
+                    f"  daemon t={res.samples[-1]['t_s']:6.1f}s rss={mem:6.1f} MB "
+                    f"threads={threads} events={len(received)}",
+                    file=sys.stderr,
+                )
             res.peak_rss_mb = _vm_hwm_mb(proc.pid) or max(
                 (s["rss_mb"] for s in res.samples), default=float("nan")
             )
@@ -737,16 +873,19 @@ def bench_daemon(
             if proc.poll() is None:
                 proc.terminate()
             try:
-                _, err = proc.communicate(timeout=15)
+                proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
-                _, err = proc.communicate(timeout=5)
+                proc.wait(timeout=5)
             res.exit_code = proc.returncode
             time.sleep(0.2)
             sub.loop_stop()
             sub.disconnect()
-    if res.exit_code not in (0, None) and not received:
-        res.note = f"daemon exited {res.exit_code}: {err.strip()[-300:]}"
+    if died or res.exit_code != 0:
+        tail = errlog.read_text(errors="replace").strip()[-300:]
+        when = "during the run" if died else "on SIGTERM"
+        res.failed = True
+        res.note = f"daemon exited {res.exit_code} {when}: {tail}"
     with lock:
         got = list(received)
     res.events = len(got)
@@ -794,10 +933,8 @@ def machine() -> dict[str, Any]:
         "dlib",
         "face-recognition",
     ):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             info[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
     return info
 
 
@@ -833,6 +970,12 @@ def target_values(
     if two:
         # Every installed runtime must meet it: judge the worst.
         vals["int8_speedup"] = min(s.embed_float_invoke_ms / s.embed_int8_invoke_ms for s in two)
+    slow = [s for s in stages if s.embed_int8_invoke_ms > s.embed_float_invoke_ms]
+    if slow:
+        # int8 slower than float32 fails at any thread count.
+        worst = min(slow, key=lambda s: s.embed_float_invoke_ms / s.embed_int8_invoke_ms)
+        vals["int8_speedup"] = worst.embed_float_invoke_ms / worst.embed_int8_invoke_ms
+        notes["int8_speedup"] = f"int8 slower than float32 with {worst.runtime}, t={worst.threads}"
     vals["int8_size_ratio"] = size_ratio
     if main is not None:
         vals["overhead"] = main.overhead
@@ -844,19 +987,57 @@ def target_values(
         if ours is None or ours.probes == 0:
             notes["id_vs_peer"] = "no labelled faces (../shared/faces absent)"
         else:
-            vals["id_vs_peer"] = float(ours.correct - peer.ident.correct)
+            vals["id_vs_peer"] = float(ours.total_correct - peer.ident.total_correct)
     if daemon.ran:
         vals["daemon_rss_mb"] = _finite(daemon.peak_rss_mb)
         vals["rss_growth_pct"] = _finite(daemon.rss_growth_pct)
         vals["thread_growth"] = _finite(daemon.thread_growth)
         vals["event_p95_ms"] = _finite(daemon.latency_p95_ms)
-        if daemon.note:
+        if daemon.events == 0:
+            # No event ever arrived: an infinite latency, which fails.
+            vals["event_p95_ms"] = math.inf
+            notes["event_p95_ms"] = "no event received"
+        if daemon.failed:
+            # A daemon that died fails what it could not show.
             for k in ("daemon_rss_mb", "rss_growth_pct", "thread_growth", "event_p95_ms"):
+                if vals.get(k) is None:
+                    vals[k] = math.inf
                 notes[k] = daemon.note
     else:
         for k in ("daemon_rss_mb", "rss_growth_pct", "thread_growth", "event_p95_ms"):
             notes[k] = daemon.note
     return vals, notes
+
+
+ID_HEADERS = [
+    "system",
+    "enrolled",
+    "known probes",
+    "named right",
+    "wrong name",
+    "unknown",
+    "strangers",
+    "rejected",
+    "accepted",
+    "all correct",
+    "fps",
+]
+
+
+def id_row(title: str, r: IdResult, fps: float) -> list[str]:
+    """One line of the identification table (columns :data:`ID_HEADERS`)."""
+    nums = [
+        r.enrolled,
+        r.probes,
+        r.correct,
+        r.wrong_person,
+        r.unknown_or_missed,
+        r.strangers,
+        r.strangers_rejected,
+        r.false_accepts,
+        r.total_correct,
+    ]
+    return [title, *map(str, nums), _fmt_num(fps)]
 
 
 def stage_table(stages: Sequence[StageResult], decode_ms: float, match_ms: dict[int, float]) -> str:
@@ -890,6 +1071,11 @@ def stage_table(stages: Sequence[StageResult], decode_ms: float, match_ms: dict[
     return format_table(headers, rows)
 
 
+def say(line: str) -> None:
+    """Progress on stderr (the table goes to stdout)."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from edge.runtime import RUNTIMES, available_runtimes
 
@@ -917,7 +1103,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="MINUTES",
         help="run the daemon this long, sampling every minute (0: a ~20 s check)",
     )
-    ap.add_argument("--daemon-fps", type=float, default=5.0, help="replay rate for the daemon")
+    ap.add_argument(
+        "--daemon-fps", type=float, default=10.0, help="replay rate for the daemon (camera.fps)"
+    )
+    ap.add_argument("--detector", type=Path, default=DETECTOR, help="detector model")
+    ap.add_argument("--int8", type=Path, default=EMB_INT8, help="int8 embedder (the device's)")
+    ap.add_argument("--float32", type=Path, default=EMB_FLOAT, help="float32 embedder")
+    ap.add_argument(
+        "--edgetpu",
+        action="store_true",
+        help="run the int8 embedder on a Coral Edge TPU (give --int8 the compiled model)",
+    )
+    ap.add_argument(
+        "--strangers",
+        type=int,
+        default=0,
+        help="LFW strangers to identify, one photo each (0: every LFW person not enrolled)",
+    )
     ap.add_argument("--no-peer", action="store_true", help="skip face_recognition")
     ap.add_argument("--no-daemon", action="store_true", help="skip the daemon subprocess")
     args = ap.parse_args(argv)
@@ -926,17 +1128,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_w, max_h = (int(x) for x in args.camera.lower().split("x"))
     except ValueError:
         raise FacegateError(f"--camera: expected WxH like 640x480, got {args.camera!r}") from None
-    for p in (DETECTOR, EMB_INT8, EMB_FLOAT):
+    if args.repeats < 1 or args.invokes < 1 or min(args.threads) < 1:
+        raise FacegateError("--repeats, --invokes and --threads must be at least 1")
+    models = Models(args.detector, args.int8, args.float32, args.edgetpu)
+    for p in (models.detector, models.int8, models.float32):
         if not p.is_file():
             raise FacegateError(
-                f"{p.relative_to(REPO_ROOT)}: missing; build the models first "
-                "(python -m tools.models build)"
+                f"{p}: missing; build the models first (python -m tools.models build)"
             )
     t0 = time.monotonic()
-    say = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     frames, where = load_frames(args.shared, max_w, max_h, args.video_frames, args.limit)
     say(f"bench: {where}")
     runtimes = available_runtimes()
+    if not runtimes:
+        raise FacegateError("no TFLite runtime installed: pip install ai-edge-litert")
     missing = [r for r in RUNTIMES if r not in runtimes]
     say("bench: decode")
     decode = bench_decode(frames, args.repeats)
@@ -944,20 +1149,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     for rt in runtimes:
         for th in args.threads:
             say(f"bench: stages, {rt}, {th} thread(s)")
-            stages.append(bench_stages(frames, rt, th, args.repeats, args.invokes))
+            stages.append(bench_stages(frames, rt, th, args.repeats, args.invokes, models))
     say("bench: matching")
-    from edge.embedder import Embedder
+    from edge.manifest import load_manifest
+    from edge.recognizer import DEFAULT_CALIBRATION
 
-    dim = Embedder.load(EMB_INT8, num_threads=1).dim
+    int8_manifest = load_manifest(models.int8)
+    dim = int8_manifest.embedding_size or 512
+    cal = int8_manifest.calibration or DEFAULT_CALIBRATION
     match_ms = bench_matching(dim, max(200, args.invokes))
-    size_ratio = EMB_INT8.stat().st_size / EMB_FLOAT.stat().st_size
+    size_ratio = models.int8.stat().st_size / models.float32.stat().st_size
     say("bench: identification (ours)")
-    ours = identify_ours(frames, runtimes[0], 2) if any(f.label for f in frames) else None
+    known = {f.label for f in frames if f.label is not None}
+    strangers = load_strangers(args.shared, known, args.strangers, max_w, max_h) if known else []
+    ours = identify_ours([*frames, *strangers], runtimes[0], 2, models) if known else None
     if args.no_peer:
         peer = PeerResult(False, "peer skipped (--no-peer)")
     else:
         say("bench: the peer (face_recognition)")
-        peer = bench_peer(frames)
+        peer = bench_peer(frames, strangers)
     if args.no_daemon:
         daemon = DaemonResult(False, "daemon skipped (--no-daemon)")
     else:
@@ -965,7 +1175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         every = 60.0 if args.soak > 0 else 2.0
         say(f"bench: daemon for {seconds:.0f} s")
         with tempfile.TemporaryDirectory(prefix="facegate-bench-") as tmp:
-            daemon = bench_daemon(frames, seconds, every, args.daemon_fps, Path(tmp))
+            daemon = bench_daemon(frames, seconds, every, args.daemon_fps, Path(tmp), models)
 
     vals, notes = target_values(stages, size_ratio, match_ms, ours, peer, daemon, runtimes[0])
     targets = evaluate_targets(vals, notes)
@@ -981,40 +1191,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
     ]
     main_stage = next((s for s in stages if s.threads == 2), stages[-1])
-    id_rows = []
+    peer_name = f"face_recognition {peer.version} (HOG+ResNet)"
     if ours is not None:
-        id_rows.append(
-            [
-                "facegate (int8, 2 threads)",
-                str(ours.enrolled),
-                str(ours.probes),
-                str(ours.correct),
-                str(ours.wrong_person),
-                str(ours.unknown_or_missed),
-                _fmt_num(main_stage.fps),
-            ]
-        )
-    if peer.available:
-        pi = peer.ident
-        id_rows.append(
-            [
-                f"face_recognition {peer.version} (HOG+ResNet)",
-                str(pi.enrolled),
-                str(pi.probes),
-                str(pi.correct),
-                str(pi.wrong_person),
-                str(pi.unknown_or_missed),
-                _fmt_num(peer.fps),
-            ]
-        )
+        id_rows = [id_row("facegate (int8, 2 threads)", ours, main_stage.fps)]
+        if peer.available:
+            id_rows.append(id_row(peer_name, peer.ident, peer.fps))
+        else:
+            id_rows.append([f"face_recognition: {peer.note}"] + ["-"] * (len(ID_HEADERS) - 1))
+        lines += [
+            format_table(ID_HEADERS, id_rows),
+            f"open-set rule: threshold {cal.threshold:.3f}, margin {cal.margin:.3f} "
+            f"(calibration: {cal.source}); peer tolerance {PEER_TOLERANCE}",
+            "",
+        ]
     else:
-        id_rows.append([f"face_recognition: {peer.note}", "-", "-", "-", "-", "-", "-"])
-    lines += [
-        format_table(
-            ["system", "enrolled", "probes", "correct", "wrong", "unknown", "fps"], id_rows
-        ),
-        "",
-    ]
+        peer_line = f"{peer_name} {_fmt_num(peer.fps)} fps" if peer.available else peer.note
+        lines += [
+            f"identification: n/a (no labelled faces); facegate {_fmt_num(main_stage.fps)} fps, "
+            f"peer: {peer_line}",
+            "",
+        ]
     if daemon.ran:
         lines.append(
             f"daemon: {daemon.seconds:.0f} s, {daemon.events} events, startup to first event "
@@ -1022,6 +1218,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{_fmt_num(daemon.latency_p50_ms, 'ms')} p95 {_fmt_num(daemon.latency_p95_ms, 'ms')}, "
             f"peak RSS {_fmt_num(daemon.peak_rss_mb, 'MB')}"
         )
+        if args.soak > 0 and daemon.samples:
+            lines.append(
+                "daemon over time (s: RSS MB / threads): "
+                + ", ".join(
+                    f"{s['t_s']:.0f}: {s['rss_mb']:.0f}/{s['threads']:.0f}" for s in daemon.samples
+                )
+            )
     else:
         lines.append(f"daemon: {daemon.note}")
     lines += ["", format_targets(targets), ""]
@@ -1040,7 +1243,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "stages": [{k: v for k, v in asdict(s).items() if k != "per_frame_ms"} for s in stages],
         "matching_ms": {str(k): v for k, v in match_ms.items()},
         "int8_size_ratio": size_ratio,
-        "identification": {"ours": asdict(ours) if ours else None, "peer": asdict(peer)},
+        "identification": {
+            "ours": {**asdict(ours), "total_correct": ours.total_correct} if ours else None,
+            "peer": {**asdict(peer), "total_correct": peer.ident.total_correct},
+            "peer_tolerance": PEER_TOLERANCE,
+            "calibration": asdict(cal),
+        },
         "daemon": asdict(daemon),
         "targets": [{**asdict(t), "status": t.status} for t in targets],
         "all_pass": ok,

@@ -54,13 +54,12 @@ export PIP_CACHE_DIR="$PWD/.venv/pip-cache" PIP_DISABLE_PIP_VERSION_CHECK=1
 pip() { .venv/bin/python -m pip "$@"; }
 
 extras="litert,tools"
-[ "$dev" = 1 ] && extras="$extras,dev"
+[ "$dev" = 1 ] && extras="$extras,dev,bench"
 say "installing facegate[$extras] (TensorFlow for the converter: about a minute the first time)"
 pip install -q -e ".[$extras]"
 if [ "$dev" = 1 ]; then
-  # The peer of the benchmarks (dlib's face_recognition) is a comparison point,
-  # never a runtime dependency; dlib-bin is a prebuilt wheel of dlib.
-  pip install -q dlib-bin face-recognition-models Click Pillow
+  # The benchmarks' peer (the `bench` extra has its dependencies); its own
+  # metadata asks for dlib's source package, so it goes in without dependencies.
   pip install -q --no-deps face-recognition
   missing=()
   command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
