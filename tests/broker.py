@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import getpass
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -31,34 +29,8 @@ from typing import Any
 
 import pytest
 
-HOST = "127.0.0.1"
-
-
-def mosquitto_path() -> str | None:
-    """The mosquitto binary: on PATH or in the usual sbin folders (Debian)."""
-    found = shutil.which("mosquitto")
-    if found:
-        return found
-    for d in ("/usr/sbin", "/usr/local/sbin"):
-        p = Path(d) / "mosquitto"
-        if p.is_file() and os.access(p, os.X_OK):
-            return str(p)
-    return None
-
-
-def free_port() -> int:
-    """A TCP port on the loopback interface that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=0.2):
-            return True
-    except OSError:
-        return False
+# One copy of the helpers: the benchmark's throwaway broker has them too.
+from tools._broker import HOST, _port_open, free_port, mosquitto_path
 
 
 class Broker:
