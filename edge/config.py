@@ -180,6 +180,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 }
 _POSITIVE = {
     "camera.fps",
+    "camera.width",
+    "camera.height",
+    "detector.max_faces",
     "decision.k",
     "decision.n",
     "embedder.num_threads",
@@ -257,6 +260,8 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
         raise ConfigError(f"decision.k: must be at most decision.n ({d.n}), got {d.k}")
     if cfg.camera.source == "folder" and not cfg.camera.path:
         raise ConfigError("camera.path: required when camera.source = 'folder'")
+    if cfg.camera.source == "opencv" and not cfg.camera.uri:
+        raise ConfigError("camera.uri: required when camera.source = 'opencv'")
     if cfg.gallery.key_file and cfg.gallery.key_credential:
         raise ConfigError("gallery.key_file: give key_file or key_credential, not both")
     if cfg.mqtt.password_file and cfg.mqtt.password_credential:

@@ -24,6 +24,8 @@ from edge.errors import ConfigError
         ({"camera": {"source": "folder"}}, "camera.path: required"),
         ({"gallery": {"key_file": "a", "key_credential": "b"}}, "gallery.key_file"),
         ({"mqtt": 3}, "mqtt: expected a table"),
+        ({"camera": {"width": 0}}, "camera.width: must be positive"),
+        ({"camera": {"source": "opencv", "uri": ""}}, "camera.uri: required"),
     ],
 )
 def test_errors_name_the_key_path(doc: dict[str, object], message: str) -> None:
