@@ -258,7 +258,7 @@ def build_detector(spec: DetectorSpec, models_dir: Path = MODELS_DIR, force: boo
         tool_version=TOOL_VERSION,
         extra={"variant": spec.variant, "num_anchors": spec.num_anchors},
     )
-    os.chmod(save_manifest(manifest, model.with_suffix(".json")), 0o644)
+    save_manifest(manifest, model.with_suffix(".json"))  # 0644, readable by the service user
     return "built"
 
 
@@ -343,7 +343,6 @@ def _restore_calibrations(targets: list[Path], kept: dict[Path, Manifest]) -> No
         if "calibration" in old.extra:
             extra["calibration"] = old.extra["calibration"]
         save_manifest(replace(new.with_calibration(cal), extra=extra))
-        os.chmod(new.path or t.with_suffix(".json"), 0o644)
 
 
 def build_embedder(
