@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -153,7 +154,8 @@ class FaceDetector:
         self.max_faces = max_faces
         self._input = np.zeros((1, self.size, self.size, 3), dtype=np.float32)
         pre = manifest.preprocessing
-        self._mean, self._std = np.float32(pre.mean), np.float32(pre.std)
+        self._lut = ((np.arange(256, dtype=np.float32) - pre.mean) / pre.std).astype(np.float32)
+        self._canvas = np.zeros((self.size, self.size, 3), dtype=np.uint8)
 
     @classmethod
     def load(
@@ -174,17 +176,32 @@ class FaceDetector:
         return cls(manifest, interp, score_threshold, nms_iou, max_faces)
 
     def _letterbox(self, rgb: Image) -> tuple[float, float, float]:
-        """Resize into the square input keeping aspect ratio; return (scale, pad_x, pad_y)."""
+        """Resize into the square input keeping aspect ratio; return (scale, pad_x, pad_y).
+
+        Downscaling a camera frame to 128 px with area averaging avoids aliasing,
+        but OpenCV's INTER_AREA is slow for factors other than 2 (1.2 ms for
+        640x512 -> 128 here, more than the detector itself). So: halve with
+        area averaging (its fast path, 0.1 ms) while the result stays at least
+        the target size, then one small bilinear step. The
+        pixels then go through a 256-entry table, ``(p - mean) / std``, into
+        the preallocated input tensor.
+        """
         import cv2
 
         h, w = rgb.shape[:2]
         s = self.size / max(h, w)
         nw, nh = max(1, round(w * s)), max(1, round(h * s))
         px, py = (self.size - nw) // 2, (self.size - nh) // 2
-        resized = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA)
-        self._input.fill(0.0)
-        # (x - mean) / std maps 0..255 to [-1, 1]; padding is 0, i.e. mid-grey.
-        self._input[0, py : py + nh, px : px + nw] = (resized - self._mean) / self._std
+        src: npt.NDArray[np.integer[Any] | np.floating[Any]] = rgb
+        while src.shape[1] // 2 >= nw and src.shape[0] // 2 >= nh:
+            src = cv2.resize(
+                src, (src.shape[1] // 2, src.shape[0] // 2), interpolation=cv2.INTER_AREA
+            )
+        resized = cv2.resize(src, (nw, nh), interpolation=cv2.INTER_LINEAR)
+        # Padding is the mid-grey pixel, which normalises to ~0 like MediaPipe's.
+        self._canvas.fill(128)
+        self._canvas[py : py + nh, px : px + nw] = resized
+        np.take(self._lut, self._canvas, out=self._input[0])
         return s, float(px), float(py)
 
     def detect(self, rgb: Image) -> list[Detection]:
