@@ -46,7 +46,7 @@ class Matcher:
         for s in range(0, len(self._E), step):
             np.matmul(q, self._E[s : s + step].T, out=sim[:, s : s + step])
         d = np.clip(np.subtract(1.0, sim, out=sim), 0.0, 2.0, out=sim)
-        return np.minimum.reduceat(d, self._starts, axis=1).astype(np.float32, copy=False)
+        return person_min_distances(d, self._starts)
 
     def match_many(self, embeddings: npt.NDArray[np.float32]) -> list[Match]:
         """The open-set match of each unit embedding (F, D)."""
@@ -58,6 +58,3 @@ class Matcher:
 
     def match(self, embedding: npt.NDArray[np.float32]) -> Match:
         return self.match_many(np.atleast_2d(embedding))[0]
-
-
-__all__ = ["Matcher", "person_min_distances"]

@@ -65,14 +65,15 @@ def cosine_distance(a: FloatArray, b: FloatArray) -> npt.NDArray[np.float32]:
 def person_min_distances(
     distances: FloatArray, person_starts: npt.NDArray[np.intp]
 ) -> npt.NDArray[np.float32]:
-    """Per-person minimum over a person-sorted distance vector.
+    """Per-person minimum over person-sorted distances (the last axis).
 
-    ``distances`` has one entry per enrolled embedding, grouped by person;
+    ``distances[..., j]`` belongs to enrolled embedding j, grouped by person;
     ``person_starts[i]`` is the index of person i's first embedding. Returns
-    ``min_{j in person i} distances[j]`` for each person (vectorised with
-    ``np.minimum.reduceat``).
+    ``min_{j in person i} distances[..., j]`` for each person (vectorised with
+    ``np.minimum.reduceat``); a (faces, embeddings) matrix gives (faces, people).
     """
-    return np.minimum.reduceat(np.asarray(distances, dtype=np.float32), person_starts)
+    d = np.asarray(distances, dtype=np.float32)
+    return np.asarray(np.minimum.reduceat(d, person_starts, axis=-1), dtype=np.float32)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from edge.config import MODELS_DIR as EDGE_MODELS_DIR
 from edge.errors import FacegateError, ManifestMismatch, ModelError
 from edge.imageio import read_image
 from edge.manifest import (
@@ -47,8 +48,7 @@ from tools._common import run_tool
 from tools.quantize import FACENET_PREPROCESSING as FACENET_PREPROCESSING
 from tools.quantize import SUGGESTED
 
-REPO = Path(__file__).resolve().parents[1]
-MODELS_DIR = REPO / "models"
+MODELS_DIR = EDGE_MODELS_DIR  # one definition of where the models live: edge.config
 TOOL_VERSION = "facegate-models/1"
 
 
