@@ -88,6 +88,38 @@ def test_detector_finds_one_face_per_portrait(models: Path, shared: Path) -> Non
     assert d.box.x <= d.keypoints[2, 0] <= d.box.x + d.box.w
 
 
+@pytest.mark.parametrize("shape", [(480, 640), (479, 637), (394, 424), (601, 283), (97, 131)])
+def test_letterbox_maps_frame_pixels_exactly(models: Path, shape: tuple[int, int]) -> None:
+    # A white frame on black padding: the lit input pixels must be exactly the
+    # frame's mapped extent, whatever halving and odd-size cropping happened.
+    det = FaceDetector.load(DETECTOR)
+    h, w = shape
+    sx, sy, px, py = det._letterbox(np.full((h, w, 3), 255, np.uint8))
+    s = det.size / max(h, w)
+    nw, nh = round(w * s), round(h * s)
+    # Scales differ from s only by rounding to whole input pixels and dropped odd edges.
+    assert sx == pytest.approx(s, rel=0.02) and sy == pytest.approx(s, rel=0.02)
+    assert nw <= sx * w < nw + 1 and nh <= sy * h < nh + 1
+    lit = np.argwhere(det._canvas[..., 0] > 200)
+    (y0, x0), (y1, x1) = lit.min(0), lit.max(0)
+    assert (x0, y0) == (px, py)
+    assert (x1 + 1, y1 + 1) == (px + nw, py + nh)
+
+
+def test_detections_follow_the_face_when_the_frame_changes(models: Path, shared: Path) -> None:
+    # The same face padded by an odd border and with an odd size lands where it
+    # should: keypoints move by the offset, within a pixel or two of the frame.
+    det = FaceDetector.load(DETECTOR)
+    img = read_image(list_images(shared / "faces" / "Barack_Obama")[0])
+    base = det.detect(img)[0].keypoints
+    dy, dx = 37, 21
+    big = np.full((img.shape[0] + 2 * dy + 1, img.shape[1] + 2 * dx + 1, 3), 90, np.uint8)
+    big[dy : dy + img.shape[0], dx : dx + img.shape[1]] = img
+    moved = det.detect(big)[0].keypoints
+    err = np.abs(moved - base - np.array([dx, dy], np.float32))
+    assert err.max() < 0.02 * max(img.shape[:2]), err
+
+
 def test_full_range_detector_sees_small_group_faces(models: Path, shared: Path) -> None:
     det = FaceDetector.load(DETECTOR_FULL)
     assert len(det.detect(read_image(shared / "group" / "multiface.jpg"))) >= 5
