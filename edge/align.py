@@ -35,25 +35,30 @@ TEMPLATES: dict[str, F32] = {
 def umeyama_similarity(src: F32, dst: F32) -> F32:
     """Least-squares similarity transform ``dst ~ s R src + t`` as a 2x3 matrix.
 
-    Umeyama's closed form: with centred points and ``S = dst_c^T src_c / n``,
-    ``U D V^T = svd(S)``, ``R = U diag(1, det(U V^T)) V^T``,
-    ``s = trace(diag(D) diag(1, det)) / var(src)``, ``t = mean(dst) - s R mean(src)``.
+    Umeyama's solution (rotation without reflection, uniform scale), which in
+    2-D has a closed form: a similarity is multiplication by ``a + ib``, so
+    with centred points ``p = src - mean(src)``, ``q = dst - mean(dst)``::
+
+        a = sum(px qx + py qy) / sum(|p|^2)
+        b = sum(px qy - py qx) / sum(|p|^2)
+        s R = [[a, -b], [b, a]],   t = mean(dst) - s R mean(src)
+
+    (``s = hypot(a, b)``; the same minimiser as Umeyama's SVD form, without
+    an SVD per face.) Coincident source points give the identity and a shift.
     """
     src = np.asarray(src, dtype=np.float64)
     dst = np.asarray(dst, dtype=np.float64)
-    n = src.shape[0]
     mu_s, mu_d = src.mean(0), dst.mean(0)
-    sc, dc = src - mu_s, dst - mu_d
-    var_s = (sc**2).sum() / n
-    cov = dc.T @ sc / n
-    U, D, Vt = np.linalg.svd(cov)
-    e = np.ones(2)
-    if np.linalg.det(U) * np.linalg.det(Vt) < 0:
-        e[1] = -1.0
-    R = U @ np.diag(e) @ Vt
-    s = (D * e).sum() / var_s if var_s > 0 else 1.0
-    t = mu_d - s * R @ mu_s
-    return np.hstack([s * R, t[:, None]]).astype(np.float32)
+    p, q = src - mu_s, dst - mu_d
+    var = float((p * p).sum())
+    if var > 0:
+        a = float((p[:, 0] * q[:, 0] + p[:, 1] * q[:, 1]).sum()) / var
+        b = float((p[:, 0] * q[:, 1] - p[:, 1] * q[:, 0]).sum()) / var
+    else:
+        a, b = 1.0, 0.0
+    tx = mu_d[0] - (a * mu_s[0] - b * mu_s[1])
+    ty = mu_d[1] - (b * mu_s[0] + a * mu_s[1])
+    return np.array([[a, -b, tx], [b, a, ty]], dtype=np.float32)
 
 
 def template_points(template: str, size: int) -> F32:

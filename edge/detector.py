@@ -9,6 +9,7 @@ and map the results back to frame pixels.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.errors import ManifestMismatch, ModelError
+from edge.imageio import apply_lut
 from edge.manifest import Manifest, load_manifest, verify_file
 from edge.runtime import Interpreter
 from edge.types import Box, Detection, Image
@@ -70,15 +72,14 @@ def decode(
     # sigmoid is monotonic: compare logits with logit(threshold) and take the
     # sigmoid of the few survivors only.
     p = min(max(score_threshold, 1e-12), 1.0 - 1e-12)
-    keep = logits >= np.float32(np.log(p / (1.0 - p)))
-    scores = sigmoid(logits[keep])
-    r = raw_boxes.reshape(-1, 16)[keep] / np.float32(input_size)
+    keep = np.flatnonzero(logits >= np.float32(math.log(p / (1.0 - p))))
+    r = raw_boxes.reshape(-1, 16)[keep] * np.float32(1.0 / input_size)
     a = anchors[keep]
-    cx, cy = r[:, 0] + a[:, 0], r[:, 1] + a[:, 1]
-    w, h = r[:, 2], r[:, 3]
-    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+    r[:, 0:2] += a  # box centres
+    half = r[:, 2:4] * np.float32(0.5)
+    boxes = np.concatenate([r[:, 0:2] - half, r[:, 0:2] + half], axis=1)
     kps = r[:, 4:].reshape(-1, 6, 2) + a[:, None, :]
-    return boxes.astype(np.float32), kps.astype(np.float32), scores
+    return boxes, kps, sigmoid(logits[keep])
 
 
 def iou_matrix(a: F32, b: F32) -> F32:
@@ -105,18 +106,20 @@ def weighted_nms(
     """
     order = np.argsort(-scores)
     boxes, kps, scores = boxes[order], kps[order], scores[order]
+    if len(scores) == 1:
+        return [(boxes[0], kps[0], float(scores[0]))]
     remaining = np.ones(len(scores), dtype=bool)
     out = []
-    ious = iou_matrix(boxes, boxes) if len(boxes) else np.zeros((0, 0), np.float32)
+    ious = iou_matrix(boxes, boxes)
     for i in range(len(scores)):
         if not remaining[i]:
             continue
         group = remaining & (ious[i] > iou_threshold)
         group[i] = True
         remaining &= ~group
-        wts = scores[group][:, None]
-        box = (boxes[group] * wts).sum(0) / wts.sum()
-        kp = (kps[group] * wts[:, :, None]).sum(0) / wts.sum()
+        wts = scores[group] / scores[group].sum()
+        box = wts @ boxes[group]
+        kp = np.tensordot(wts, kps[group], axes=1)
         out.append((box.astype(np.float32), kp.astype(np.float32), float(scores[i])))
     return out
 
@@ -212,7 +215,7 @@ class FaceDetector:
         # Padding is the mid-grey pixel, which normalises to ~0 like MediaPipe's.
         self._canvas.fill(128)
         self._canvas[py : py + nh, px : px + nw] = resized
-        np.take(self._lut, self._canvas, out=self._input[0])
+        apply_lut(self._canvas, self._lut, self._input[0])
         sx, sy = nw / (src.shape[1] * factor), nh / (src.shape[0] * factor)
         return sx, sy, float(px), float(py)
 

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.errors import ManifestMismatch, ModelError
+from edge.imageio import apply_lut
 from edge.manifest import Manifest, load_manifest, verify_file
 from edge.numerics import dequantize, l2_normalize, quantize
 from edge.runtime import Interpreter
@@ -106,7 +107,7 @@ class Embedder:
                 f"{self.size[0]}x{self.size[1]} uint8"
             )
         px = crop[..., ::-1] if self._bgr else crop
-        np.take(self._lut, px, out=self._input[0])
+        apply_lut(px, self._lut, self._input[0])
         raw = self.interpreter.run(self._input)[0].reshape(-1)
         if self._out_q is not None:
             raw = dequantize(raw, float(self._out_q[0]), int(self._out_q[1]))

@@ -14,7 +14,7 @@ from edge.align import TEMPLATES, align_face, template_points, umeyama_similarit
 from edge.detector import ANCHORS, FaceDetector, decode, make_anchors, weighted_nms
 from edge.embedder import Embedder, pixel_lut
 from edge.errors import ManifestMismatch, ModelError
-from edge.imageio import list_images, read_image
+from edge.imageio import apply_lut, list_images, read_image
 from edge.manifest import load_manifest
 from edge.numerics import quantize
 from edge.types import Box, Detection
@@ -30,6 +30,30 @@ def test_umeyama_recovers_a_similarity() -> None:
     M = umeyama_similarity(src, dst)
     np.testing.assert_allclose(M[:, :2], s * R, atol=1e-4)
     np.testing.assert_allclose(M[:, 2], t, atol=1e-3)
+
+
+def _umeyama_svd(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Umeyama (1991) by the SVD, as published: the reference for the closed form."""
+    n = len(src)
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    sc, dc = src - mu_s, dst - mu_d
+    U, D, Vt = np.linalg.svd(dc.T @ sc / n)
+    e = np.array([1.0, 1.0 if np.linalg.det(U) * np.linalg.det(Vt) > 0 else -1.0])
+    R = U @ np.diag(e) @ Vt
+    s = (D * e).sum() / ((sc**2).sum() / n)
+    return np.hstack([s * R, (mu_d - s * R @ mu_s)[:, None]])
+
+
+def test_umeyama_closed_form_equals_the_svd_form() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(200):  # noisy points, mirrored ones included (no reflection allowed)
+        src = rng.uniform(0, 200, (4, 2))
+        dst = rng.uniform(0, 200, (4, 2)) if rng.random() < 0.5 else src[:, ::-1] * 0.7 + 5
+        np.testing.assert_allclose(
+            umeyama_similarity(src, dst), _umeyama_svd(src, dst), rtol=1e-4, atol=1e-3
+        )
+    same = np.full((4, 2), 7.0)
+    np.testing.assert_allclose(umeyama_similarity(same, same + 1), [[1, 0, 1], [0, 1, 1]])
 
 
 def test_align_face_puts_keypoints_on_the_template() -> None:
@@ -124,6 +148,17 @@ def test_full_range_detector_sees_small_group_faces(models: Path, shared: Path) 
     det = FaceDetector.load(DETECTOR_FULL)
     assert len(det.detect(read_image(shared / "group" / "multiface.jpg"))) >= 5
     assert det.detect(np.full((240, 320, 3), 128, np.uint8)) == []
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.float32, np.float64])
+def test_apply_lut_equals_indexing(dtype: type) -> None:
+    rng = np.random.default_rng(1)
+    lut = rng.uniform(-100, 100, 256).astype(dtype)
+    px = rng.integers(0, 256, (37, 41, 3), dtype=np.uint8)
+    for src in (px, px[..., ::-1]):  # contiguous, and a reversed-channel view
+        out = np.zeros((1, 37, 41, 3), dtype)
+        apply_lut(src, lut, out[0])
+        np.testing.assert_array_equal(out[0], lut[src])
 
 
 # -- embedder: the quantise / dequantise path ---------------------------------------
