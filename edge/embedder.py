@@ -10,6 +10,7 @@ disagrees with its manifest is refused before it runs.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -99,23 +100,41 @@ class Embedder:
     def sha256(self) -> str:
         return self.manifest.sha256
 
-    def embed_one(self, crop: Image) -> npt.NDArray[np.float32]:
-        """One aligned crop (H, W, 3) uint8 RGB -> a unit vector (D,)."""
+    def _check(self, crop: Image) -> None:
         if crop.shape[:2] != (self.size[1], self.size[0]) or crop.dtype != np.uint8:
             raise ModelError(
                 f"crop of shape {crop.shape}/{crop.dtype} does not fit the model input "
                 f"{self.size[0]}x{self.size[1]} uint8"
             )
+
+    def _raw(self, crop: Image) -> npt.NDArray[Any]:
+        """The model's raw output for one checked crop, shape (D,)."""
         px = crop[..., ::-1] if self._bgr else crop
         apply_lut(px, self._lut, self._input[0])
-        raw = self.interpreter.run(self._input)[0].reshape(-1)
+        return self.interpreter.run(self._input)[0].reshape(-1)
+
+    def _finish(self, raw: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+        """Raw outputs (..., D) -> dequantised (when int8) unit vectors."""
         if self._out_q is not None:
-            raw = dequantize(raw, float(self._out_q[0]), int(self._out_q[1]))
-        return l2_normalize(raw)
+            x = dequantize(raw, float(self._out_q[0]), int(self._out_q[1]))
+        else:
+            x = raw.astype(np.float32, copy=False)
+        return l2_normalize(x)
+
+    def embed_one(self, crop: Image) -> npt.NDArray[np.float32]:
+        """One aligned crop (H, W, 3) uint8 RGB -> a unit vector (D,)."""
+        self._check(crop)
+        return self._finish(self._raw(crop))
 
     def embed(self, crops: npt.NDArray[np.uint8] | list[Image]) -> npt.NDArray[np.float32]:
-        """Several crops -> (N, D) unit vectors (the model runs one crop at a time)."""
-        out = np.zeros((len(crops), self.dim), dtype=np.float32)
-        for i, c in enumerate(crops):
-            out[i] = self.embed_one(np.asarray(c))
-        return out
+        """Several crops -> (N, D) unit vectors.
+
+        The model runs one crop at a time; the raw outputs are gathered and
+        dequantised and normalised together, once per frame rather than per face.
+        """
+        arrays = [np.asarray(c) for c in crops]
+        for c in arrays:
+            self._check(c)
+        if not arrays:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self._finish(np.stack([self._raw(c) for c in arrays]))

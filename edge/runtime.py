@@ -14,7 +14,6 @@ import logging
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import numpy.typing as npt
 
 from edge.errors import ModelError, RuntimeUnavailable
@@ -111,10 +110,14 @@ class Interpreter:
         self._out_indices = [d["index"] for d in self.output_details]
 
     def run(self, x: npt.NDArray[Any]) -> list[npt.NDArray[Any]]:
-        """Set the (single) input, invoke, and return copies of all outputs."""
+        """Set the (single) input, invoke, and return copies of all outputs.
+
+        ``get_tensor`` already returns a copy in both runtimes (documented as
+        such), owned by the caller and safe across the next ``invoke``.
+        """
         self._interp.set_tensor(self._in_index, x)
         self._interp.invoke()
-        return [np.array(self._interp.get_tensor(i)) for i in self._out_indices]
+        return [self._interp.get_tensor(i) for i in self._out_indices]
 
     def ops(self) -> list[str]:
         """Operator names in the model, when the runtime can list them."""

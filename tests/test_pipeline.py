@@ -161,6 +161,16 @@ def test_apply_lut_equals_indexing(dtype: type) -> None:
         np.testing.assert_array_equal(out[0], lut[src])
 
 
+def test_interpreter_outputs_survive_the_next_invoke(models: Path) -> None:
+    det = FaceDetector.load(DETECTOR)
+    rng = np.random.default_rng(2)
+    first = det.interpreter.run(rng.uniform(-1, 1, det._input.shape).astype(np.float32))
+    kept = [o.copy() for o in first]
+    det.interpreter.run(rng.uniform(-1, 1, det._input.shape).astype(np.float32))
+    for a, b in zip(first, kept, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 # -- embedder: the quantise / dequantise path ---------------------------------------
 def test_input_lut_is_the_manifest_quantisation(models: Path) -> None:
     m = load_manifest(EMBEDDER)
