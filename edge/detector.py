@@ -235,16 +235,20 @@ class FaceDetector:
         if len(scores) == 0:
             return []
         kept = weighted_nms(boxes, kps, scores, self.nms_iou)[: self.max_faces]
-        # Letterbox [0, 1] -> input pixels -> frame pixels, all faces at once.
+        # Letterbox [0, 1] -> input pixels -> frame pixels, for the two box
+        # corners and six keypoints of every face in one affine step:
+        # frame = (v * size - pad) / scale.
         scale = np.array([sx, sy], np.float32)
-        pad = np.array([px, py], np.float32)
-        b = (np.array([k[0] for k in kept]).reshape(-1, 2, 2) * self.size - pad) / scale
-        k = (np.array([k[1] for k in kept]) * self.size - pad) / scale
+        mul = np.float32(self.size) / scale
+        off = np.array([px, py], np.float32) / scale
+        pts = np.array([np.vstack([b.reshape(2, 2), k]) for b, k, _ in kept]) * mul - off
         h, w = rgb.shape[:2]
-        b = np.clip(b, 0, np.array([w, h], np.float32)).reshape(-1, 4).tolist()
         dets = []
-        for (x0, y0, x1, y1), kp, (_, _, score) in zip(b, k.astype(np.float32), kept, strict=True):
+        for p, (_, _, score) in zip(pts, kept, strict=True):
+            (x0, y0), (x1, y1) = p[:2].tolist()
+            x0, x1 = min(max(x0, 0.0), w), min(max(x1, 0.0), w)
+            y0, y1 = min(max(y0, 0.0), h), min(max(y1, 0.0), h)
             if x1 - x0 < 1 or y1 - y0 < 1:
                 continue
-            dets.append(Detection(Box(x0, y0, x1 - x0, y1 - y0), score, kp))
+            dets.append(Detection(Box(x0, y0, x1 - x0, y1 - y0), score, p[2:]))
         return dets
