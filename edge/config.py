@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -42,6 +43,10 @@ class CameraConfig:
 
     source: str = "opencv"
     uri: str = "0"
+    # A network camera's password (rtsp://USER@host/...): from a file or a
+    # systemd credential, inserted into the URI when the stream is opened.
+    password_file: str = ""
+    password_credential: str = ""
     path: str = ""
     width: int = 640
     height: int = 480
@@ -262,6 +267,18 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
         raise ConfigError("camera.path: required when camera.source = 'folder'")
     if cfg.camera.source == "opencv" and not cfg.camera.uri:
         raise ConfigError("camera.uri: required when camera.source = 'opencv'")
+    cam = cfg.camera
+    if cam.password_file or cam.password_credential:
+        key = "camera.password_file" if cam.password_file else "camera.password_credential"
+        if cam.password_file and cam.password_credential:
+            raise ConfigError(f"{key}: give password_file or password_credential, not both")
+        if cam.source != "opencv" or not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/@]+@", cam.uri):
+            raise ConfigError(
+                f"{key}: needs camera.source = 'opencv' and a network camera.uri with the "
+                "user name (rtsp://USER@host/...)"
+            )
+        if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/@]*:[^/@]*@", cam.uri):
+            raise ConfigError(f"camera.uri: holds a password, and {key} gives one too")
     if cfg.gallery.key_file and cfg.gallery.key_credential:
         raise ConfigError("gallery.key_file: give key_file or key_credential, not both")
     if cfg.mqtt.password_file and cfg.mqtt.password_credential:

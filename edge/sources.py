@@ -38,6 +38,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from urllib.parse import quote
 
 import numpy as np
 
@@ -79,6 +80,26 @@ class FrameSource(Protocol):
 def redact_uri(uri: str) -> str:
     """A URI safe to log: ``rtsp://user:secret@host/x`` -> ``rtsp://***@host/x``."""
     return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@", r"\1***@", uri)
+
+
+def uri_with_password(uri: str, password: str) -> str:
+    """``rtsp://user@host/x`` + password -> ``rtsp://user:PASSWORD@host/x``.
+
+    The password is percent-encoded (RFC 3986 userinfo), so ``@``, ``:`` or
+    ``/`` in it cannot change where the URI points.
+    """
+    m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)([^/@:]+)@(.*)$", uri, re.DOTALL)
+    if not m:
+        raise SourceError(
+            f"camera.uri: {redact_uri(uri)} has no user name to go with the password "
+            "(rtsp://USER@host/...)"
+        )
+    scheme, user, rest = m.groups()
+    return f"{scheme}{user}:{quote(password, safe='')}@{rest}"
+
+
+def _has_inline_password(uri: str) -> bool:
+    return re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/@]*:[^/@]*@", uri) is not None
 
 
 def _to_rgb(bgr: Any) -> Image:
@@ -682,6 +703,25 @@ def open_source(cfg: Config) -> FrameSource:
             raise SourceError("camera.uri: empty (a camera index like '0', a URL or a video file)")
         if not str(uri).isdigit() and not _is_network(str(uri)):
             uri = cfg.resolve(str(uri))
+        from edge.config import read_secret
+
+        secret = read_secret(
+            cam.password_file,
+            cam.password_credential,
+            "camera.password_file" if cam.password_file else "camera.password_credential",
+            base_dir=cfg.base_dir,
+        )
+        if secret is not None:
+            try:
+                password = secret.decode("utf-8")
+            except UnicodeDecodeError:
+                raise SourceError("camera password: not UTF-8 text") from None
+            uri = uri_with_password(str(uri), password)
+        elif _has_inline_password(str(uri)):
+            log.warning(
+                "camera.uri holds a password in the config; move it to camera.password_file "
+                "or a systemd credential (camera.password_credential)"
+            )
         return OpenCVSource(
             uri,
             width=cam.width,
@@ -874,4 +914,5 @@ __all__ = [
     "frames",
     "open_source",
     "redact_uri",
+    "uri_with_password",
 ]

@@ -67,6 +67,30 @@ def test_check_config_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert len(err) == 1 and "mqtt.port" in err[0] and "Traceback" not in err[0]
 
 
+@pytest.mark.parametrize(
+    ("camera", "message"),
+    [
+        (
+            {"uri": "rtsp://u@cam/x", "password_file": "a", "password_credential": "b"},
+            r"camera\.password_file: give password_file or password_credential",
+        ),
+        ({"uri": "0", "password_file": "a"}, r"camera\.password_file: needs .*USER@host"),
+        ({"uri": "rtsp://cam/x", "password_credential": "c"}, r"camera\.password_credential"),
+        (
+            {"source": "picamera2", "uri": "rtsp://u@cam/x", "password_file": "a"},
+            r"camera\.password_file: needs camera\.source = 'opencv'",
+        ),
+        (
+            {"uri": "rtsp://u:inline@cam/x", "password_file": "a"},
+            r"camera\.uri: holds a password",
+        ),
+    ],
+)
+def test_camera_password_settings_are_checked(camera: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"camera": camera})
+
+
 def test_secrets_from_file_and_credential(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "pw").write_bytes(b"s3cret\n")
     assert read_secret("pw", "", "mqtt.password", base_dir=tmp_path) == b"s3cret"
@@ -81,3 +105,26 @@ def test_secrets_from_file_and_credential(tmp_path: Path, monkeypatch: pytest.Mo
         read_secret("", "mqtt-password", "mqtt.password")
     with pytest.raises(ConfigError, match="cannot read secret"):
         read_secret("nope", "", "gallery.key", base_dir=tmp_path)
+
+
+def test_readme_config_block_is_valid_and_names_every_key() -> None:
+    # The README documents the config by one complete example; it must parse,
+    # and a key added to the code without documenting it fails here.
+    import dataclasses
+    import re
+    import tomllib
+
+    from edge.config import Config
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    # Optional keys are shown commented out ("# threshold = 0.39"): count them too.
+    block = re.sub(r"(?m)^# (\w+ = )", r"\1", block)
+    data = tomllib.loads(block)
+    parse_config(data)
+    for section in dataclasses.fields(Config):
+        if section.name == "base_dir":
+            continue
+        documented = set(data.get(section.name, {}))
+        keys = {f.name for f in dataclasses.fields(getattr(Config(), section.name))}
+        assert keys == documented, f"[{section.name}] differs: {keys ^ documented}"

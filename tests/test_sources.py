@@ -15,6 +15,7 @@ import threading
 import types
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import cv2
 import numpy as np
@@ -32,6 +33,7 @@ from edge.sources import (
     frames,
     open_source,
     redact_uri,
+    uri_with_password,
 )
 from edge.types import Frame
 
@@ -299,6 +301,45 @@ def test_opencv_live_source_reconnects_with_bounded_backoff(
 def test_redact_uri() -> None:
     assert redact_uri("rtsp://u:p@h:554/x") == "rtsp://***@h:554/x"
     assert redact_uri("rtsp://h/x") == "rtsp://h/x"
+
+
+def test_uri_with_password_is_percent_encoded() -> None:
+    assert uri_with_password("rtsp://admin@cam:554/s1", "pw") == "rtsp://admin:pw@cam:554/s1"
+    # Characters that would move the host or path are encoded, not interpreted.
+    got = uri_with_password("rtsp://admin@cam/s1", "a@b:c/d?e#f%")
+    assert got == "rtsp://admin:a%40b%3Ac%2Fd%3Fe%23f%25@cam/s1"
+    assert urlsplit(got).hostname == "cam" and unquote(urlsplit(got).password or "") == (
+        "a@b:c/d?e#f%"
+    )
+    with pytest.raises(SourceError, match="no user name"):
+        uri_with_password("rtsp://cam/s1", "pw")
+
+
+def test_camera_password_from_file_or_credential(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "cam-pw").write_bytes(b"p@ss word\n")
+    cfg = parse_config(
+        {"camera": {"uri": "rtsp://admin@cam/s1", "password_file": "cam-pw"}}, base_dir=tmp_path
+    )
+    src = open_source(cfg)
+    assert isinstance(src, OpenCVSource)
+    assert src.uri == "rtsp://admin:p%40ss%20word@cam/s1"
+    assert "ss" not in src.label  # the label (logs, events) never shows it
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "camera-password").write_bytes(b"fromsystemd")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    cfg = parse_config(
+        {"camera": {"uri": "rtsp://admin@cam/s1", "password_credential": "camera-password"}}
+    )
+    src = open_source(cfg)
+    assert isinstance(src, OpenCVSource) and src.uri == "rtsp://admin:fromsystemd@cam/s1"
+    # A password written into the URI itself still works, with a warning to move it.
+    with caplog.at_level(logging.WARNING, logger="edge.sources"):
+        open_source(parse_config({"camera": {"uri": "rtsp://admin:inline@cam/s1"}}))
+    assert any("camera.password_file" in r.getMessage() for r in caplog.records)
+    assert all("inline" not in r.getMessage() for r in caplog.records)
 
 
 # ------------------------------------------------------------------ picamera2 (faked)
