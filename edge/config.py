@@ -272,12 +272,12 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
         key = "camera.password_file" if cam.password_file else "camera.password_credential"
         if cam.password_file and cam.password_credential:
             raise ConfigError(f"{key}: give password_file or password_credential, not both")
-        if cam.source != "opencv" or not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/@]+@", cam.uri):
+        if cam.source != "opencv" or not re.match(_URI_SCHEME + r"[^/@]+@", cam.uri):
             raise ConfigError(
                 f"{key}: needs camera.source = 'opencv' and a network camera.uri with the "
                 "user name (rtsp://USER@host/...)"
             )
-        if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/@]*:[^/@]*@", cam.uri):
+        if uri_has_password(cam.uri):
             raise ConfigError(f"camera.uri: holds a password, and {key} gives one too")
     if cfg.gallery.key_file and cfg.gallery.key_credential:
         raise ConfigError("gallery.key_file: give key_file or key_credential, not both")
@@ -286,6 +286,14 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     if bool(cfg.mqtt.tls_cert_file) != bool(cfg.mqtt.tls_key_file):
         raise ConfigError("mqtt.tls_cert_file: a client certificate needs both cert and key files")
     return cfg
+
+
+_URI_SCHEME = r"^[a-zA-Z][a-zA-Z0-9+.-]*://"
+
+
+def uri_has_password(uri: str) -> bool:
+    """Whether a URI carries a password in its user info (``scheme://user:pw@host``)."""
+    return re.match(_URI_SCHEME + r"[^/@]*:[^/@]*@", uri) is not None
 
 
 def load_config(path: Path | str) -> Config:

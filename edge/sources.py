@@ -98,10 +98,6 @@ def uri_with_password(uri: str, password: str) -> str:
     return f"{scheme}{user}:{quote(password, safe='')}@{rest}"
 
 
-def _has_inline_password(uri: str) -> bool:
-    return re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/@]*:[^/@]*@", uri) is not None
-
-
 def _to_rgb(bgr: Any) -> Image:
     """OpenCV's BGR (or grey / BGRA) frame as a contiguous RGB uint8 array."""
     arr = np.asarray(bgr)
@@ -703,7 +699,7 @@ def open_source(cfg: Config) -> FrameSource:
             raise SourceError("camera.uri: empty (a camera index like '0', a URL or a video file)")
         if not str(uri).isdigit() and not _is_network(str(uri)):
             uri = cfg.resolve(str(uri))
-        from edge.config import read_secret
+        from edge.config import read_secret, uri_has_password
 
         secret = read_secret(
             cam.password_file,
@@ -717,7 +713,7 @@ def open_source(cfg: Config) -> FrameSource:
             except UnicodeDecodeError:
                 raise SourceError("camera password: not UTF-8 text") from None
             uri = uri_with_password(str(uri), password)
-        elif _has_inline_password(str(uri)):
+        elif uri_has_password(str(uri)):
             log.warning(
                 "camera.uri holds a password in the config; move it to camera.password_file "
                 "or a systemd credential (camera.password_credential)"
