@@ -170,8 +170,8 @@ class AuditLog:
         try:
             self._db = self._open()
         except sqlite3.DatabaseError as e:
-            if isinstance(e, sqlite3.OperationalError) and not self.path.exists():
-                raise AuditError(f"audit log {self.path}: cannot create ({e})") from None
+            if isinstance(e, sqlite3.OperationalError):  # cannot open: not a corrupt file
+                raise AuditError(f"audit log {self.path}: cannot open ({e})") from None
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
             log.error("audit log %s is unreadable (%s); moved to %s", self.path, e, aside.name)
             try:
