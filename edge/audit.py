@@ -301,6 +301,8 @@ def read_entries(path: Path | str, since: float | None = None) -> Iterator[Audit
     except sqlite3.Error as e:
         raise AuditError(f"{p}: cannot open audit log ({e})") from None
     try:
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'audit'").fetchone() is None:
+            return  # created this instant, the table not yet: nothing logged so far
         for row in db.execute(*_select(since)):
             yield _row_entry(row)
     except sqlite3.Error as e:

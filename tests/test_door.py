@@ -247,6 +247,9 @@ def test_group_membership_from_the_gallery_allows(rigs: Any) -> None:
 # -- every denial reason: relay stays released, reason in the audit log and the event ------
 
 
+WORKDAYS = {"Alice": ["mon-fri 07:00-19:00"]}
+
+
 def _deny_unknown(rig: Rig) -> None:
     rig.decide(None)
 
@@ -287,8 +290,8 @@ def _deny_lockout(rig: Rig) -> None:
         (_deny_not_allowed, NOT_ALLOWED, {}),
         (_deny_late, STALE, {}),
         (_deny_future, STALE, {}),
-        (_deny_outside_schedule, OUTSIDE_SCHEDULE, {"schedule": {"Alice": ["mon-fri 07:00-19:00"]}}),
-        (_deny_clock_not_synced, CLOCK_NOT_SYNCED, {"schedule": {"Alice": ["mon-fri 07:00-19:00"]}}),
+        (_deny_outside_schedule, OUTSIDE_SCHEDULE, {"schedule": WORKDAYS}),
+        (_deny_clock_not_synced, CLOCK_NOT_SYNCED, {"schedule": WORKDAYS}),
         (_deny_lockout, LOCKOUT, {"max_denials": 3}),
     ],
     ids=["unknown", "not_allowed", "late", "future", "outside_schedule", "clock", "lockout"],

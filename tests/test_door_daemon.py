@@ -20,14 +20,14 @@ import pytest
 from broker import Broker, Collector, mqtt_broker
 
 pytest.importorskip("gpiozero", reason="gpiozero is not installed (the door extra)")
-from gpiozero.pins.mock import MockFactory  # noqa: E402
+from gpiozero.pins.mock import MockFactory
 
-from edge.config import Config, parse_config  # noqa: E402
-from edge.daemon import StdoutPublisher, run  # noqa: E402
-from edge.door import DoorController  # noqa: E402
-from edge.gallery import Gallery  # noqa: E402
-from edge.sdnotify import Notifier  # noqa: E402
-from edge.types import Box, Decision, Detection, FaceResult, Frame, FrameResult, Match  # noqa: E402
+from edge.config import Config, parse_config
+from edge.daemon import StdoutPublisher, run
+from edge.door import DoorController
+from edge.gallery import Gallery
+from edge.sdnotify import Notifier
+from edge.types import Box, Decision, Detection, FaceResult, Frame, FrameResult, Match
 
 __all__ = ["mqtt_broker"]
 
