@@ -699,11 +699,11 @@ class DoorController:
                 audit_path(cfg), d.audit_max_age_days, d.audit_max_rows, wall=wall
             )
             self._key = remote_key(cfg) if d.remote_unlock else None
+            self._tz = _zone(d.timezone)
+            self._schedule = {k: [parse_window(w) for w in v] for k, v in d.schedule.items()}
         except BaseException:
             self._pins.close()
             raise
-        self._tz = _zone(d.timezone)
-        self._schedule = {k: [parse_window(w) for w in v] for k, v in d.schedule.items()}
         self._lock = threading.Lock()  # rules state (lockout, seen decisions, nonces)
         self._record_lock = threading.Lock()  # audit id order == event seq order
         self._lockout = Lockout(d.max_denials, d.lockout_window_s, d.lockout_s)
@@ -855,6 +855,8 @@ class DoorController:
 
         Returns whether it was accepted. Called on the MQTT thread.
         """
+        if self._stopped:
+            return False  # the service is stopping: the door takes nothing more
         wall_now, now = self._wall(), self._clock()
         if not self.door.remote_unlock or self._key is None:
             reason: str | None = REMOTE_DISABLED

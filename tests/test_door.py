@@ -735,6 +735,26 @@ def test_door_config_errors_name_the_key(
         parse_config({"door": door, "mqtt": mqtt})
 
 
+@pytest.mark.skipif(Path("/dev/gpiochip0").exists(), reason="this machine has GPIO")
+def test_no_gpio_is_one_clear_error(tmp_path: Path) -> None:
+    from edge.door import DoorError
+
+    cfg = parse_config(
+        {"door": {"enabled": True}, "service": {"state_dir": str(tmp_path)}}, base_dir=tmp_path
+    )
+    with pytest.raises(DoorError, match=r"no GPIO pin factory works here.*pin_factory = 'mock'"):
+        DoorController(cfg)
+    assert not (tmp_path / "audit.sqlite").exists()  # nothing else was started
+
+
+def test_a_stopped_door_takes_no_more_commands(rigs: Any) -> None:
+    rig = rigs(remote_unlock=True)
+    rig.ctl.stop()
+    cmd = json.dumps(sign_unlock(KEY, rig.cfg.device.id, ts=int(rig.clock.wall))).encode()
+    assert not rig.ctl.remote_command(cmd)
+    assert rig.relay_states() == [False]
+
+
 def test_door_is_off_by_default() -> None:
     d = Config().door
     assert not d.enabled and not d.remote_unlock and d.allow == ()

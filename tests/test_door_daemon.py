@@ -347,3 +347,57 @@ def test_outbox_redelivery_and_reconnects_never_open_the_door(
     assert doors.states() == [False]
     assert doors.ctl is not None and not doors.ctl.relay_log
     assert mqtt_broker.restarts == 1
+
+
+@pytest.mark.mqtt
+def test_home_assistant_sees_the_door(tmp_path: Path, mqtt_broker: Broker) -> None:
+    """Discovery for the lock, contact and tamper entities; the retained door status."""
+    from edge.events import Topics
+    from edge.mqtt import Publisher as MqttPublisher
+
+    cfg = parse_config(
+        {
+            "device": {"id": "front-door"},
+            "door": {"enabled": True, "pin_factory": "mock", "contact_pin": 5, "tamper_pin": 13},
+            "mqtt": {
+                "enabled": True,
+                "host": mqtt_broker.host,
+                "port": mqtt_broker.port,
+                "ha_discovery": True,
+            },
+            "service": {"state_dir": str(tmp_path)},
+        },
+        base_dir=tmp_path,
+    )
+    topics = Topics.for_device("facegate", "front-door")
+    pub = MqttPublisher(cfg)
+    factory = MockFactory()
+    pub.start()
+    door = DoorController(cfg, events=pub, factory=factory)
+    try:
+        factory.pin(5).drive_low()  # the door is shut
+        factory.pin(13).drive_low()  # the cover is on
+        assert door.sync()
+        sub = Collector(mqtt_broker, ["homeassistant/#", f"{topics.base}/door"], persistent=False)
+        sub.start()
+        status_topic = f"{topics.base}/door"
+
+        def status() -> dict[str, Any]:
+            got = sub.payloads(status_topic)
+            return json.loads(got[-1]) if got else {}
+
+        assert sub.wait_for(lambda: status().get("door") == "closed", 10)
+        assert status()["lock"] == "locked" and status()["tamper"] is False
+        configs = {t: json.loads(p) for t, p, _ in sub.snapshot() if t.startswith("homeassistant/")}
+        lock = configs["homeassistant/lock/front_door/door_lock/config"]
+        assert lock["state_topic"] == status_topic
+        assert "homeassistant/binary_sensor/front_door/door/config" in configs
+        assert "homeassistant/binary_sensor/front_door/tamper/config" in configs
+        face = configs["homeassistant/event/front_door/face/config"]
+        assert lock["device"] == face["device"]
+        door.pulse(60.0, "test")
+        assert sub.wait_for(lambda: status().get("lock") == "unlocked", 10)
+        sub.stop()
+    finally:
+        door.stop()
+        pub.stop(2.0)
