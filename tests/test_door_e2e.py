@@ -113,7 +113,7 @@ def test_grant_and_denials_reach_the_audit_log_and_the_broker_in_order(
     for run, broker_down in (("up", False), ("half-down", True)):
         state = tmp_path / run
         sub = Collector(mqtt_broker, [topics.event], client_id=f"sub-{run}").start()
-        assert sub.wait_for(lambda s=sub: s.connects > 0, 10)  # type: ignore[misc]
+        assert sub.wait_for(lambda s=sub: s.connects > 0, 10)
         if broker_down:
             mqtt_broker.stop()
         proc = _spawn(_config(tmp_path, run, mqtt_broker), None)
