@@ -11,7 +11,8 @@ Topics, all under ``<mqtt.prefix>/<device.id>/``:
     Retained JSON snapshot of the service (:func:`build_state`).
 ``command``
     Only subscribed when ``mqtt.commands = true``; the one accepted payload is
-    ``{"command": "reload-gallery"}`` (:func:`parse_command`).
+    ``{"command": "reload-gallery"}`` (:func:`parse_command`), plus the door's
+    signed ``{"command": "unlock", ...}`` (:func:`edge.door.verify_unlock`).
 
 Home Assistant discovery configs go to ``<mqtt.ha_prefix>/...`` when
 ``mqtt.ha_discovery = true`` (:func:`build_ha_discovery`).
@@ -50,6 +51,8 @@ ONLINE = "online"
 OFFLINE = "offline"
 RELOAD_GALLERY = "reload-gallery"
 COMMANDS = (RELOAD_GALLERY,)
+UNLOCK = "unlock"
+"""The door's signed remote unlock; its fields are checked by :func:`edge.door.verify_unlock`."""
 MAX_COMMAND_BYTES = 256
 """Command payloads longer than this are rejected before they are parsed."""
 
@@ -234,12 +237,51 @@ def parse_command(payload: bytes) -> str:
         doc = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise CommandError("command: payload is not UTF-8 JSON") from None
+    if isinstance(doc, dict) and doc.get("command") == UNLOCK:
+        return UNLOCK  # door: the signed unlock, verified by edge.door (ts, nonce, hmac)
     if not isinstance(doc, dict) or set(doc) != {"command"}:
         raise CommandError('command: expected exactly {"command": ...}')
     cmd = doc["command"]
     if not isinstance(cmd, str) or cmd not in COMMANDS:
         raise CommandError(f"command: {cmd!r} is not an accepted command")
     return cmd
+
+
+def build_door_event(
+    kind: str,
+    fields: dict[str, Any],
+    *,
+    device_id: str,
+    seq: int,
+    event_id: str,
+    clock_synced: bool,
+    ts: float,
+) -> dict[str, Any]:
+    """A door event (:mod:`edge.door`): one audit entry, on the ``event`` topic.
+
+    The envelope of a decision event (``v``, ``id``, ``seq``, ``device``,
+    ``ts``, ``ts_unix``, ``clock_synced``) with ``type`` the audit kind
+    (``access_granted``, ``access_denied``, ``exit_request``,
+    ``door_held_open``, ``door_forced``, ``tamper``, ``lockout``,
+    ``remote_unlock``, ``remote_refused``, ``door_test``) and the entry's
+    fields (``audit_id``, ``name``, ``reason``, ``detail``, ...). These are
+    records of what the door did, never a reason to open one.
+    """
+    if kind in EVENT_TYPES:
+        raise FacegateError(f"event: {kind!r} is a decision, not a door event")
+    if seq < 1:
+        raise FacegateError(f"event: sequence numbers start at 1, got {seq}")
+    return {
+        **fields,
+        "v": SCHEMA_VERSION,
+        "id": event_id,
+        "seq": seq,
+        "device": device_id,
+        "ts": iso_utc(ts),
+        "ts_unix": round(ts, 3),
+        "clock_synced": clock_synced,
+        "type": kind,
+    }
 
 
 def build_ha_discovery(
@@ -325,8 +367,10 @@ __all__ = [
     "ONLINE",
     "RELOAD_GALLERY",
     "SCHEMA_VERSION",
+    "UNLOCK",
     "CommandError",
     "Topics",
+    "build_door_event",
     "build_event",
     "build_ha_discovery",
     "build_state",
