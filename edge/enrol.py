@@ -165,7 +165,7 @@ def face_problem(m: PhotoMeasure, rules: EnrolmentRules = DEFAULT_RULES) -> Prob
     q = m.quality
     if q.faces > 1 and q.area_ratio < rules.min_area_ratio:
         return Problem(
-            f"{q.faces} faces found and the largest is only {q.area_ratio:.1f}x the area of the "
+            f"{q.faces} faces found and the largest is only {q.area_ratio:.2f}x the area of the "
             f"next (need {rules.min_area_ratio:g}x to know whose photo it is)",
             False,
         )

@@ -227,7 +227,7 @@ class OperatingPoint:
         how = {
             "table": f"from the FAR table for {self.comparisons} enrolled embedding(s)",
             "config": "set by [matching] threshold",
-            "fixed": "the manifest's fixed threshold (no calibration tables)",
+            "fixed": "fixed: the manifest has no calibration tables",
         }.get(self.source, self.source)
         far = "" if self.far is None else f", per-comparison FAR {self.far:.3g}"
         return (

@@ -394,6 +394,7 @@ class DoorResult:
     mated_undetected: int
     strangers_undetected: int
     calibration_source: str = ""
+    strangers_named_as: dict[str, int] = field(default_factory=dict)  # who strangers became
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -465,6 +466,10 @@ def door_protocol(
         1 for it, n in zip(split.mated, mated_names, strict=True) if n is not None and n != it.label
     )
     fp = sum(1 for n in stranger_names if n is not None)
+    named_as: dict[str, int] = {}
+    for n in stranger_names:
+        if n is not None:
+            named_as[n] = named_as.get(n, 0) + 1
     return DoorResult(
         gallery_size=len(split.enrolled),
         enroll_photos=max((len(p) for _, p in split.enrolled), default=0),
@@ -484,6 +489,7 @@ def door_protocol(
         mated_undetected=mated_und,
         strangers_undetected=str_und,
         calibration_source=recognizer.calibration.source,
+        strangers_named_as=dict(sorted(named_as.items(), key=lambda kv: (-kv[1], kv[0]))),
     )
 
 
