@@ -190,9 +190,10 @@ class Recognizer:
         return self._matcher.match_many(embeddings)
 
     def _choose_point(self, gallery: Gallery) -> OperatingPoint:
-        names, emb, _ = gallery.matrix()
-        point = self.operating_point_for(len(emb) if names else 0)
-        log.info("%d people, %d embeddings: %s", len(names), point.comparisons, point.describe())
+        names = gallery.names
+        m = sum(len(gallery.person(n).embeddings) for n in names)
+        point = self.operating_point_for(m)
+        log.info("%d people, %d embeddings: %s", len(names), m, point.describe())
         if point.clamped:
             log.warning(
                 "the calibration cannot resolve the per-comparison FAR %.3g this gallery needs "
