@@ -114,7 +114,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     if not plan.accepted:
         hint = "" if args.force else " (--force keeps photos refused for quality or as outliers)"
         raise FacegateError(
-            f"no usable face in {len(paths)} image(s); {args.name!r} not enrolled{hint}"
+            f"no usable photo among {len(paths)} image(s); {args.name!r} not enrolled{hint}"
         )
     gallery.add(args.name, plan.embeddings)
     path = cfg.resolve(cfg.gallery.path)

@@ -548,7 +548,8 @@ def run_door(a: argparse.Namespace) -> int:
     people = sorted({it.label for it in items})
 
     def recognizer(cal: Calibration) -> Recognizer:
-        return Recognizer(fe.cropper, fe.embedder, Gallery(fe.model_sha256), cal, a.target_fpir)
+        g = Gallery(fe.model_sha256)
+        return Recognizer(fe.cropper, fe.embedder, g, cal, a.target_fpir, a.threshold)
 
     runs: list[tuple[str, int, DoorResult]] = []  # (label, fold, result)
     folds: list[dict[str, Any]] = []
@@ -580,10 +581,7 @@ def run_door(a: argparse.Namespace) -> int:
             cal = _read_calibration(a.calibration)
         for n in sizes:
             split = door_split(items, n, a.enroll_photos, a.probes_per_person, a.stranger_photos)
-            rec = Recognizer(
-                fe.cropper, fe.embedder, Gallery(fe.model_sha256), cal, a.target_fpir, a.threshold
-            )
-            runs.append((f"N={n}", 0, door_protocol(split, measures, rec)))
+            runs.append((f"N={n}", 0, door_protocol(split, measures, recognizer(cal))))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     pooled: dict[str, dict[str, Any]] = {}

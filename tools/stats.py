@@ -116,8 +116,8 @@ def far_levels(n: int, per_decade: int = 10, loosest: float = 0.5) -> list[float
     Each level is rounded to 3 significant digits, and the last row is the
     rule-of-three limit ``3 / n`` itself: with ``n`` impostor pairs a smaller
     rate cannot be told apart from zero (0 errors in ``n`` trials bound the
-    rate only below ~``3 / n`` at 95%). With fewer than 6 pairs the table has
-    the one row ``min(3 / n, 1)``.
+    rate only below ~``3 / n`` at 95%). When ``3 / n`` exceeds the loosest
+    level (fewer than 8 pairs) the table has the one row ``min(3 / n, 1)``.
     """
     if n < 1:
         raise ValueError("a FAR table needs impostor distances")
