@@ -212,3 +212,16 @@ def test_recognizer_matches_with_the_threshold_it_chose() -> None:
         g2.add(f"x{i}", np.array([[-1.0, 0.01 * i]], np.float32))
     rec.set_gallery(g2)
     assert rec.threshold == 0.30 and rec.match_embeddings(probe)[0].name is None
+
+
+def test_config_target_fpir_is_validated() -> None:
+    from edge.config import parse_config
+    from edge.errors import ConfigError
+
+    assert parse_config({}).matching.target_fpir == 0.01
+    assert parse_config({"matching": {"target_fpir": 0.001}}).matching.target_fpir == 0.001
+    for bad in (0, 0.5, -0.01, math.nan, math.inf):
+        with pytest.raises(ConfigError, match=r"matching\.target_fpir"):
+            parse_config({"matching": {"target_fpir": bad}})
+    with pytest.raises(ConfigError, match=r"matching\.target_fpir: expected a number"):
+        parse_config({"matching": {"target_fpir": "1%"}})
