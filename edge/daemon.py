@@ -166,7 +166,7 @@ def make_capture(cfg: Config, stop: threading.Event) -> CaptureLike:
     # A live camera keeps only the newest frame (stale ones are dropped); a
     # replay (folder, video file) delivers every frame, so it gives the same
     # decisions on every run, paced at camera.fps when camera.realtime.
-    keep_all = not getattr(source, "live", True)
+    keep_all = not source.live
     cap: CaptureLike = CaptureThread(source, stop, keep_all=keep_all)
     return cap
 
