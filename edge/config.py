@@ -1,39 +1,372 @@
 """The TOML config file, parsed into validated, frozen dataclasses.
 
-Every section is a dataclass; its fields are the allowed keys, their types
-are checked, and an unknown key is an error. Each error names its key path
-(``mqtt.port: expected an integer, got 'abc'``). Secrets are never config
-values: the config names a file or a systemd credential that holds them
-(see :func:`read_secret`).
+Every section is a dataclass; its fields are the allowed keys and an unknown
+key is an error. The rules live on the fields themselves: the type (``bool``,
+``int``, ``float``, ``str`` or a ``Literal`` of the allowed words) and, with
+``typing.Annotated``, small constraint objects::
+
+    port: Annotated[int, Range(ge=1, le=65535)] = 1883
+    state_dir: Annotated[str, DirPath()] = "."
+    source: SourceName = "opencv"
+
+Adding a constrained key is that one line. Rules that tie several keys of a
+section together are its ``check()`` method; rules across sections are
+:meth:`Config.check`. Validation runs whenever a section is built (parsing
+the TOML, ``dataclasses.replace``, or building one in code), so
+``check-config`` and ``run`` go through the same path: :func:`load_config`.
+
+Every error names its key path and fits on one line
+(``mqtt.port: must be in [1, 65535], got 0``). Whatever the rule, every
+number must be finite and every string bounded and free of control
+characters. Secrets are never config values: the config names a file or a
+systemd credential that holds them (:class:`Secret`, :func:`read_secret`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import os
 import re
+import stat
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal, overload
 
 from edge.errors import ConfigError
+from edge.files import read_bounded
+
+log = logging.getLogger("facegate.config")
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
+MAX_CONFIG_BYTES = 1 << 20
+"""A config file larger than this (1 MiB) is refused before it is parsed."""
+MAX_SECRET_BYTES = 64 * 1024
+MAX_TEXT = 4096
+"""The longest string any key accepts (paths included: Linux's PATH_MAX)."""
+NAME_MAX = 255
+"""The longest path component, in bytes (Linux's NAME_MAX)."""
+MAX_INT = 2**53
+"""No integer key accepts more: every one has a tighter range anyway."""
+
+OPEN_SET_LIMIT = 1.0
+"""``matching.threshold`` at or above this cosine distance accepts faces no more
+similar to a person than unrelated vectors are (cosine <= 0): the promise that
+a stranger comes out ``unknown`` no longer holds, and the config says so."""
+
+SourceName = Literal["picamera2", "opencv", "folder", "fake"]
+"""Frame sources; each has its backend module in :mod:`edge.sources`."""
+
+
+# -- constraints -------------------------------------------------------------------
+
+
+class Invalid(ValueError):
+    """A value breaks a constraint; the message lacks the key path (the parser adds it)."""
+
+
+class Constraint:
+    """A rule on one value, attached to a field with ``Annotated[T, rule]``."""
+
+    def check(self, value: Any) -> None:
+        """Raise :class:`Invalid` when ``value`` breaks the rule."""
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
-class DeviceConfig:
+class Range(Constraint):
+    """A number within bounds (``ge``/``gt`` below, ``le``/``lt`` above)."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def __str__(self) -> str:
+        lo = "(-inf" if self.ge is None and self.gt is None else ""
+        if self.ge is not None:
+            lo = f"[{self.ge:g}"
+        elif self.gt is not None:
+            lo = f"({self.gt:g}"
+        hi = "inf)"
+        if self.le is not None:
+            hi = f"{self.le:g}]"
+        elif self.lt is not None:
+            hi = f"{self.lt:g})"
+        return f"{lo}, {hi}"
+
+    def check(self, value: Any) -> None:
+        v = float(value)
+        if (
+            (self.ge is not None and v < self.ge)
+            or (self.gt is not None and v <= self.gt)
+            or (self.le is not None and v > self.le)
+            or (self.lt is not None and v >= self.lt)
+        ):
+            raise Invalid(f"must be in {self}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Text(Constraint):
+    """A string of at most ``max_len`` characters, optionally required and of a pattern."""
+
+    max_len: int = 256
+    required: bool = False
+    pattern: str | None = None
+    hint: str = ""
+
+    def check(self, value: Any) -> None:
+        if not value:
+            if self.required:
+                raise Invalid("must not be empty")
+            return
+        if len(value) > self.max_len:
+            raise Invalid(f"too long ({len(value)} characters, at most {self.max_len})")
+        if self.pattern is not None and not re.fullmatch(self.pattern, value):
+            raise Invalid(f"{value!r} is not {self.hint or 'allowed'}")
+
+
+@dataclass(frozen=True)
+class TopicPrefix(Constraint):
+    """MQTT topic levels to publish under: no wildcards, not ``$``-reserved, not empty."""
+
+    def check(self, value: Any) -> None:
+        if not value.strip("/"):
+            raise Invalid("must not be empty")
+        if len(value) > 128:
+            raise Invalid(f"too long ({len(value)} characters, at most 128)")
+        if any(c in value for c in "+#") or any(c.isspace() for c in value):
+            raise Invalid(f"{value!r} cannot be used in an MQTT topic (no '+', '#' or spaces)")
+        if value.startswith("$"):
+            raise Invalid(f"{value!r}: topics starting with '$' are reserved for the broker")
+
+
+def _check_path(value: str) -> None:
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_TEXT:
+        raise Invalid(f"path too long ({len(value)} characters)")
+    for part in value.split("/"):
+        if len(part.encode("utf-8", "surrogatepass")) > NAME_MAX:
+            raise Invalid(f"path component too long ({part[:20]}..., over {NAME_MAX} bytes)")
+
+
+@dataclass(frozen=True)
+class FilePath(Constraint):
+    """A path naming a file (relative to the config's folder unless absolute)."""
+
+    required: bool = True
+
+    def check(self, value: Any) -> None:
+        if not value:
+            if self.required:
+                raise Invalid("must not be empty")
+            return
+        _check_path(value)
+        if value.endswith("/") or Path(value).name in ("", ".", ".."):
+            raise Invalid(f"{value!r} names a folder, not a file")
+
+
+@dataclass(frozen=True)
+class DirPath(Constraint):
+    """A path naming a folder."""
+
+    required: bool = True
+
+    def check(self, value: Any) -> None:
+        if not value:
+            if self.required:
+                raise Invalid("must not be empty")
+            return
+        _check_path(value)
+
+
+@dataclass(frozen=True)
+class CredentialName(Constraint):
+    """The name of a systemd credential (a file name in ``$CREDENTIALS_DIRECTORY``)."""
+
+    def check(self, value: Any) -> None:
+        if value and ("/" in value or value in (".", "..") or len(value) > NAME_MAX):
+            raise Invalid(f"{value!r} is not a credential name (a file name, no '/')")
+
+
+# Field types used by several sections.
+OptionalFile = Annotated[str, FilePath(required=False)]
+Credential = Annotated[str, CredentialName()]
+ModelPath = Annotated[str, FilePath()]
+IoU = Annotated[float, Range(gt=0, le=1)]
+
+
+# -- secrets -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """Where one secret comes from: a file, a systemd credential, or nowhere (unset)."""
+
+    key: str
+    """The key path for messages, e.g. ``gallery.key``."""
+    file: str = ""
+    credential: str = ""
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.file or self.credential)
+
+    def read(self, base_dir: Path | None = None) -> bytes | None:
+        """The secret's bytes (trailing newlines stripped), or None when unset."""
+        what = f"{self.key}_file" if self.file else f"{self.key}_credential"
+        return read_secret(self.file, self.credential, what, base_dir)
+
+
+class Secret:
+    """Declares the key pair ``<name>_file`` / ``<name>_credential`` of a section.
+
+    ``key = Secret()`` in :class:`GalleryConfig` makes ``cfg.gallery.key`` a
+    :class:`SecretRef` built from ``key_file`` and ``key_credential``; giving
+    both is an error.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, objtype: type | None = None) -> Secret: ...
+
+    @overload
+    def __get__(self, obj: object, objtype: type | None = None) -> SecretRef: ...
+
+    def __get__(self, obj: object | None, objtype: type | None = None) -> Secret | SecretRef:
+        if obj is None:
+            return self
+        section = getattr(obj, "SECTION", "")
+        return SecretRef(
+            f"{section}.{self.name}",
+            getattr(obj, f"{self.name}_file"),
+            getattr(obj, f"{self.name}_credential"),
+        )
+
+
+# -- the checker -------------------------------------------------------------------
+
+_SCALARS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _check_value(path: str, tp: Any, value: Any) -> Any:
+    """Check one value against a field type; return it (ints widen to floats)."""
+    origin = typing.get_origin(tp)
+    if origin is Annotated:
+        base, *rules = typing.get_args(tp)
+        v = _check_value(path, base, value)
+        if v is not None:
+            for rule in rules:
+                if isinstance(rule, Constraint):
+                    try:
+                        rule.check(v)
+                    except Invalid as e:
+                        raise ConfigError(f"{path}: {e}") from None
+        return v
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None and len(args) < len(typing.get_args(tp)):
+            return None
+        return _check_value(path, args[0], value)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if not isinstance(value, str) or value not in allowed:
+            raise ConfigError(f"{path}: must be one of {', '.join(allowed)}, got {value!r:.80}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r:.80}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r:.80}")
+        if abs(value) > MAX_INT:
+            raise ConfigError(f"{path}: integer out of range ({value:.3g})")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{path}: expected a number, got {value!r:.80}")
+        if isinstance(value, int) and abs(value) > MAX_INT:
+            raise ConfigError(f"{path}: number out of range ({value:.3g})")
+        v = float(value)
+        if not math.isfinite(v):
+            raise ConfigError(f"{path}: must be a finite number, got {value!r}")
+        return v
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r:.80}")
+        if len(value) > MAX_TEXT:
+            raise ConfigError(f"{path}: too long ({len(value)} characters, at most {MAX_TEXT})")
+        if _CONTROL.search(value):
+            raise ConfigError(f"{path}: must not contain control characters (NUL, newline, ...)")
+        return value
+    raise ConfigError(f"{path}: unsupported type {_SCALARS.get(tp, str(tp))}")
+
+
+_FIELD_TYPES: dict[type, dict[str, Any]] = {}
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    """Each field's type with its constraints (``Annotated``), resolved once per class."""
+    types_ = _FIELD_TYPES.get(cls)
+    if types_ is None:
+        hints = typing.get_type_hints(cls, include_extras=True)
+        types_ = _FIELD_TYPES[cls] = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    return types_
+
+
+def _secrets(cls: type) -> list[Secret]:
+    return [v for k in dir(cls) if isinstance(v := getattr(cls, k, None), Secret)]
+
+
+@dataclass(frozen=True)
+class Section:
+    """A config section: fields checked (types and constraints), then :meth:`check`."""
+
+    SECTION: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for name, tp in _field_types(type(self)).items():
+            value = getattr(self, name)
+            checked = _check_value(f"{self.SECTION}.{name}", tp, value)
+            if type(checked) is not type(value):
+                object.__setattr__(self, name, checked)  # 3 -> 3.0 for a float key
+        for secret in _secrets(type(self)):
+            ref: SecretRef = getattr(self, secret.name)
+            if ref.file and ref.credential:
+                n = secret.name
+                raise ConfigError(
+                    f"{self.SECTION}.{n}_file: give {n}_file or {n}_credential, not both"
+                )
+        self.check()
+
+    def check(self) -> None:
+        """Rules across this section's keys (ConfigError naming a key)."""
+
+
+# -- the sections ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceConfig(Section):
     """Identity of this device."""
 
-    id: str = "facegate"
-    name: str = "facegate door"
+    SECTION = "device"
+    id: Annotated[
+        str, Text(64, True, r"[^/+#\s]+", "an MQTT topic level (no '/', '+', '#' or spaces)")
+    ] = "facegate"
+    name: Annotated[str, Text(128)] = "facegate door"
 
 
 @dataclass(frozen=True)
-class CameraConfig:
+class CameraConfig(Section):
     """Where frames come from.
 
     ``source``: ``picamera2`` (Pi camera), ``opencv`` (USB index, RTSP URL or
@@ -41,53 +374,89 @@ class CameraConfig:
     ``fake`` (synthetic frames, for tests).
     """
 
-    source: str = "opencv"
-    uri: str = "0"
+    SECTION = "camera"
+    source: SourceName = "opencv"
+    uri: Annotated[str, Text(MAX_TEXT)] = "0"
     # A network camera's password (rtsp://USER@host/...): from a file or a
     # systemd credential, inserted into the URI when the stream is opened.
-    password_file: str = ""
-    password_credential: str = ""
-    path: str = ""
-    width: int = 640
-    height: int = 480
-    fps: float = 10.0
+    password_file: OptionalFile = ""
+    password_credential: Credential = ""
+    password = Secret()
+    path: Annotated[str, DirPath(required=False)] = ""
+    width: Annotated[int, Range(ge=1, le=16384)] = 640
+    height: Annotated[int, Range(ge=1, le=16384)] = 480
+    fps: Annotated[float, Range(gt=0, le=240)] = 10.0
     loop: bool = False
     # Replay sources (folder, video file): deliver every frame instead of
     # dropping stale ones the way a live camera must.
     realtime: bool = True
 
+    def check(self) -> None:
+        if self.source == "folder" and not self.path:
+            raise ConfigError("camera.path: required when camera.source = 'folder'")
+        if self.source == "opencv" and not self.uri.strip():
+            raise ConfigError("camera.uri: required when camera.source = 'opencv'")
+        if self.password.configured:
+            key = "camera.password_file" if self.password_file else "camera.password_credential"
+            if self.source != "opencv" or not re.match(_URI_SCHEME + r"[^/@]+@", self.uri):
+                raise ConfigError(
+                    f"{key}: needs camera.source = 'opencv' and a network camera.uri with the "
+                    "user name (rtsp://USER@host/...)"
+                )
+            if uri_has_password(self.uri):
+                raise ConfigError(f"camera.uri: holds a password, and {key} gives one too")
+
 
 @dataclass(frozen=True)
-class DetectorConfig:
+class DetectorConfig(Section):
     """BlazeFace detector."""
 
-    model: str = "face_detection_short_range.tflite"
-    score_threshold: float = 0.6
-    nms_iou: float = 0.3
-    min_face_size: int = 40
-    max_faces: int = 10
+    SECTION = "detector"
+    model: ModelPath = "face_detection_short_range.tflite"
+    score_threshold: Annotated[float, Range(gt=0, lt=1)] = 0.6
+    nms_iou: IoU = 0.3
+    min_face_size: Annotated[int, Range(ge=0, le=4096)] = 40
+    max_faces: Annotated[int, Range(ge=1, le=100)] = 10
 
 
 @dataclass(frozen=True)
-class EmbedderConfig:
+class EmbedderConfig(Section):
     """Embedding model and TFLite runtime."""
 
-    model: str = "facenet_int8.tflite"
-    runtime: str = "auto"  # auto | ai_edge_litert | tflite_runtime
-    num_threads: int = 2
+    SECTION = "embedder"
+    model: ModelPath = "facenet_int8.tflite"
+    runtime: Literal["auto", "ai_edge_litert", "tflite_runtime"] = "auto"
+    num_threads: Annotated[int, Range(ge=1, le=64)] = 2
     edgetpu: bool = False
 
 
 @dataclass(frozen=True)
-class MatchingConfig:
-    """Open-set rule overrides; unset values come from the model manifest."""
+class MatchingConfig(Section):
+    """Open-set rule overrides; unset values come from the model manifest.
 
-    threshold: float | None = None
-    margin: float | None = None
+    Cosine distances lie in [0, 2]. A ``threshold`` of 2 would match every
+    face and is refused; one at or above :data:`OPEN_SET_LIMIT` (1.0) is
+    accepted with a warning, because it matches faces no closer to a person
+    than unrelated vectors are, so strangers are no longer reliably unknown.
+    """
+
+    SECTION = "matching"
+    threshold: Annotated[float | None, Range(gt=0, lt=2)] = None
+    margin: Annotated[float | None, Range(ge=0, lt=2)] = None
+
+    def check(self) -> None:
+        if self.threshold is not None and self.threshold >= OPEN_SET_LIMIT:
+            log.warning(
+                "matching.threshold = %g is at or above %g: faces no closer to an enrolled "
+                "person than an unrelated face will match them, so strangers are no longer "
+                "reported as unknown; use the calibrated threshold (leave it unset)",
+                self.threshold,
+                OPEN_SET_LIMIT,
+            )
 
 
 @dataclass(frozen=True)
-class GalleryConfig:
+class GalleryConfig(Section):
     """The on-device gallery and the key that encrypts it at rest.
 
     The key comes from ``key_file`` or the systemd credential
@@ -95,57 +464,77 @@ class GalleryConfig:
     gallery is stored unencrypted (fine on a workstation, not on a door).
     """
 
-    path: str = "gallery.fgg"
-    key_file: str = ""
-    key_credential: str = ""
+    SECTION = "gallery"
+    path: Annotated[str, FilePath()] = "gallery.fgg"
+    key_file: OptionalFile = ""
+    key_credential: Credential = ""
+    key = Secret()
 
 
 @dataclass(frozen=True)
-class DecisionConfig:
+class DecisionConfig(Section):
     """Decisions over frames: k of the last n frames must agree."""
 
-    k: int = 3
-    n: int = 4
-    cooldown_s: float = 30.0
-    iou: float = 0.3
-    max_track_age_s: float = 2.0
+    SECTION = "decision"
+    k: Annotated[int, Range(ge=1, le=100)] = 3
+    n: Annotated[int, Range(ge=1, le=100)] = 4
+    cooldown_s: Annotated[float, Range(ge=0, le=86400)] = 30.0
+    iou: IoU = 0.3
+    max_track_age_s: Annotated[float, Range(gt=0, le=3600)] = 2.0
     single_frame: bool = False
+
+    def check(self) -> None:
+        if self.k > self.n:
+            raise ConfigError(f"decision.k: must be at most decision.n ({self.n}), got {self.k}")
 
 
 @dataclass(frozen=True)
-class MqttConfig:
+class MqttConfig(Section):
     """The broker, the topics and the delivery guarantees."""
 
+    SECTION = "mqtt"
     enabled: bool = False
-    host: str = "localhost"
-    port: int = 1883
-    prefix: str = "facegate"
-    client_id: str = ""
-    keepalive: int = 30
-    username: str = ""
-    password_file: str = ""
-    password_credential: str = ""
+    host: Annotated[str, Text(253, True, r"[A-Za-z0-9._:%\[\]-]+", "a host name or IP address")] = (
+        "localhost"
+    )
+    port: Annotated[int, Range(ge=1, le=65535)] = 1883
+    prefix: Annotated[str, TopicPrefix()] = "facegate"
+    client_id: Annotated[str, Text(128, False, r"[\x21-\x7e]+", "printable ASCII")] = ""
+    keepalive: Annotated[int, Range(ge=1, le=65535)] = 30
+    username: Annotated[str, Text(256)] = ""
+    password_file: OptionalFile = ""
+    password_credential: Credential = ""
+    password = Secret()
     tls: bool = False
-    tls_ca_file: str = ""
-    tls_cert_file: str = ""
-    tls_key_file: str = ""
-    outbox_path: str = "outbox.sqlite"
-    outbox_max: int = 10000
-    drain_rate: float = 50.0
-    state_interval_s: float = 60.0
+    tls_ca_file: OptionalFile = ""
+    tls_cert_file: OptionalFile = ""
+    tls_key_file: OptionalFile = ""
+    outbox_path: Annotated[str, FilePath()] = "outbox.sqlite"
+    outbox_max: Annotated[int, Range(ge=1, le=10_000_000)] = 10000
+    drain_rate: Annotated[float, Range(gt=0, le=10_000)] = 50.0
+    state_interval_s: Annotated[float, Range(gt=0, le=86400)] = 60.0
     ha_discovery: bool = False
-    ha_prefix: str = "homeassistant"
+    ha_prefix: Annotated[str, TopicPrefix()] = "homeassistant"
     commands: bool = False
     snapshot: bool = False
 
+    def check(self) -> None:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError(
+                "mqtt.tls_cert_file: a client certificate needs both cert and key files"
+            )
+        if self.password.configured and not self.username:
+            raise ConfigError("mqtt.username: a password is configured but no username")
+
 
 @dataclass(frozen=True)
-class ServiceConfig:
+class ServiceConfig(Section):
     """Process-level settings."""
 
-    log_level: str = "INFO"
-    state_dir: str = "."
-    stop_timeout_s: float = 5.0
+    SECTION = "service"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    state_dir: Annotated[str, DirPath()] = "."
+    stop_timeout_s: Annotated[float, Range(gt=0, le=300)] = 5.0
 
 
 @dataclass(frozen=True)
@@ -163,10 +552,51 @@ class Config:
     service: ServiceConfig = field(default_factory=ServiceConfig)
     base_dir: Path = field(default_factory=Path.cwd, compare=False)
 
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Rules across sections: no two keys may name the same file."""
+        files: dict[Path, str] = {}
+        for key, path in self.files().items():
+            other = files.setdefault(path, key)
+            if other != key:
+                raise ConfigError(f"{key}: names the same file as {other} ({path})")
+
+    def files(self) -> dict[str, Path]:
+        """Every file the config names (models excluded), by key path, resolved."""
+        out = {"gallery.path": self.resolve(self.gallery.path)}
+        if self.mqtt.enabled:
+            out["mqtt.outbox_path"] = self.outbox_file
+        for key in (
+            "gallery.key_file",
+            "mqtt.password_file",
+            "camera.password_file",
+            "mqtt.tls_ca_file",
+            "mqtt.tls_cert_file",
+            "mqtt.tls_key_file",
+        ):
+            section, name = key.split(".")
+            value = getattr(getattr(self, section), name)
+            if value:
+                out[key] = self.resolve(value)
+        return out
+
     def resolve(self, p: str) -> Path:
         """A path from the config, relative to the config file's folder."""
         path = Path(p).expanduser()
-        return path if path.is_absolute() else self.base_dir / path
+        return Path(os.path.normpath(path if path.is_absolute() else self.base_dir / path))
+
+    @property
+    def state_dir(self) -> Path:
+        """``service.state_dir``, resolved."""
+        return self.resolve(self.service.state_dir)
+
+    @property
+    def outbox_file(self) -> Path:
+        """``mqtt.outbox_path``; a relative path is taken inside ``service.state_dir``."""
+        p = Path(self.mqtt.outbox_path).expanduser()
+        return Path(os.path.normpath(p if p.is_absolute() else self.state_dir / p))
 
     def model_path(self, p: str) -> Path:
         """A model path: absolute, relative to the config, or a name in ``models/``."""
@@ -178,114 +608,29 @@ class Config:
         return MODELS_DIR / path
 
 
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "camera.source": ("picamera2", "opencv", "folder", "fake"),
-    "embedder.runtime": ("auto", "ai_edge_litert", "tflite_runtime"),
-    "service.log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
-}
-_POSITIVE = {
-    "camera.fps",
-    "camera.width",
-    "camera.height",
-    "detector.max_faces",
-    "decision.k",
-    "decision.n",
-    "embedder.num_threads",
-    "mqtt.port",
-    "mqtt.keepalive",
-    "mqtt.outbox_max",
-    "mqtt.drain_rate",
-    "mqtt.state_interval_s",
-    "service.stop_timeout_s",
-}
-
-
-def _type_name(tp: Any) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
-        tp, str(tp)
-    )
-
-
-def _check_value(path: str, tp: Any, value: Any) -> Any:
-    """Check one value against a field type; return it (ints widen to floats)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _check_value(path, args[0], value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{path}: unsupported type {_type_name(tp)}")
-
-
-def _parse_section(cls: Any, data: Any, prefix: str) -> Any:
+def _parse_section(cls: type[Section], data: Any, prefix: str) -> Section:
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix}: expected a table, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        path = f"{prefix}.{key}"
+    for key in data:
         if key not in known:
-            raise ConfigError(f"{path}: unknown key (allowed: {', '.join(sorted(known))})")
-        v = _check_value(path, hints[key], value)
-        if path in _CHOICES and v not in _CHOICES[path]:
-            raise ConfigError(f"{path}: must be one of {', '.join(_CHOICES[path])}, got {v!r}")
-        if path in _POSITIVE and v <= 0:
-            raise ConfigError(f"{path}: must be positive, got {v!r}")
-        kwargs[key] = v
-    return cls(**kwargs)
+            raise ConfigError(
+                f"{prefix}.{key:.80}: unknown key (allowed: {', '.join(sorted(known))})"
+            )
+    return cls(**data)
 
 
 def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     """Validate a parsed TOML document into a :class:`Config`."""
-    sections = {f.name: f for f in dataclasses.fields(Config) if f.name != "base_dir"}
+    sections = {f.name for f in dataclasses.fields(Config) if f.name != "base_dir"}
     hints = typing.get_type_hints(Config)
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key not in sections:
-            raise ConfigError(f"{key}: unknown section (allowed: {', '.join(sorted(sections))})")
+            allowed = ", ".join(sorted(sections))
+            raise ConfigError(f"{key:.80}: unknown section (allowed: {allowed})")
         kwargs[key] = _parse_section(hints[key], value, key)
-    cfg = Config(**kwargs, base_dir=base_dir or Path.cwd())
-    d = cfg.decision
-    if d.k > d.n:
-        raise ConfigError(f"decision.k: must be at most decision.n ({d.n}), got {d.k}")
-    if cfg.camera.source == "folder" and not cfg.camera.path:
-        raise ConfigError("camera.path: required when camera.source = 'folder'")
-    if cfg.camera.source == "opencv" and not cfg.camera.uri:
-        raise ConfigError("camera.uri: required when camera.source = 'opencv'")
-    cam = cfg.camera
-    if cam.password_file or cam.password_credential:
-        key = "camera.password_file" if cam.password_file else "camera.password_credential"
-        if cam.password_file and cam.password_credential:
-            raise ConfigError(f"{key}: give password_file or password_credential, not both")
-        if cam.source != "opencv" or not re.match(_URI_SCHEME + r"[^/@]+@", cam.uri):
-            raise ConfigError(
-                f"{key}: needs camera.source = 'opencv' and a network camera.uri with the "
-                "user name (rtsp://USER@host/...)"
-            )
-        if uri_has_password(cam.uri):
-            raise ConfigError(f"camera.uri: holds a password, and {key} gives one too")
-    if cfg.gallery.key_file and cfg.gallery.key_credential:
-        raise ConfigError("gallery.key_file: give key_file or key_credential, not both")
-    if cfg.mqtt.password_file and cfg.mqtt.password_credential:
-        raise ConfigError("mqtt.password_file: give password_file or password_credential, not both")
-    if bool(cfg.mqtt.tls_cert_file) != bool(cfg.mqtt.tls_key_file):
-        raise ConfigError("mqtt.tls_cert_file: a client certificate needs both cert and key files")
-    return cfg
+    return Config(**kwargs, base_dir=base_dir or Path.cwd())
 
 
 _URI_SCHEME = r"^[a-zA-Z][a-zA-Z0-9+.-]*://"
@@ -296,20 +641,69 @@ def uri_has_password(uri: str) -> bool:
     return re.match(_URI_SCHEME + r"[^/@]*:[^/@]*@", uri) is not None
 
 
-def load_config(path: Path | str) -> Config:
-    """Read and validate a TOML config file."""
-    p = Path(path)
+def warn_if_exposed(path: Path, key: str) -> None:
+    """Log a warning when a secret file can be read by its group or by others."""
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read config ({e.strerror or e})") from None
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # reading it later says why
+    if mode & 0o077:
+        log.warning(
+            "%s: %s can be read or written by group or others (mode %04o); chmod 600 it",
+            key,
+            path,
+            stat.S_IMODE(mode),
+        )
+
+
+def check_environment(cfg: Config, config_path: Path | None = None) -> None:
+    """The checks that look at the file system, shared by ``check-config`` and ``run``.
+
+    A file the daemon writes (gallery, outbox) must not be the config file
+    itself or something other than a regular file (a folder, a device);
+    secret files readable by group or others are warned about.
+    """
+    config_file = config_path.resolve() if config_path is not None else None
+    writes = {"gallery.path": cfg.resolve(cfg.gallery.path)}
+    if cfg.mqtt.enabled:
+        writes["mqtt.outbox_path"] = cfg.outbox_file
+        state = cfg.state_dir
+        if state.exists() and not state.is_dir():
+            raise ConfigError(f"service.state_dir: {state} exists and is not a folder")
+    for key, path in writes.items():
+        if config_file is not None and path == config_file:
+            raise ConfigError(f"{key}: {path} is the config file itself")
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue  # created later; a problem then is reported then
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{key}: {path} exists and is not a regular file")
+    for key in ("gallery.key_file", "mqtt.password_file", "camera.password_file",
+                "mqtt.tls_key_file"):  # fmt: skip
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value:
+            warn_if_exposed(cfg.resolve(value), key)
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate a TOML config file (the one path for ``check-config`` and ``run``)."""
+    p = Path(path)
+    raw = read_bounded(p, MAX_CONFIG_BYTES, "config", ConfigError)
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: config is not UTF-8 text") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: invalid TOML ({e})") from None
-    return parse_config(data, base_dir=p.resolve().parent)
+        raise ConfigError(f"{p}: invalid TOML ({str(e)[:200]})") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: invalid TOML (nested too deeply)") from None
+    cfg = parse_config(data, base_dir=p.resolve().parent)
+    check_environment(cfg, p)
+    return cfg
 
 
 def read_secret(
@@ -330,12 +724,13 @@ def read_secret(
             )
         path = Path(cred_dir) / credential
     elif file:
-        path = Path(file)
+        path = Path(file).expanduser()
         if base_dir is not None and not path.is_absolute():
             path = base_dir / path
     else:
         return None
     try:
-        return path.read_bytes().rstrip(b"\r\n")
-    except OSError as e:
-        raise ConfigError(f"{what}: cannot read secret from {path} ({e.strerror or e})") from None
+        data = read_bounded(path, MAX_SECRET_BYTES, "secret", ConfigError)
+    except ConfigError as e:
+        raise ConfigError(f"{what}: {e}") from None
+    return data.rstrip(b"\r\n")
