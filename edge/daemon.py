@@ -230,7 +230,7 @@ def run(
     failed at runtime (systemd restarts us). Start-up problems (bad model,
     gallery, camera) raise :class:`FacegateError`.
     """
-    from edge.gallery import open_for_config
+    from edge.gallery import reload_for_config
 
     notifier = notifier or Notifier()
     reload = reload or threading.Event()
@@ -292,7 +292,7 @@ def run(
             if reload.is_set():
                 reload.clear()
                 try:
-                    rec.set_gallery(open_for_config(cfg, model_sha))
+                    rec.set_gallery(reload_for_config(cfg, rec.gallery))
                     log.info("gallery reloaded: %d people", len(rec.gallery))
                     last_state = 0.0
                 except FacegateError as e:
