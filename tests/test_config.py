@@ -56,7 +56,7 @@ def test_defaults_and_int_to_float() -> None:
 
 def test_example_config_is_valid() -> None:
     example = Path(__file__).resolve().parents[1] / "systemd" / "facegate.example.toml"
-    cfg = load_config(example)
+    cfg = load_config(example, environment=False)
     assert cfg.camera.source in ("picamera2", "opencv", "folder", "fake")
 
 
