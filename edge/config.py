@@ -647,7 +647,7 @@ def warn_if_exposed(path: Path, key: str) -> None:
         mode = os.stat(path).st_mode
     except OSError:
         return  # reading it later says why
-    if mode & 0o077:
+    if stat.S_ISREG(mode) and mode & 0o077:
         log.warning(
             "%s: %s can be read or written by group or others (mode %04o); chmod 600 it",
             key,
