@@ -608,7 +608,7 @@ class Config:
         return MODELS_DIR / path
 
 
-def _parse_section(cls: type[Section], data: Any, prefix: str) -> Section:
+def _parse_section(cls: type[Any], data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix}: expected a table, got {type(data).__name__}")
     known = {f.name for f in dataclasses.fields(cls)}
@@ -617,6 +617,11 @@ def _parse_section(cls: type[Section], data: Any, prefix: str) -> Section:
             raise ConfigError(
                 f"{prefix}.{key:.80}: unknown key (allowed: {', '.join(sorted(known))})"
             )
+    if not issubclass(cls, Section):
+        # A section written as a plain dataclass still gets its types checked
+        # (a Section checks itself, also when built in code).
+        types_ = _field_types(cls)
+        data = {k: _check_value(f"{prefix}.{k}", types_[k], v) for k, v in data.items()}
     return cls(**data)
 
 

@@ -148,8 +148,8 @@ class Outbox:
         self._tight = False  # the disk was full: keep free pages in the database
         self._closed = False
         self.last_error: str | None = None
-        self._open_error = ""
         """The last storage error, for the state message (None while all is well)."""
+        self._open_error = ""
         try:
             self._db = self._open()
         except (sqlite3.Error, OSError) as e:
