@@ -1,6 +1,6 @@
 """The ``facegate`` command line (also ``python -m edge``).
 
-Sub-commands: ``enroll``, ``gallery list|stats|remove|set-groups``,
+Sub-commands: ``enroll``, ``gallery list|stats|remove|set-groups|rebind``,
 ``identify``, ``demo``, ``check-config``, ``run``, ``audit``,
 ``door test|sign-unlock``. Bad input never produces a traceback: every
 :class:`~edge.errors.FacegateError` becomes one ``facegate: error: ...``
@@ -23,6 +23,7 @@ from edge.errors import FacegateError
 
 if TYPE_CHECKING:
     from edge.config import Config
+    from edge.manifest import Manifest
     from edge.recognizer import Recognizer
 
 log = logging.getLogger("facegate")
@@ -42,12 +43,16 @@ def _config(args: argparse.Namespace) -> Config:
 
     from edge.config import Config, load_config
 
-    cfg = load_config(args.config) if getattr(args, "config", None) else Config()
+    # The environment checks are run's (camera, MQTT): enrolment needs none of them.
+    cfg = load_config(args.config, environment=False) if getattr(args, "config", None) else Config()
     if getattr(args, "detector", None):
         cfg = replace(cfg, detector=replace(cfg.detector, model=str(Path(args.detector).resolve())))
     if getattr(args, "embedder", None):
         cfg = replace(cfg, embedder=replace(cfg.embedder, model=str(Path(args.embedder).resolve())))
     if getattr(args, "key_file", None):
+        from edge.config import warn_if_exposed
+
+        warn_if_exposed(args.key_file, "--key-file")
         cfg = replace(
             cfg,
             gallery=replace(cfg.gallery, key_file=str(args.key_file.resolve()), key_credential=""),
@@ -64,13 +69,23 @@ def _recognizer(cfg: Config) -> Recognizer:
 
 
 def _image_paths(items: Sequence[str]) -> list[Path]:
-    """Expand folders into their image files; keep files as given (errors come later)."""
+    """Expand folders into their image files; keep files as given (errors come later).
+
+    A folder that cannot be listed is one error line; a path that cannot even
+    be looked up (an unsearchable folder) is kept and reported when read.
+    """
+    import stat
+
     from edge.imageio import list_images
 
     out: list[Path] = []
     for it in items:
         p = Path(it)
-        out.extend(list_images(p) if p.is_dir() else [p])
+        try:
+            is_dir = stat.S_ISDIR(p.stat().st_mode)
+        except OSError:
+            is_dir = False
+        out.extend(list_images(p) if is_dir else [p])
     return out
 
 
@@ -158,15 +173,21 @@ def _gallery_report(rec: Recognizer) -> dict[str, object]:
 
 def cmd_gallery(args: argparse.Namespace) -> int:
     from edge.embedder import Embedder
+    from edge.files import exists
     from edge.gallery import gallery_key, open_for_config
 
     cfg = _config(args)
     path = cfg.resolve(cfg.gallery.path)
-    if not path.exists():
+    if not exists(path, "gallery"):
         raise FacegateError(f"{path}: no gallery there")
+    emb = Embedder.load(cfg.model_path(cfg.embedder.model), runtime=cfg.embedder.runtime)
+    if args.action == "rebind":
+        return _gallery_rebind(cfg, path, emb.manifest, args.allow_rollback)
+    gallery = open_for_config(cfg, emb.sha256, emb.manifest, allow_rollback=args.allow_rollback)
     if args.action in ("list", "stats"):
-        rec = _recognizer(cfg)
-        gallery = rec.gallery
+        from edge.recognizer import Recognizer
+
+        rec = Recognizer.from_config(cfg, gallery=gallery)
         if args.action == "list":
             for name in gallery.names:
                 p = gallery.person(name)
@@ -178,8 +199,6 @@ def cmd_gallery(args: argparse.Namespace) -> int:
         else:
             print(json.dumps(_gallery_report(rec)))
         return 0
-    emb = Embedder.load(cfg.model_path(cfg.embedder.model), runtime=cfg.embedder.runtime)
-    gallery = open_for_config(cfg, emb.sha256)
     if args.action == "set-groups":  # door: NAME then its groups (none: clear them)
         name, groups = args.names[0], args.names[1:]
         gallery.set_groups(name, groups)
@@ -193,11 +212,24 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gallery_rebind(cfg: Config, path: Path, manifest: Manifest, allow_rollback: bool) -> int:
+    """``gallery rebind``: accept the current embedder manifest (and an old copy, if allowed)."""
+    from edge.gallery import gallery_key, rebind
+
+    g = rebind(path, gallery_key(cfg), manifest, allow_rollback=allow_rollback)
+    print(
+        f"gallery {path}: bound to the manifest of {manifest.name} "
+        f"({manifest.path}), generation {g.generation}, {len(g)} people"
+    )
+    return 0
+
+
 def cmd_identify(args: argparse.Namespace) -> int:
+    from edge.files import exists
     from edge.imageio import read_image
 
     cfg = _config(args)
-    if not cfg.resolve(cfg.gallery.path).exists():
+    if not exists(cfg.resolve(cfg.gallery.path), "gallery"):
         raise FacegateError(f"{cfg.resolve(cfg.gallery.path)}: no gallery there (enroll first)")
     rec = _recognizer(cfg)
     failed = 0
@@ -308,12 +340,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "gallery",
-        help="list or remove enrolled people, set their groups; "
-        "stats: the threshold, expected FPIR and FNIR",
+        help="list or remove enrolled people, set their groups; stats: the threshold, "
+        "expected FPIR and FNIR; rebind accepts a new embedder manifest",
     )
-    p.add_argument("action", choices=["list", "stats", "remove", "set-groups"])
+    p.add_argument("action", choices=["list", "stats", "remove", "set-groups", "rebind"])
     p.add_argument("names", nargs="*", help="people to remove; set-groups: NAME [GROUP...]")
     p.add_argument("--gallery", required=True)
+    p.add_argument(
+        "--allow-rollback",
+        action="store_true",
+        help="accept a gallery older than the newest one seen (a backup restored on purpose)",
+    )
     _add_model_args(p)
     p.set_defaults(func=cmd_gallery)
 
@@ -350,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from edge.imageio import limit_decoder
+
+    limit_decoder()  # before anything imports cv2
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
@@ -367,5 +407,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FacegateError as e:
         print(f"facegate: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        # The file system said no somewhere a FacegateError did not wrap it:
+        # still one line (an OSError is never a bug in the input's reader).
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"facegate: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130

@@ -195,7 +195,7 @@ def make_capture(cfg: Config, stop: threading.Event) -> CaptureLike:
     # A live camera keeps only the newest frame (stale ones are dropped); a
     # replay (folder, video file) delivers every frame, so it gives the same
     # decisions on every run, paced at camera.fps when camera.realtime.
-    keep_all = not getattr(source, "live", True)
+    keep_all = not source.live
     cap: CaptureLike = CaptureThread(source, stop, keep_all=keep_all)
     return cap
 
@@ -260,7 +260,7 @@ def run(
     failed at runtime (systemd restarts us). Start-up problems (bad model,
     gallery, camera) raise :class:`FacegateError`.
     """
-    from edge.gallery import open_for_config
+    from edge.gallery import reload_for_config
 
     notifier = notifier or Notifier()
     reload = reload or threading.Event()
@@ -329,7 +329,7 @@ def run(
                 if door is not None:  # door: fail-secure on reload
                     door.release("reload")
                 try:
-                    rec.set_gallery(open_for_config(cfg, model_sha))
+                    rec.set_gallery(reload_for_config(cfg, rec.gallery))
                     log.info("gallery reloaded: %d people", len(rec.gallery))
                     last_state = 0.0
                 except FacegateError as e:

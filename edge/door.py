@@ -119,7 +119,7 @@ MAX_WAIT_S = 0.5
 """Longest sleep of the owner thread between checks of its deadlines."""
 REFUSED_AUDIT_PER_MIN = 30
 """Refused remote commands recorded per minute; more are only counted (a flood fills no disk)."""
-MAX_PIN = 27
+MAX_PIN = 27  # also the range of the pin keys in edge.config.DoorConfig
 UNLOCK_MESSAGE_VERSION = "facegate-unlock-v1"
 STATUS_TOPIC = "door"
 """The retained door status lives on ``<prefix>/<device>/door``."""
@@ -218,25 +218,16 @@ def check_door_config(cfg: Config) -> None:
     from edge.gallery import check_group
 
     d = cfg.door
+    # Ranges (pins, debounce, unlock_s, max_decision_age_ms) live on the fields
+    # of edge.config.DoorConfig; here only what ties keys together.
     pins: dict[int, str] = {}
     for key in ("relay_pin", "contact_pin", "exit_pin", "tamper_pin"):
         pin = getattr(d, key)
         if pin is None:
             continue
-        if not 0 <= pin <= MAX_PIN:
-            raise ConfigError(f"door.{key}: a BCM GPIO number 0-{MAX_PIN}, got {pin}")
         if pin in pins:
             raise ConfigError(f"door.{key}: GPIO{pin} is already door.{pins[pin]}")
         pins[pin] = key
-    if not 0 <= d.debounce_ms <= 1000:
-        raise ConfigError(f"door.debounce_ms: 0-1000, got {d.debounce_ms}")
-    if d.max_decision_age_ms > 5000:
-        raise ConfigError(
-            f"door.max_decision_age_ms: at most 5000 (a door must not act on old faces), "
-            f"got {d.max_decision_age_ms}"
-        )
-    if d.unlock_s > 120:
-        raise ConfigError(f"door.unlock_s: at most 120, got {d.unlock_s}")
     for i, who in enumerate(d.allow):
         _check_who(f"door.allow[{i}]", who, check_group)
     for who, windows in d.schedule.items():
@@ -249,10 +240,6 @@ def check_door_config(cfg: Config) -> None:
     _zone(d.timezone)
     if d.mock_log and d.pin_factory != "mock":
         raise ConfigError("door.mock_log: only with door.pin_factory = 'mock'")
-    if d.remote_key_file and d.remote_key_credential:
-        raise ConfigError(
-            "door.remote_key_file: give remote_key_file or remote_key_credential, not both"
-        )
     if d.remote_unlock:
         if not (d.remote_key_file or d.remote_key_credential):
             raise ConfigError(

@@ -72,8 +72,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def outbox_path(cfg: Config) -> Path:
     """``mqtt.outbox_path``; a relative path is taken inside ``service.state_dir``."""
-    p = Path(cfg.mqtt.outbox_path).expanduser()
-    return p if p.is_absolute() else cfg.resolve(cfg.service.state_dir) / p
+    return cfg.outbox_file
 
 
 class Publisher:

@@ -122,7 +122,7 @@ class Recognizer:
         if gallery is None:
             from edge.gallery import open_for_config
 
-            gallery = open_for_config(cfg, emb.sha256)
+            gallery = open_for_config(cfg, emb.sha256, emb.manifest)
         cal = calibration_for(emb, cfg.matching.threshold, cfg.matching.margin)
         cropper = FaceCropper(
             det,
@@ -146,7 +146,8 @@ class Recognizer:
         det = FaceDetector.load(detector_path, runtime=runtime, num_threads=num_threads)
         emb = Embedder.load(embedder_path, runtime=runtime, num_threads=num_threads)
         cropper = FaceCropper(det, emb.manifest.alignment or "facenet160", emb.size[0], min_face)
-        return cls(cropper, emb, gallery or Gallery(emb.sha256), calibration_for(emb))
+        gallery = gallery or Gallery.for_manifest(emb.manifest)
+        return cls(cropper, emb, gallery, calibration_for(emb))
 
     # -- gallery --------------------------------------------------------------
     @property

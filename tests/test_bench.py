@@ -231,6 +231,7 @@ def test_fit_scales_down_to_the_camera_either_way_round() -> None:
 
 
 def test_written_config_is_a_valid_daemon_config(tmp_path: Path) -> None:
+    (tmp_path / "replay").mkdir()  # the bench writes the replay before it starts the daemon
     path = write_config(
         tmp_path / "bench.toml",
         {

@@ -32,6 +32,8 @@ from edge.types import Box, Decision, Detection, FaceResult, Frame, FrameResult,
 
 __all__ = ["mqtt_broker"]  # the fixture, re-exported for pytest
 
+MANIFEST_TEST = "manifest-test"  # the scripted embedder's manifest hash
+
 # -- stand-ins for the hardware and the models ------------------------------------
 
 
@@ -85,7 +87,7 @@ class ScriptedRecognizer:
     """One face per frame whose identity is ``frame.source`` ("" = no face, "?" = unknown)."""
 
     def __init__(self) -> None:
-        self._gallery = Gallery("sha-test")
+        self._gallery = Gallery("sha-test", manifest_sha256=MANIFEST_TEST)
         self.swaps = 0
 
     @property
@@ -267,7 +269,7 @@ def test_stop_event_ends_a_live_loop_quickly(notify_socket: tuple[socket.socket,
 
 
 def test_reload_gallery_command_swaps_the_gallery(tmp_path: Path) -> None:
-    g = Gallery("sha-test")
+    g = Gallery("sha-test", manifest_sha256=MANIFEST_TEST)
     g.add("carol", np.ones((1, 8), np.float32))
     g.save(tmp_path / "gallery.fgg")
     cfg = parse_config({"gallery": {"path": "gallery.fgg"}}, base_dir=tmp_path)
@@ -406,7 +408,7 @@ def enrolled(tmp_path_factory: pytest.TempPathFactory) -> Enrolled:
 
     det, emb = _models()
     rec = Recognizer.from_models(det, emb)
-    gallery = Gallery(rec.model_sha256)
+    gallery = Gallery.for_manifest(rec.embedder.manifest)
     held_out: dict[str, Path] = {}
     for person in ENROLLED:
         usable: list[tuple[Path, np.ndarray]] = []
@@ -623,7 +625,9 @@ def test_daemon_over_a_real_broker_with_reload(
     from edge.events import Topics
 
     newcomer = ENROLLED[-1]
-    partial = Gallery(enrolled.gallery.model_sha256)
+    partial = Gallery(
+        enrolled.gallery.model_sha256, manifest_sha256=enrolled.gallery.manifest_sha256
+    )
     for name in enrolled.gallery.names:
         if name != newcomer:
             partial.add(name, enrolled.gallery.person(name).embeddings)

@@ -15,8 +15,8 @@ from edge.gallery import Gallery
 KEY = b"g" * 32
 
 
-def _gallery(sha: str = "sha-test", size: int = 4) -> Gallery:
-    g = Gallery(sha, size)
+def _gallery(sha: str = "sha-test", size: int = 4, manifest: str = "manifest-test") -> Gallery:
+    g = Gallery(sha, size, manifest_sha256=manifest)
     rng = np.random.default_rng(1)
     for name in ("Alice", "Bob"):
         g.add(name, rng.normal(size=(2, size)).astype(np.float32))
@@ -29,7 +29,7 @@ def test_groups_are_saved_with_the_person(tmp_path: Path, key: bytes | None) -> 
     g.set_groups("Alice", ["staff", "night", "staff"])
     g.add("Alice", np.ones((1, 4), np.float32))  # more photos keep the groups
     g.save(tmp_path / "g.fgg", key)
-    back = Gallery.load(tmp_path / "g.fgg", key, "sha-test")
+    back = Gallery.load(tmp_path / "g.fgg", key, "sha-test", manifest_sha256="manifest-test")
     assert back.groups("Alice") == ("night", "staff")
     assert back.groups("Bob") == () and back.groups("Nobody") == ()
     assert len(back.person("Alice").embeddings) == 3
@@ -40,7 +40,10 @@ def test_a_gallery_without_groups_still_loads(tmp_path: Path) -> None:
     g.save(tmp_path / "g.fgg")
     # People without groups are stored exactly as before groups existed.
     assert b'"groups"' not in (tmp_path / "g.fgg").read_bytes()
-    assert Gallery.load(tmp_path / "g.fgg", None, "sha-test").groups("Alice") == ()
+    assert (
+        Gallery.load(tmp_path / "g.fgg", None, "sha-test", manifest_sha256=None).groups("Alice")
+        == ()
+    )
 
 
 def test_bad_group_names_and_unknown_people_are_refused() -> None:
@@ -59,7 +62,10 @@ def test_gallery_set_groups_and_list(
     from edge.embedder import Embedder
 
     emb = Embedder.load(models / "facenet_int8.tflite")
-    g = _gallery(emb.sha256, emb.dim)
+    g = Gallery.for_manifest(emb.manifest)
+    rng = np.random.default_rng(1)
+    for name in ("Alice", "Bob"):
+        g.add(name, rng.normal(size=(2, emb.dim)).astype(np.float32))
     path = tmp_path / "g.fgg"
     g.save(path)
     assert main(["gallery", "set-groups", "Alice", "staff", "night", "--gallery", str(path)]) == 0
@@ -68,7 +74,7 @@ def test_gallery_set_groups_and_list(
     listed = [json.loads(x) for x in out if x.startswith("{")]
     assert {p["name"]: p["groups"] for p in listed} == {"Alice": ["night", "staff"], "Bob": []}
     assert main(["gallery", "set-groups", "Alice", "--gallery", str(path)]) == 0  # clears
-    assert Gallery.load(path, None, emb.sha256).groups("Alice") == ()
+    assert Gallery.load(path, None, emb.sha256, manifest_sha256=None).groups("Alice") == ()
     assert main(["gallery", "set-groups", "--gallery", str(path)]) == 2
     assert main(["gallery", "set-groups", "Alice", "bad group", "--gallery", str(path)]) == 2
     err = capsys.readouterr().err
@@ -88,7 +94,7 @@ def test_enroll_with_groups(
     args = ["enroll", "--gallery", str(path), "--name", "Obama", "--group", "staff"]
     assert main([*args, "--group", "board", str(photos)]) == 0, capsys.readouterr().err
     sha = Embedder.load(models / "facenet_int8.tflite").sha256
-    assert Gallery.load(path, None, sha).groups("Obama") == ("board", "staff")
+    assert Gallery.load(path, None, sha, manifest_sha256=None).groups("Obama") == ("board", "staff")
 
 
 def _door_config(tmp_path: Path, extra: str = "") -> Path:

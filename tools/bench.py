@@ -429,7 +429,7 @@ def build_recognizer(models: Models, runtime: str, threads: int) -> Recognizer:
     det = FaceDetector.load(models.detector, runtime=runtime, num_threads=threads)
     emb = Embedder.load(models.int8, runtime=runtime, num_threads=threads, edgetpu=models.edgetpu)
     cropper = FaceCropper(det, emb.manifest.alignment or "facenet160", emb.size[0])
-    return Recognizer(cropper, emb, Gallery(emb.sha256), calibration_for(emb))
+    return Recognizer(cropper, emb, Gallery.for_manifest(emb.manifest), calibration_for(emb))
 
 
 def enrolment_names(frames: Sequence[BenchFrame]) -> set[str]:
@@ -452,7 +452,7 @@ def _enrol_gallery(rec: Recognizer, frames: Sequence[BenchFrame]) -> tuple[Galle
     """
     from edge.gallery import Gallery
 
-    g = Gallery(rec.model_sha256)
+    g = Gallery.for_manifest(rec.embedder.manifest)
     used = enrolment_names(frames)
     for f in frames:
         if f.name in used and f.label is not None:
@@ -778,7 +778,7 @@ def bench_daemon(
     rec = build_recognizer(models, "auto", 2)
     gallery, _ = _enrol_gallery(rec, frames)
     if len(gallery) == 0:
-        gallery = Gallery(rec.model_sha256)
+        gallery = Gallery.for_manifest(rec.embedder.manifest)
     gallery.save(workdir / "gallery.fgg", None)
     del rec
     device = "bench-door"

@@ -1,0 +1,156 @@
+"""Reading and writing the files a user hands us, safely.
+
+:func:`read_bounded` is how facegate reads any file named by a user (config,
+secrets, images, the gallery): opened once, without blocking (a FIFO never
+hangs us), required to be a regular file (never a folder or a device such as
+``/dev/zero``), read to at most ``limit + 1`` bytes, and every ``OSError``
+turned into one line of the caller's error type.
+
+:func:`write_atomic` replaces a file so that a crash at any instant leaves
+either the old or the new content: a temporary file in the same folder,
+fsync, rename, then an fsync of the folder. Temporary files left behind by a
+process killed mid-write are removed on the next write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import tempfile
+import time
+from pathlib import Path
+
+from edge.errors import FacegateError
+
+STALE_TMP_S = 60.0
+"""A temporary file of an atomic write older than this was left by a dead writer."""
+
+
+def read_bounded(
+    path: Path | str, limit: int, what: str, error: type[FacegateError] = FacegateError
+) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; ``error`` (one line) otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise error(f"{path}: cannot read {what} ({e.strerror or e})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "is a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise error(f"{path}: cannot read {what} ({kind})")
+        if st.st_size > limit:
+            raise error(f"{path}: {what} too large ({st.st_size} bytes, limit {limit})")
+        chunks: list[bytes] = []
+        left = limit + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > limit:
+            raise error(f"{path}: {what} too large (over {limit} bytes)")
+        return data
+    except OSError as e:
+        raise error(f"{path}: cannot read {what} ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
+
+
+def exists(path: Path | str, what: str, error: type[FacegateError] = FacegateError) -> bool:
+    """Whether ``path`` exists; ``error`` (one line) when that cannot be told (no permission)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        if e.errno == errno.ENOTDIR:
+            return False
+        raise error(f"{path}: cannot look up {what} ({e.strerror or e})") from None
+    return True
+
+
+def make_private_dir(path: Path) -> None:
+    """Create a folder (and its parents) as 0700 whatever the umask; an existing one is kept."""
+    if path.is_dir():
+        return
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+
+
+def remove_stale_tmp(path: Path, older_than_s: float = STALE_TMP_S) -> int:
+    """Delete ``.<name>.*.tmp`` files beside ``path`` older than ``older_than_s``; how many."""
+    removed = 0
+    cutoff = time.time() - older_than_s
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return 0
+    prefix = f".{path.name}."
+    for entry in entries:
+        if not (entry.name.startswith(prefix) and entry.name.endswith(".tmp")):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed += 1
+        except OSError:
+            continue
+    return removed
+
+
+def write_atomic(
+    path: Path | str,
+    data: bytes,
+    what: str,
+    error: type[FacegateError] = FacegateError,
+    mode: int = 0o600,
+) -> None:
+    """Replace ``path`` with ``data`` atomically (tmp, fsync, rename, folder fsync).
+
+    The file gets ``mode`` whatever the umask; a missing folder is created
+    0700. Every OSError (read-only folder, full disk) becomes one ``error`` line;
+    the old file is then untouched.
+    """
+    path = Path(path)
+    try:
+        make_private_dir(path.parent)
+        remove_stale_tmp(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise error(f"{path}: cannot write {what} ({e.strerror or e})") from None
+    try:
+        try:
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), mode)
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        raise error(f"{path}: cannot write {what} ({e.strerror or e})") from None
+
+
+__all__ = [
+    "STALE_TMP_S",
+    "exists",
+    "make_private_dir",
+    "read_bounded",
+    "remove_stale_tmp",
+    "write_atomic",
+]
