@@ -140,6 +140,26 @@ class MqttConfig:
 
 
 @dataclass(frozen=True)
+class EventsConfig:
+    """How long a decision event may be acted on.
+
+    ``valid_for_s``: an event expires this long after the face was seen
+    (``expires_at = ts + valid_for_s``); one published later says
+    ``delivery: "late"`` and must not open a door.
+    """
+
+    valid_for_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class HomeAssistantConfig:
+    """Home Assistant entities beyond discovery itself (``mqtt.ha_discovery``)."""
+
+    # The "Last person" sensor goes blank this long after the last live event.
+    last_person_clear_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     """Process-level settings."""
 
@@ -160,6 +180,8 @@ class Config:
     gallery: GalleryConfig = field(default_factory=GalleryConfig)
     decision: DecisionConfig = field(default_factory=DecisionConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     base_dir: Path = field(default_factory=Path.cwd, compare=False)
 
@@ -196,6 +218,8 @@ _POSITIVE = {
     "mqtt.outbox_max",
     "mqtt.drain_rate",
     "mqtt.state_interval_s",
+    "events.valid_for_s",
+    "homeassistant.last_person_clear_s",
     "service.stop_timeout_s",
 }
 
@@ -260,6 +284,11 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
             raise ConfigError(f"{key}: unknown section (allowed: {', '.join(sorted(sections))})")
         kwargs[key] = _parse_section(hints[key], value, key)
     cfg = Config(**kwargs, base_dir=base_dir or Path.cwd())
+    if not DEVICE_ID_RE.fullmatch(cfg.device.id):
+        raise ConfigError(
+            f"device.id: {cfg.device.id!r} must be 1-64 characters from A-Z a-z 0-9 _ - "
+            "(it is an MQTT topic segment and a Home Assistant id)"
+        )
     d = cfg.decision
     if d.k > d.n:
         raise ConfigError(f"decision.k: must be at most decision.n ({d.n}), got {d.k}")
@@ -287,6 +316,9 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
         raise ConfigError("mqtt.tls_cert_file: a client certificate needs both cert and key files")
     return cfg
 
+
+DEVICE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""What ``device.id`` may be: Home Assistant drops a discovery topic with other characters."""
 
 _URI_SCHEME = r"^[a-zA-Z][a-zA-Z0-9+.-]*://"
 

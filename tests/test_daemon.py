@@ -134,6 +134,15 @@ class RecordingPublisher:
     def set_state(self, **fields: Any) -> None:
         self.states.append(fields)
 
+    def set_gallery(self, names: list[str] | tuple[str, ...]) -> None:
+        self.calls.append(f"gallery {len(names)}")
+
+    def set_presence(self, present: bool) -> None:
+        self.calls.append(f"presence {present}")
+
+    def set_ready(self) -> None:
+        self.calls.append("ready")
+
     def alive(self) -> bool:
         return self._alive
 
@@ -195,7 +204,17 @@ def test_replay_publishes_k_of_n_decisions_and_exits_0(
     rc, pub, cap = run_scripted(script, notify=path)
     assert rc == 0
     assert [(d.kind, d.name) for d in pub.decisions] == [("recognized", "alice"), ("unknown", None)]
-    assert pub.calls == ["start", "stop"]
+    # Ready (online) after the first frame; presence follows the tracks.
+    assert pub.calls == [
+        "start",
+        "presence True",
+        "gallery 0",
+        "ready",
+        "presence False",
+        "presence True",
+        "presence False",
+        "stop",
+    ]
     assert cap.started and cap.joined
     msgs = drain(sock)
     assert msgs[0] == "STATUS=starting"
