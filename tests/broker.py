@@ -116,6 +116,11 @@ class Broker:
         self.kill()
         raise RuntimeError(f"mosquitto did not open port {self.port}: {self.log_tail()}")
 
+    def pause(self) -> None:
+        """SIGSTOP: the broker hangs (connections stay open, nothing is read or answered)."""
+        if self.running and self._proc is not None:
+            self._proc.send_signal(signal.SIGSTOP)
+
     def kill(self) -> None:
         """SIGKILL: the broker dies without saving or saying goodbye."""
         self._end(signal.SIGKILL)
