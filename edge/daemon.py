@@ -332,6 +332,15 @@ def run(
                     break
             else:
                 result = rec.process(frame)
+                if not ready:
+                    # Models loaded and the camera delivered: only now "online",
+                    # before this frame's decisions go out.
+                    ready = True
+                    publish_state(time.monotonic())
+                    pub.set_gallery(rec.gallery.names)
+                    pub.set_ready()
+                    notifier.ready(f"running, {len(rec.gallery)} people enrolled")
+                    log.info("ready: first frame processed")
                 snapshot = frame.image if cfg.mqtt.snapshot else None
                 for d in tracker.update(result, snapshot):
                     payload = pub.publish_decision(d)
@@ -343,14 +352,6 @@ def run(
                 if (tracker.active_tracks > 0) != present:
                     present = not present
                     pub.set_presence(present)
-                if not ready:
-                    # Models loaded and the camera delivered: only now "online".
-                    ready = True
-                    publish_state(time.monotonic())
-                    pub.set_gallery(rec.gallery.names)
-                    pub.set_ready()
-                    notifier.ready(f"running, {len(rec.gallery)} people enrolled")
-                    log.info("ready: first frame processed")
             health.tick()
             now = time.monotonic()
             if now - window_start >= STATUS_EVERY_S:

@@ -427,6 +427,14 @@ class Publisher:
     def _announce(self, client: Any) -> None:
         """Discovery, one complete state, presence, then ``online`` (under _announce_lock)."""
         self._publish_discovery(client)
+        # Retained discovery configs of this device that it no longer wants (a
+        # person removed while it was off, discovery switched off) come back
+        # through this subscription and are cleared in _on_message. Only now
+        # that the wanted set is known: before that, every config would look
+        # stale, and clearing it would make Home Assistant drop the entities
+        # (and their registry entries) at every start.
+        sub = ha_discovery_subscription(self.cfg.mqtt.ha_prefix, self.cfg.device.id)
+        client.subscribe(sub, qos=1)
         self._publish_state()
         self._publish_presence(client)
         client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
@@ -502,10 +510,6 @@ class Publisher:
         self._generation += 1
         if self.cfg.mqtt.commands:
             client.subscribe(self.topics.command, qos=1)
-        # Retained discovery configs of this device that it no longer wants
-        # (a person removed while it was off, discovery switched off) are
-        # found through this subscription and cleared in _on_message.
-        client.subscribe(ha_discovery_subscription(self.cfg.mqtt.ha_prefix, self.cfg.device.id), 1)
         with self._announce_lock:
             self._connected.set()
             if self._ready.is_set():
@@ -655,7 +659,11 @@ class Publisher:
                 cursor = (outbox.oldest_seq() or cursor + 1) - 1
                 last_ack = now
             if self._ready.is_set() and now - self._state_sent >= interval:
-                self._publish_state()  # once per period; set_state only merges
+                # Once per period (set_state only merges). Under the lock, so
+                # an announce in progress (which sends one) is seen.
+                with self._announce_lock:
+                    if time.monotonic() - self._state_sent >= interval:
+                        self._publish_state()
             clear_at = self._clear_last_person_at
             if clear_at is not None and now >= clear_at:
                 self._clear_last_person_at = None

@@ -129,6 +129,7 @@ class RecordingPublisher:
 
     def publish_decision(self, decision: Decision) -> dict[str, Any]:
         self.decisions.append(decision)
+        self.calls.append(f"event {decision.kind}")
         return {"seq": len(self.decisions), "kind": decision.kind, "name": decision.name}
 
     def set_state(self, **fields: Any) -> None:
@@ -207,11 +208,13 @@ def test_replay_publishes_k_of_n_decisions_and_exits_0(
     # Ready (online) after the first frame; presence follows the tracks.
     assert pub.calls == [
         "start",
-        "presence True",
         "gallery 0",
         "ready",
+        "presence True",
+        "event recognized",
         "presence False",
         "presence True",
+        "event unknown",
         "presence False",
         "stop",
     ]
@@ -227,6 +230,8 @@ def test_single_frame_mode_decides_on_the_first_frame() -> None:
     rc, pub, _ = run_scripted(["bob"], decision={"single_frame": True})
     assert rc == 0
     assert [(d.kind, d.name) for d in pub.decisions] == [("recognized", "bob")]
+    # Online before the first frame's decision goes out.
+    assert pub.calls.index("ready") < pub.calls.index("event recognized")
 
 
 def test_watchdog_pings_only_while_healthy(

@@ -22,7 +22,7 @@ from broker import Broker, Collector, mosquitto_path, mqtt_broker
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import Config, parse_config
-from edge.events import Topics, ha_person_object_id
+from edge.events import Topics, build_ha_discovery, ha_person_object_id
 from edge.mqtt import Publisher
 
 pytestmark = [
@@ -204,3 +204,29 @@ def test_stale_configs_are_cleared(
     # Discovery switched off: every entity goes away.
     ready(publishers, config(tmp_path / "c", mqtt_broker, ha_discovery=False), ["Alice"])
     wait_retained(mqtt_broker, "homeassistant/#", set())
+
+
+def test_a_starting_device_leaves_its_entities_alone(
+    tmp_path: Path, mqtt_broker: Broker, publishers: list[Publisher]
+) -> None:
+    # Connected but not ready (models loading, camera warming up): the configs
+    # stay, or Home Assistant would drop the entities at every restart.
+    cfg = config(tmp_path, mqtt_broker)
+    first = ready(publishers, cfg, ["Alice"])
+    wanted = {
+        t
+        for t, _ in build_ha_discovery(
+            T, device_id=DEVICE, device_name="x", ha_prefix="homeassistant", sw_version="1",
+            people=["Alice"],
+        )
+    }  # fmt: skip
+    wait_retained(mqtt_broker, "homeassistant/#", wanted)
+    first.stop(timeout=2.0)
+    starting = Publisher(cfg)
+    publishers.append(starting)
+    starting.start()
+    col = Collector(mqtt_broker, [T.availability], persistent=False).start()
+    assert col.wait_for(lambda: starting.connected, 10)
+    assert set(retained(mqtt_broker, "homeassistant/#")) == wanted
+    assert retained(mqtt_broker, T.availability) == {T.availability: b"offline"}
+    col.stop()
