@@ -1,7 +1,8 @@
 """The ``facegate`` command line (also ``python -m edge``).
 
-Sub-commands: ``enroll``, ``gallery list|remove``, ``identify``, ``demo``,
-``check-config``, ``run``. Bad input never produces a traceback: every
+Sub-commands: ``enroll``, ``gallery list|remove|set-groups``, ``identify``,
+``demo``, ``check-config``, ``run``, ``audit``, ``door test|sign-unlock``.
+Bad input never produces a traceback: every
 :class:`~edge.errors.FacegateError` becomes one ``facegate: error: ...``
 line on stderr and exit code 2; per-image problems are reported as
 skipped-with-reason lines and the command goes on.
@@ -98,6 +99,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     if not embs:
         raise FacegateError(f"no usable face in {len(paths)} image(s); {args.name!r} not enrolled")
     gallery.add(args.name, np.stack(embs))
+    if args.group:  # door: person metadata for door.allow = ["group:NAME"]
+        gallery.set_groups(args.name, sorted({*gallery.groups(args.name), *args.group}))
     path = cfg.resolve(cfg.gallery.path)
     gallery.save(path, key)
     print(
@@ -119,7 +122,14 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     gallery = open_for_config(cfg, emb.sha256)
     if args.action == "list":
         for name in gallery.names:
-            print(json.dumps({"name": name, "embeddings": len(gallery.person(name).embeddings)}))
+            p = gallery.person(name)
+            print(json.dumps({"name": name, "embeddings": len(p.embeddings), "groups": p.groups}))
+        return 0
+    if args.action == "set-groups":  # door: NAME then its groups (none: clear them)
+        name, groups = args.names[0], args.names[1:]
+        gallery.set_groups(name, groups)
+        gallery.save(path, gallery_key(cfg))
+        print(f"{name!r} is in groups: {', '.join(gallery.groups(name)) or '(none)'}")
         return 0
     for name in args.names:
         gallery.remove(name)
@@ -168,6 +178,50 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(broker=args.broker, out=sys.stdout)
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from edge.audit import parse_since, read_entries, to_csv
+    from edge.config import load_config
+    from edge.door import audit_path
+
+    cfg = load_config(args.config)
+    since = parse_since(args.since) if args.since else None
+    entries = read_entries(audit_path(cfg), since)
+    if args.csv:
+        sys.stdout.write(to_csv(entries))
+    else:
+        for e in entries:
+            print(json.dumps(e.to_json()))
+    return 0
+
+
+def cmd_door(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from edge.config import load_config
+    from edge.door import door_test, remote_key, sign_unlock
+
+    cfg = load_config(args.config)
+    if args.action == "sign-unlock":
+        key = remote_key(cfg)
+        if key is None:
+            raise FacegateError("door.remote_key_file / remote_key_credential: no key configured")
+        print(json.dumps(sign_unlock(key, cfg.device.id), separators=(",", ":")))
+        return 0
+    stop = threading.Event()
+
+    def on_stop(signum: int, _frame: object) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        door_test(cfg, seconds=args.seconds, stop=stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from edge.daemon import main_run
 
@@ -185,13 +239,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("enroll", help="add a person to the gallery from photos")
     p.add_argument("--gallery", required=True, help="gallery file (.fgg)")
     p.add_argument("--name", required=True)
+    p.add_argument(
+        "--group", action="append", default=[], help="add the person to this group (repeatable)"
+    )
     p.add_argument("images", nargs="+", help="images or folders of images")
     _add_model_args(p)
     p.set_defaults(func=cmd_enroll)
 
-    p = sub.add_parser("gallery", help="list or remove enrolled people")
-    p.add_argument("action", choices=["list", "remove"])
-    p.add_argument("names", nargs="*", help="people to remove")
+    p = sub.add_parser("gallery", help="list or remove enrolled people, or set their groups")
+    p.add_argument("action", choices=["list", "remove", "set-groups"])
+    p.add_argument("names", nargs="*", help="people to remove; set-groups: NAME [GROUP...]")
     p.add_argument("--gallery", required=True)
     _add_model_args(p)
     p.set_defaults(func=cmd_gallery)
@@ -213,6 +270,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the recognition service")
     p.add_argument("--config", type=Path, required=True)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("audit", help="print the door's audit log (JSON lines or CSV)")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--since", help="ISO date/time (local) or an age: 90s, 15m, 2h, 7d")
+    p.add_argument("--csv", action="store_true", help="CSV with a header row")
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("door", help="installer checks: pulse the relay; sign a remote unlock")
+    p.add_argument("action", choices=["test", "sign-unlock"])
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--seconds", type=float, help="test: pulse length (default: door.unlock_s)")
+    p.set_defaults(func=cmd_door)
     return ap
 
 
@@ -224,6 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "gallery" and args.action == "remove" and not args.names:
         print("facegate: error: gallery remove needs at least one name", file=sys.stderr)
+        return 2
+    if args.command == "gallery" and args.action == "set-groups" and not args.names:
+        print("facegate: error: gallery set-groups needs NAME [GROUP...]", file=sys.stderr)
         return 2
     try:
         rc: int = args.func(args)

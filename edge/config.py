@@ -160,6 +160,44 @@ class HomeAssistantConfig:
 
 
 @dataclass(frozen=True)
+class DoorConfig:
+    """The door itself (off by default): strike relay, inputs, granting rules, audit log.
+
+    Pins are BCM GPIO numbers; an input left unset (``None``) is not wired.
+    ``allow`` names people and ``group:NAME`` groups (the gallery's person
+    metadata); ``schedule`` maps a person or ``group:NAME`` to weekly windows
+    such as ``"mon-fri 07:00-19:00"`` (see :mod:`edge.door`).
+    """
+
+    enabled: bool = False
+    pin_factory: str = "auto"  # auto | lgpio | rpigpio | pigpio | native | mock
+    mock_log: str = ""
+    relay_pin: int = 17
+    active_high: bool = True
+    contact_pin: int | None = None
+    contact_closed_when_shut: bool = True
+    exit_pin: int | None = None
+    tamper_pin: int | None = None
+    tamper_closed_when_ok: bool = True
+    debounce_ms: int = 50
+    unlock_s: float = 3.0
+    max_decision_age_ms: int = 1000
+    allow: tuple[str, ...] = ()
+    schedule: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    timezone: str = ""
+    max_denials: int = 5
+    lockout_window_s: float = 60.0
+    lockout_s: float = 300.0
+    held_open_s: float = 30.0
+    remote_unlock: bool = False
+    remote_key_file: str = ""
+    remote_key_credential: str = ""
+    audit_path: str = "audit.sqlite"
+    audit_max_age_days: float = 365.0
+    audit_max_rows: int = 100000
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     """Process-level settings."""
 
@@ -182,6 +220,7 @@ class Config:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
+    door: DoorConfig = field(default_factory=DoorConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     base_dir: Path = field(default_factory=Path.cwd, compare=False)
 
@@ -204,6 +243,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "camera.source": ("picamera2", "opencv", "folder", "fake"),
     "embedder.runtime": ("auto", "ai_edge_litert", "tflite_runtime"),
     "service.log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
+    "door.pin_factory": ("auto", "lgpio", "rpigpio", "pigpio", "native", "mock"),
 }
 _POSITIVE = {
     "camera.fps",
@@ -221,6 +261,14 @@ _POSITIVE = {
     "events.valid_for_s",
     "homeassistant.last_person_clear_s",
     "service.stop_timeout_s",
+    "door.unlock_s",
+    "door.max_decision_age_ms",
+    "door.max_denials",
+    "door.lockout_window_s",
+    "door.lockout_s",
+    "door.held_open_s",
+    "door.audit_max_age_days",
+    "door.audit_max_rows",
 }
 
 
@@ -252,6 +300,16 @@ def _check_value(path: str, tp: Any, value: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected a string, got {value!r}")
         return value
+    if origin is tuple:  # tuple[X, ...]: a TOML array
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected an array, got {value!r}")
+        item = typing.get_args(tp)[0]
+        return tuple(_check_value(f"{path}[{i}]", item, v) for i, v in enumerate(value))
+    if origin is dict:  # dict[str, X]: a TOML table
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a table, got {value!r}")
+        item = typing.get_args(tp)[1]
+        return {k: _check_value(f"{path}.{k}", item, v) for k, v in value.items()}
     raise ConfigError(f"{path}: unsupported type {_type_name(tp)}")
 
 
@@ -314,6 +372,9 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
         raise ConfigError("mqtt.password_file: give password_file or password_credential, not both")
     if bool(cfg.mqtt.tls_cert_file) != bool(cfg.mqtt.tls_key_file):
         raise ConfigError("mqtt.tls_cert_file: a client certificate needs both cert and key files")
+    from edge.door import check_door_config  # door: pins, allow list, schedules, remote unlock
+
+    check_door_config(cfg)
     return cfg
 
 

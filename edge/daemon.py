@@ -47,6 +47,7 @@ from edge.types import Decision, Frame, FrameResult
 
 if TYPE_CHECKING:
     from edge.config import Config
+    from edge.door import DoorController
     from edge.gallery import Gallery
 
 log = logging.getLogger("facegate.daemon")
@@ -75,6 +76,12 @@ class PublisherLike(Protocol):
     def set_presence(self, present: bool) -> None: ...
 
     def set_ready(self) -> None: ...
+
+    def publish_event(
+        self, kind: str, fields: dict[str, Any], ts: float | None = None
+    ) -> dict[str, Any]: ...
+
+    def publish_status(self, name: str, fields: dict[str, Any]) -> None: ...
 
     def alive(self) -> bool: ...
 
@@ -163,6 +170,28 @@ class StdoutPublisher:
     def set_ready(self) -> None:
         self._fake.set_ready()
 
+    @property
+    def on_unlock(self) -> Callable[[bytes], None] | None:
+        return getattr(self._fake, "on_unlock", None)
+
+    @on_unlock.setter
+    def on_unlock(self, fn: Callable[[bytes], None] | None) -> None:
+        self._fake.on_unlock = fn
+
+    def publish_event(
+        self, kind: str, fields: dict[str, Any], ts: float | None = None
+    ) -> dict[str, Any]:
+        payload: dict[str, Any] = self._fake.publish_event(kind, fields, ts)
+        from edge.events import encode
+
+        out = self._out or sys.stdout
+        out.write(encode(payload).decode() + "\n")
+        out.flush()
+        return payload
+
+    def publish_status(self, name: str, fields: dict[str, Any]) -> None:
+        self._fake.publish_status(name, fields)
+
     def alive(self) -> bool:
         return bool(self._fake.alive())
 
@@ -245,6 +274,7 @@ def run(
     notifier: Notifier | None = None,
     recognizer: RecognizerLike | None = None,
     capture_factory: Callable[[Config, threading.Event], CaptureLike] = make_capture,
+    door_factory: Callable[[Config, PublisherLike], DoorController] | None = None,
 ) -> int:
     """Run the service until ``stop`` is set or a finite replay ends; the exit status.
 
@@ -259,6 +289,9 @@ def run(
     budget = cfg.service.stop_timeout_s
     started = time.monotonic()
     pub = publisher or make_publisher(cfg)
+    # door: built (relay released) before anything else starts; it gets every
+    # decision in-process from this loop, never from the broker or the outbox.
+    door = _door(cfg, pub, door_factory) if cfg.door.enabled else None
     cap_stop = threading.Event()
     cap: CaptureLike | None = None
     rc = 0
@@ -279,6 +312,8 @@ def run(
                 reload.set()
 
         pub.on_command = on_command
+        if door is not None:  # door: the signed remote unlock (refused unless enabled)
+            pub.on_unlock = door.remote_command  # type: ignore[attr-defined]
         # A face that jumps identity by more than the open-set threshold is
         # someone else: it ends its track (edge.tracker.identity_jump).
         tracker = Tracker(cfg.decision, identity_threshold=rec.threshold)
@@ -314,6 +349,8 @@ def run(
         while not stop.is_set():
             if reload.is_set():
                 reload.clear()
+                if door is not None:  # door: fail-secure on reload
+                    door.release("reload")
                 try:
                     rec.set_gallery(open_for_config(cfg, model_sha))
                     log.info("gallery reloaded: %d people", len(rec.gallery))
@@ -343,6 +380,8 @@ def run(
                     log.info("ready: first frame processed")
                 snapshot = frame.image if cfg.mqtt.snapshot else None
                 for d in tracker.update(result, snapshot):
+                    if door is not None:  # door: every decision, live from the tracker
+                        door.on_decision(d, rec.gallery)
                     payload = pub.publish_decision(d)
                     events += 1
                     log.info("%s", _event_line(d, payload))
@@ -352,6 +391,10 @@ def run(
                 if (tracker.active_tracks > 0) != present:
                     present = not present
                     pub.set_presence(present)
+            if door is not None and not door.alive():  # door: relay owner died: restart
+                log.error("door controller stopped; exiting for a restart")
+                rc = 1
+                break
             health.tick()
             now = time.monotonic()
             if now - window_start >= STATUS_EVERY_S:
@@ -365,6 +408,8 @@ def run(
         log.exception("service loop failed")
         rc = 1
     finally:
+        if door is not None:  # door: released first, before anything else stops
+            door.stop(timeout=min(2.0, budget * 0.2), why="service stopping")
         notifier.stopping("stopping")
         t_stop = time.monotonic()
         # Reverse start order: capture first (no new frames), then the publisher
@@ -384,6 +429,18 @@ def run(
         notifier.close()
         log.info("stopped in %.2f s", time.monotonic() - t_stop)
     return rc
+
+
+def _door(
+    cfg: Config,
+    pub: PublisherLike,
+    factory: Callable[[Config, PublisherLike], DoorController] | None,
+) -> DoorController:
+    if factory is not None:
+        return factory(cfg, pub)
+    from edge.door import make_door
+
+    return make_door(cfg, pub)
 
 
 def _configure_logging(level: str) -> None:
@@ -414,6 +471,8 @@ def main_run(config_path: str) -> int:
     previous = {
         signal.SIGTERM: signal.signal(signal.SIGTERM, on_stop),
         signal.SIGINT: signal.signal(signal.SIGINT, on_stop),
+        # door: systemd's watchdog sends SIGABRT; stop cleanly so the relay is released.
+        signal.SIGABRT: signal.signal(signal.SIGABRT, on_stop),
         signal.SIGHUP: signal.signal(signal.SIGHUP, on_hup),
     }
     try:

@@ -23,7 +23,8 @@ Topics, all under ``<mqtt.prefix>/<device.id>/``:
     JPEG, published just before that event; never retained, never stored.
 ``command``
     Only subscribed when ``mqtt.commands = true``; the one accepted payload is
-    ``{"command": "reload-gallery"}`` (:func:`parse_command`).
+    ``{"command": "reload-gallery"}`` (:func:`parse_command`), plus the door's
+    signed ``{"command": "unlock", ...}`` (:func:`edge.door.verify_unlock`).
 
 Home Assistant discovery configs go to ``<mqtt.ha_prefix>/...`` when
 ``mqtt.ha_discovery = true`` (:func:`build_ha_discovery`); when it is off the
@@ -71,6 +72,8 @@ ONLINE = "online"
 OFFLINE = "offline"
 RELOAD_GALLERY = "reload-gallery"
 COMMANDS = (RELOAD_GALLERY,)
+UNLOCK = "unlock"
+"""The door's signed remote unlock; its fields are checked by :func:`edge.door.verify_unlock`."""
 MAX_COMMAND_BYTES = 256
 """Command payloads longer than this are rejected before they are parsed."""
 
@@ -344,6 +347,8 @@ def parse_command(payload: bytes) -> str:
         doc = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise CommandError("command: payload is not UTF-8 JSON") from None
+    if isinstance(doc, dict) and doc.get("command") == UNLOCK:
+        return UNLOCK  # door: the signed unlock, verified by edge.door (ts, nonce, hmac)
     if not isinstance(doc, dict) or set(doc) != {"command"}:
         raise CommandError('command: expected exactly {"command": ...}')
     cmd = doc["command"]
@@ -387,6 +392,10 @@ _HA_ENTITIES = (
     ("sensor", "gallery_size"),
     ("sensor", "outbox_pending"),
     ("device_automation", "unknown"),
+    # The door's (edge.door.ha_discovery), when door.enabled.
+    ("lock", "door_lock"),
+    ("binary_sensor", "door"),
+    ("binary_sensor", "tamper"),
 )
 # Published by facegate 0.1 under a node id with "-" turned into "_".
 _HA_LEGACY = (
@@ -395,6 +404,9 @@ _HA_LEGACY = (
     ("sensor", "fps"),
     ("sensor", "gallery_size"),
     ("sensor", "outbox_pending"),
+    ("lock", "door_lock"),
+    ("binary_sensor", "door"),
+    ("binary_sensor", "tamper"),
 )
 
 
@@ -432,6 +444,46 @@ def ha_static_topics(ha_prefix: str, device_id: str) -> list[str]:
     if legacy != device_id:
         out += [ha_discovery_topic(ha_prefix, c, legacy, o) for c, o in _HA_LEGACY]
     return out
+
+
+def build_door_event(
+    kind: str,
+    fields: dict[str, Any],
+    *,
+    device_id: str,
+    seq: int,
+    event_id: str,
+    clock_synced: bool,
+    ts: float,
+) -> dict[str, Any]:
+    """A door event (:mod:`edge.door`): one audit entry, on the ``event`` topic.
+
+    The envelope of a decision event (``v``, ``id``, ``seq``, ``device``,
+    ``ts``, ``ts_unix``, ``clock_synced``) with ``type`` the audit kind
+    (``access_granted``, ``access_denied``, ``exit_request``,
+    ``door_held_open``, ``door_forced``, ``tamper``, ``lockout``,
+    ``remote_unlock``, ``remote_refused``, ``door_test``) and the entry's
+    fields (``audit_id``, ``name``, ``reason``, ``detail``, ...). These are
+    records of what the door did, never a reason to open one: they carry no
+    ``expires_at`` and no ``delivery``, so a consumer that acts only on
+    ``delivery == "live"`` never acts on them (and Home Assistant's event
+    entity ignores them).
+    """
+    if kind in EVENT_TYPES:
+        raise FacegateError(f"event: {kind!r} is a decision, not a door event")
+    if seq < 1:
+        raise FacegateError(f"event: sequence numbers start at 1, got {seq}")
+    return {
+        **fields,
+        "v": SCHEMA_VERSION,
+        "id": event_id,
+        "seq": seq,
+        "device": device_id,
+        "ts": iso_utc(ts),
+        "ts_unix": round(ts, 3),
+        "clock_synced": clock_synced,
+        "type": kind,
+    }
 
 
 def build_ha_discovery(
@@ -614,8 +666,10 @@ __all__ = [
     "RELOAD_GALLERY",
     "SCHEMA_VERSION",
     "STRANGER",
+    "UNLOCK",
     "CommandError",
     "Topics",
+    "build_door_event",
     "build_event",
     "build_ha_discovery",
     "build_last_person",

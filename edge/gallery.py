@@ -21,6 +21,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -40,6 +41,14 @@ MAGIC = b"FGG1"
 MODE_PLAIN = 0
 MODE_AESGCM = 1
 MIN_KEY_BYTES = 16
+_GROUP_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def check_group(group: str) -> str:
+    """A valid group name (1-64 of ``A-Z a-z 0-9 _ . -``), or GalleryError."""
+    if not _GROUP_RE.match(group):
+        raise GalleryError(f"invalid group name {group!r} (1-64 letters, digits, '_', '.', '-')")
+    return group
 
 
 def derive_key(secret: bytes) -> bytes:
@@ -61,6 +70,7 @@ class Person:
     name: str
     embeddings: npt.NDArray[np.float32]
     added: float
+    groups: tuple[str, ...] = ()  # person metadata: the door's allow list names groups
 
 
 class Gallery:
@@ -100,7 +110,22 @@ class Gallery:
         old = self._people.get(name)
         if old is not None:
             e = np.vstack([old.embeddings, e])
-        self._people[name] = Person(name, e, old.added if old else time.time())
+        self._people[name] = Person(
+            name, e, old.added if old else time.time(), old.groups if old else ()
+        )
+
+    def groups(self, name: str) -> tuple[str, ...]:
+        """The groups a person belongs to (empty when none, or not enrolled)."""
+        p = self._people.get(name)
+        return p.groups if p is not None else ()
+
+    def set_groups(self, name: str, groups: list[str] | tuple[str, ...]) -> None:
+        """Replace a person's groups (sorted, without duplicates)."""
+        p = self._people.get(name)
+        if p is None:
+            raise GalleryError(f"no person named {name!r} in the gallery")
+        clean = tuple(sorted({check_group(g) for g in groups}))
+        self._people[name] = Person(p.name, p.embeddings, p.added, clean)
 
     def remove(self, name: str) -> None:
         if name not in self._people:
@@ -126,6 +151,8 @@ class Gallery:
                 "count": len(p.embeddings),
                 "embeddings": base64.b64encode(p.embeddings.astype("<f4").tobytes()).decode(),
             }
+            if p.groups:
+                people[n]["groups"] = list(p.groups)
         doc = {
             "version": 1,
             "model_sha256": self.model_sha256,
@@ -204,7 +231,8 @@ class Gallery:
             for name, p in doc["people"].items():
                 raw = np.frombuffer(base64.b64decode(p["embeddings"]), dtype="<f4")
                 emb = raw.reshape(int(p["count"]), g.embedding_size).astype(np.float32)
-                g._people[name] = Person(name, emb, float(p["added"]))
+                groups = tuple(str(x) for x in p.get("groups", []))
+                g._people[name] = Person(name, emb, float(p["added"]), groups)
         except (KeyError, TypeError, ValueError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise GalleryError(f"{path}: gallery is corrupt ({type(e).__name__})") from None
         if g.model_sha256 != model_sha256:

@@ -52,8 +52,10 @@ from edge.events import (
     OFFLINE,
     ONLINE,
     PRESENT,
+    UNLOCK,
     CommandError,
     Topics,
+    build_door_event,
     build_event,
     build_ha_discovery,
     build_last_person,
@@ -122,6 +124,7 @@ class Publisher:
         self.cfg = cfg
         self.topics = Topics.for_device(cfg.mqtt.prefix, cfg.device.id)
         self.on_command: Callable[[str], None] | None = None
+        self.on_unlock: Callable[[bytes], None] | None = None  # door: signed remote unlock
         # Counters, for the state topic and tests.
         self.published = 0  # events handed to paho (including re-sends)
         self.acked = 0  # PUBACKs for events
@@ -140,6 +143,7 @@ class Publisher:
         self._inflight: dict[int, int] = {}
         self._state_lock = threading.Lock()
         self._state: dict[str, Any] = {}
+        self._status: dict[str, bytes] = {}  # door: retained <base>/<name> topics
         self._clock = (0.0, False)
         # Availability, discovery and presence: changed under _announce_lock,
         # from the daemon's thread (set_ready, set_gallery, set_presence) and
@@ -357,6 +361,45 @@ class Publisher:
         self._wake.set()
         return made[-1]
 
+    def publish_event(
+        self, kind: str, fields: dict[str, Any], ts: float | None = None
+    ) -> dict[str, Any]:
+        """Store a door event (:func:`~edge.events.build_door_event`) in the outbox; the payload.
+
+        Same path, sequence and delivery guarantees as :meth:`publish_decision`.
+        """
+        outbox = self._open_outbox()
+        synced = self._clock_synced()
+        t = time.time() if ts is None else ts
+        made: list[dict[str, Any]] = []
+
+        def build(seq: int) -> tuple[str, bytes]:
+            payload = build_door_event(
+                kind,
+                fields,
+                device_id=self.cfg.device.id,
+                seq=seq,
+                event_id=new_event_id(),
+                clock_synced=synced,
+                ts=t,
+            )
+            made.append(payload)
+            return str(payload["id"]), encode(payload)
+
+        outbox.append(self.topics.event, build)
+        self._wake.set()
+        return made[-1]
+
+    def publish_status(self, name: str, fields: dict[str, Any]) -> None:
+        """A retained status topic ``<base>/<name>`` (the door's): sent now and on every connect."""
+        payload = encode(build_state(self.cfg.device.id, **fields))
+        topic = f"{self.topics.base}/{name}"
+        with self._state_lock:
+            self._status[topic] = payload
+        client = self._client
+        if client is not None and self._connected.is_set():
+            client.publish(topic, payload, qos=1, retain=True)
+
     def set_state(self, **fields: Any) -> None:
         """Merge ``fields`` into the retained state (published by the drain thread, per period)."""
         with self._state_lock:
@@ -461,6 +504,10 @@ class Publisher:
                 snapshot=m.snapshot,
                 people=self._people,
             )
+            if self.cfg.door.enabled:  # door: its entities join the same device
+                from edge.door import ha_discovery
+
+                wanted += ha_discovery(self.topics.base, self.cfg, like=wanted[0][1])
         topics = frozenset(t for t, _ in wanted)
         owned = set(ha_static_topics(m.ha_prefix, dev))
         owned |= {
@@ -508,6 +555,10 @@ class Publisher:
         if callable(drop):
             drop()
         self._generation += 1
+        with self._state_lock:  # door: the retained status topics, again after a reconnect
+            statuses = list(self._status.items())
+        for topic, payload in statuses:
+            client.publish(topic, payload, qos=1, retain=True)
         if self.cfg.mqtt.commands:
             client.subscribe(self.topics.command, qos=1)
         with self._announce_lock:
@@ -559,6 +610,12 @@ class Publisher:
             self._reject(str(e))
             return
         log.info("mqtt: command %r received", cmd)
+        if cmd == UNLOCK:  # door: only the door verifies and acts on it
+            if self.on_unlock is None:
+                self._reject("unlock: no door on this device")
+            else:
+                self.on_unlock(bytes(msg.payload))
+            return
         callback = self.on_command
         if callback is not None:
             callback(cmd)
@@ -763,7 +820,9 @@ class FakePublisher:
         self.cfg = cfg or Config()
         self.topics = Topics.for_device(self.cfg.mqtt.prefix, self.cfg.device.id)
         self.on_command: Callable[[str], None] | None = None
+        self.on_unlock: Callable[[bytes], None] | None = None
         self.payloads: list[dict[str, Any]] = []
+        self.statuses: dict[str, dict[str, Any]] = {}
         self.states: list[dict[str, Any]] = []
         self.state: dict[str, Any] = {}
         self.rejected_commands = 0
@@ -798,6 +857,27 @@ class FakePublisher:
             self.payloads.append(payload)
         return payload
 
+    def publish_event(
+        self, kind: str, fields: dict[str, Any], ts: float | None = None
+    ) -> dict[str, Any]:
+        with self._lock:
+            self._seq += 1
+            payload = build_door_event(
+                kind,
+                fields,
+                device_id=self.cfg.device.id,
+                seq=self._seq,
+                event_id=new_event_id(),
+                clock_synced=clock_synced(),
+                ts=time.time() if ts is None else ts,
+            )
+            self.payloads.append(payload)
+        return payload
+
+    def publish_status(self, name: str, fields: dict[str, Any]) -> None:
+        with self._lock:
+            self.statuses[name] = build_state(self.cfg.device.id, **fields)
+
     def set_state(self, **fields: Any) -> None:
         with self._lock:
             self.state.update(fields)
@@ -821,6 +901,12 @@ class FakePublisher:
             self.rejected_commands += 1
             log.warning("rejected command: %s", e)
             return False
+        if cmd == UNLOCK:  # door: the signed unlock goes to the door alone
+            if self.on_unlock is None:
+                self.rejected_commands += 1
+                return False
+            self.on_unlock(payload)
+            return True
         if self.on_command is not None:
             self.on_command(cmd)
         return True
