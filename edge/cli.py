@@ -1,8 +1,8 @@
 """The ``facegate`` command line (also ``python -m edge``).
 
-Sub-commands: ``enroll``, ``gallery list|remove|set-groups``, ``identify``,
-``demo``, ``check-config``, ``run``, ``audit``, ``door test|sign-unlock``.
-Bad input never produces a traceback: every
+Sub-commands: ``enroll``, ``gallery list|stats|remove|set-groups``,
+``identify``, ``demo``, ``check-config``, ``run``, ``audit``,
+``door test|sign-unlock``. Bad input never produces a traceback: every
 :class:`~edge.errors.FacegateError` becomes one ``facegate: error: ...``
 line on stderr and exit code 2; per-image problems are reported as
 skipped-with-reason lines and the command goes on.
@@ -80,8 +80,7 @@ def _skip(path: Path | str, why: str) -> None:
 
 # -- commands -----------------------------------------------------------------
 def cmd_enroll(args: argparse.Namespace) -> int:
-    import numpy as np
-
+    from edge.enrol import PhotoMeasure, lookalike_message, plan_enrolment
     from edge.gallery import gallery_key
     from edge.imageio import read_image
 
@@ -90,24 +89,71 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     gallery = rec.gallery
     key = gallery_key(cfg)
     paths = _image_paths(args.images)
-    embs = []
+    measures = []
     for p in paths:
         try:
-            embs.append(rec.embed_single_face(read_image(p)))
+            measures.append(rec.measure_photo(read_image(p)))
         except FacegateError as e:
-            _skip(p, str(e).removeprefix(f"{p}: "))
-    if not embs:
-        raise FacegateError(f"no usable face in {len(paths)} image(s); {args.name!r} not enrolled")
-    gallery.add(args.name, np.stack(embs))
+            measures.append(PhotoMeasure(None, None, str(e).removeprefix(f"{p}: ")))
+    names, emb, starts = gallery.matrix()
+    plan = plan_enrolment(
+        args.name,
+        measures,
+        names,
+        emb,
+        starts,
+        rec.calibration,
+        rec.operating_point_for,
+        force=args.force,
+    )
+    for i, why in plan.refused:
+        _skip(paths[i], why)
+    for i, text in plan.warnings:
+        print(f"warning: {paths[i]}: {text}", file=sys.stderr)
+    for i, note in plan.notes:
+        print(f"note: {paths[i]}: {note}", file=sys.stderr)
+    if not plan.accepted:
+        hint = "" if args.force else " (--force keeps photos refused for quality or as outliers)"
+        raise FacegateError(
+            f"no usable photo among {len(paths)} image(s); {args.name!r} not enrolled{hint}"
+        )
+    gallery.add(args.name, plan.embeddings)
     if args.group:  # door: person metadata for door.allow = ["group:NAME"]
         gallery.set_groups(args.name, sorted({*gallery.groups(args.name), *args.group}))
     path = cfg.resolve(cfg.gallery.path)
     gallery.save(path, key)
+    for la in plan.lookalikes:
+        print(f"warning: {lookalike_message(la)}", file=sys.stderr)
+    point = plan.point
+    after = "" if point is None else f"; {point.describe()}"
     print(
-        f"enrolled {args.name!r}: {len(embs)} of {len(paths)} image(s) used; "
-        f"gallery {path} holds {len(gallery)} people"
+        f"enrolled {args.name!r}: {len(plan.accepted)} of {len(paths)} image(s) used; "
+        f"gallery {path} holds {len(gallery)} people{after}"
     )
     return 0
+
+
+def _gallery_report(rec: Recognizer) -> dict[str, object]:
+    """The gallery's operating point and look-alike pairs (``gallery list`` / ``stats``)."""
+    from edge.enrol import lookalike_message, lookalikes
+
+    names, emb, starts = rec.gallery.matrix()
+    point = rec.operating_point
+    pairs = lookalikes(names, emb, starts, point.threshold, rec.margin)
+    for la in pairs:
+        print(f"warning: {lookalike_message(la)}", file=sys.stderr)
+    return {
+        "people": len(names),
+        "embeddings": point.comparisons,
+        "threshold": round(point.threshold, 6),
+        "threshold_source": point.source,
+        "margin": round(rec.margin, 6),
+        "target_fpir": point.target_fpir,
+        "per_comparison_far": point.target_far if point.source == "table" else None,
+        "expected_fpir": point.expected_fpir,
+        "expected_fnir": point.expected_fnir,
+        "lookalikes": [{"a": la.a, "b": la.b, "distance": round(la.distance, 6)} for la in pairs],
+    }
 
 
 def cmd_gallery(args: argparse.Namespace) -> int:
@@ -115,16 +161,25 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     from edge.gallery import gallery_key, open_for_config
 
     cfg = _config(args)
-    emb = Embedder.load(cfg.model_path(cfg.embedder.model), runtime=cfg.embedder.runtime)
     path = cfg.resolve(cfg.gallery.path)
     if not path.exists():
         raise FacegateError(f"{path}: no gallery there")
-    gallery = open_for_config(cfg, emb.sha256)
-    if args.action == "list":
-        for name in gallery.names:
-            p = gallery.person(name)
-            print(json.dumps({"name": name, "embeddings": len(p.embeddings), "groups": p.groups}))
+    if args.action in ("list", "stats"):
+        rec = _recognizer(cfg)
+        gallery = rec.gallery
+        if args.action == "list":
+            for name in gallery.names:
+                p = gallery.person(name)
+                print(
+                    json.dumps({"name": name, "embeddings": len(p.embeddings), "groups": p.groups})
+                )
+            _gallery_report(rec)
+            print(rec.operating_point.describe(), file=sys.stderr)
+        else:
+            print(json.dumps(_gallery_report(rec)))
         return 0
+    emb = Embedder.load(cfg.model_path(cfg.embedder.model), runtime=cfg.embedder.runtime)
+    gallery = open_for_config(cfg, emb.sha256)
     if args.action == "set-groups":  # door: NAME then its groups (none: clear them)
         name, groups = args.names[0], args.names[1:]
         gallery.set_groups(name, groups)
@@ -243,11 +298,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--group", action="append", default=[], help="add the person to this group (repeatable)"
     )
     p.add_argument("images", nargs="+", help="images or folders of images")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="keep photos refused as too small, blurred, turned or unlike the others",
+    )
     _add_model_args(p)
     p.set_defaults(func=cmd_enroll)
 
-    p = sub.add_parser("gallery", help="list or remove enrolled people, or set their groups")
-    p.add_argument("action", choices=["list", "remove", "set-groups"])
+    p = sub.add_parser(
+        "gallery",
+        help="list or remove enrolled people, set their groups; "
+        "stats: the threshold, expected FPIR and FNIR",
+    )
+    p.add_argument("action", choices=["list", "stats", "remove", "set-groups"])
     p.add_argument("names", nargs="*", help="people to remove; set-groups: NAME [GROUP...]")
     p.add_argument("--gallery", required=True)
     _add_model_args(p)

@@ -80,10 +80,17 @@ class EmbedderConfig:
 
 @dataclass(frozen=True)
 class MatchingConfig:
-    """Open-set rule overrides; unset values come from the model manifest."""
+    """The open-set rule.
+
+    ``target_fpir``: the share of strangers the door may name; the threshold
+    follows the gallery size to keep it (edge.thresholds). ``threshold`` and
+    ``margin`` override the manifest's calibration (an explicit threshold
+    stops the threshold from following the gallery size).
+    """
 
     threshold: float | None = None
     margin: float | None = None
+    target_fpir: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -348,6 +355,10 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
             "(it is an MQTT topic segment and a Home Assistant id)"
         )
     d = cfg.decision
+    if not 0.0 < cfg.matching.target_fpir < 0.5:
+        raise ConfigError(
+            f"matching.target_fpir: must be above 0 and below 0.5, got {cfg.matching.target_fpir!r}"
+        )
     if d.k > d.n:
         raise ConfigError(f"decision.k: must be at most decision.n ({d.n}), got {d.k}")
     if cfg.camera.source == "folder" and not cfg.camera.path:

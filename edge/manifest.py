@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import ManifestMismatch, ModelError
+from edge.thresholds import RateTable
 
 FORMAT = "facegate-manifest/1"
 
@@ -46,10 +47,14 @@ class Preprocessing:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Open-set parameters: threshold, margin and the confidence curve.
+    """Open-set parameters: threshold, margin, the confidence curve and the rate tables.
 
     ``confidence(d) = 1 / (1 + exp((d - conf_midpoint) / conf_scale))``.
     ``source`` says where they came from ("default" or the calibration run).
+    ``far_table``/``frr_table`` (:class:`edge.thresholds.RateTable`) are the
+    impostor and genuine distance quantiles from which the device picks the
+    threshold for its gallery size; a manifest without them (older
+    calibrations) keeps the single ``threshold``.
     """
 
     threshold: float
@@ -57,6 +62,8 @@ class Calibration:
     conf_midpoint: float
     conf_scale: float
     source: str = "default"
+    far_table: RateTable | None = None
+    frr_table: RateTable | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,24 @@ def _tensor(d: dict[str, Any]) -> TensorSpec:
     )
 
 
+def _table(d: Any) -> RateTable | None:
+    """A calibration rate table, or None when absent (manifests from before the tables)."""
+    return None if d is None else RateTable.from_json(d)
+
+
+def calibration_from_dict(cal: dict[str, Any]) -> Calibration:
+    """A manifest's ``calibration`` block; KeyError/TypeError/ValueError when malformed."""
+    return Calibration(
+        threshold=float(cal["threshold"]),
+        margin=float(cal["margin"]),
+        conf_midpoint=float(cal["conf_midpoint"]),
+        conf_scale=float(cal["conf_scale"]),
+        source=str(cal.get("source", "")),
+        far_table=_table(cal.get("far_table")),
+        frr_table=_table(cal.get("frr_table")),
+    )
+
+
 def from_dict(d: dict[str, Any], path: Path | None = None) -> Manifest:
     """Build a :class:`Manifest` from parsed JSON; a missing key is a ModelError."""
     where = str(path) if path else "manifest"
@@ -143,15 +168,7 @@ def from_dict(d: dict[str, Any], path: Path | None = None) -> Manifest:
             quantization=str(d["quantization"]),
             embedding_size=int(d.get("embedding_size", 0)),
             alignment=str(d.get("alignment", "")),
-            calibration=None
-            if cal is None
-            else Calibration(
-                threshold=float(cal["threshold"]),
-                margin=float(cal["margin"]),
-                conf_midpoint=float(cal["conf_midpoint"]),
-                conf_scale=float(cal["conf_scale"]),
-                source=str(cal.get("source", "")),
-            ),
+            calibration=None if cal is None else calibration_from_dict(cal),
             source=dict(d.get("source", {})),
             tool_version=str(d.get("tool_version", "")),
             extra=dict(d.get("extra", {})),

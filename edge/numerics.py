@@ -135,3 +135,46 @@ def open_set_decision(
         confidence=confidence(d1),
         nearest=names[i1],
     )
+
+
+# -- enrolment quality -----------------------------------------------------------------
+def laplacian_variance(gray: FloatArray) -> float:
+    """Sharpness: the variance of the 4-neighbour Laplacian over the interior pixels.
+
+    ``L(y, x) = g(y-1, x) + g(y+1, x) + g(y, x-1) + g(y, x+1) - 4 g(y, x)``
+    (OpenCV's ``Laplacian`` with ``ksize=1``) for every pixel with all four
+    neighbours, and ``var(L) = mean((L - mean L)^2)``. A sharp face has strong
+    second derivatives at the eyes, nostrils and mouth; blur removes them, so
+    the variance falls roughly with the fourth power of the blur width
+    (Pech-Pacheco et al., 2000). Needs an image of at least 3 x 3 pixels.
+    """
+    g = np.asarray(gray, dtype=np.float64)
+    if g.ndim != 2 or g.shape[0] < 3 or g.shape[1] < 3:
+        raise ValueError(f"laplacian_variance needs a 2-D image of 3x3 or more, got {g.shape}")
+    lap = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4.0 * g[1:-1, 1:-1]
+    return float(lap.var())
+
+
+def yaw_ratio(right_eye: FloatArray, left_eye: FloatArray, nose: FloatArray) -> float:
+    """How far the head is turned: the nose's offset along the eye axis, per eye distance.
+
+    With ``u = left_eye - right_eye`` (the eye axis, in pixels) and
+    ``c = (right_eye + left_eye) / 2``::
+
+        yaw = <nose - c, u> / |u|^2
+
+    0 for a frontal face (the nose tip below the eye midpoint, whatever the
+    in-plane rotation); its sign says which way the head is turned. For a
+    head turned by an angle ``a`` it grows like ``k tan(a)`` (the eyes come
+    together as ``cos a``, the nose tip moves sideways as ``sin a``), ``k``
+    being the depth of the nose tip in front of the eyes per eye distance
+    (roughly 0.5-0.7 for adults, so 0.5 is a three-quarter view of some 35-45
+    degrees). Coincident eyes give ``inf``.
+    """
+    r = np.asarray(right_eye, dtype=np.float64)
+    u = np.asarray(left_eye, dtype=np.float64) - r
+    uu = float(u @ u)
+    if uu <= 0.0:
+        return math.inf
+    c = r + 0.5 * u
+    return float((np.asarray(nose, dtype=np.float64) - c) @ u / uu)

@@ -15,15 +15,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from edge.align import align_face
+from edge.align import align_face, template_points
 from edge.detector import FaceDetector
 from edge.embedder import Embedder
+from edge.enrol import PhotoMeasure, face_problem, face_quality
 from edge.errors import NoFaceError
 from edge.gallery import Gallery
 from edge.manifest import Calibration
 from edge.matcher import Matcher
 from edge.numerics import Confidence
-from edge.types import AlignedFace, FaceResult, Frame, FrameResult, Image
+from edge.thresholds import DEFAULT_TARGET_FPIR, OperatingPoint, operating_point
+from edge.types import AlignedFace, FaceResult, Frame, FrameResult, Image, Match
 
 if TYPE_CHECKING:
     from edge.config import Config
@@ -40,10 +42,14 @@ DEFAULT_CALIBRATION = Calibration(
 
 @dataclass(frozen=True)
 class Crops:
-    """Aligned faces of one image, and how many faces were too small to use."""
+    """Aligned faces of one image, and how many faces were too small to use.
+
+    ``areas``: the box area of every detected face, usable or not, largest first.
+    """
 
     faces: list[AlignedFace]
     skipped_small: int
+    areas: tuple[float, ...] = ()
 
 
 class FaceCropper:
@@ -66,7 +72,7 @@ class FaceCropper:
         dets.sort(key=lambda d: d.box.w * d.box.h, reverse=True)
         usable = [d for d in dets if min(d.box.w, d.box.h) >= self.min_face]
         faces = [AlignedFace(d, align_face(rgb, d, self.template, self.size)) for d in usable]
-        return Crops(faces, len(dets) - len(usable))
+        return Crops(faces, len(dets) - len(usable), tuple(d.box.w * d.box.h for d in dets))
 
     def crops(self, rgb: Image) -> list[AlignedFace]:
         return self.crops_with_counts(rgb).faces
@@ -81,15 +87,20 @@ class Recognizer:
         embedder: Embedder,
         gallery: Gallery,
         calibration: Calibration,
+        target_fpir: float = DEFAULT_TARGET_FPIR,
+        threshold_override: float | None = None,
     ) -> None:
+        """``threshold_override`` (``[matching] threshold``) fixes the threshold; otherwise it
+        follows the gallery size (:meth:`operating_point_for`)."""
         self.cropper = cropper
         self.embedder = embedder
         self.calibration = calibration
+        self.target_fpir = target_fpir
+        self.threshold_override = threshold_override
         self._confidence = Confidence(calibration.conf_midpoint, calibration.conf_scale)
-        self._matcher = Matcher(
-            gallery, calibration.threshold, calibration.margin, self._confidence
-        )
         self._gallery = gallery
+        self._point = self._choose_point(gallery)
+        self._matcher = Matcher(gallery, self._point.threshold, self.margin, self._confidence)
 
     @classmethod
     def from_config(cls, cfg: Config, gallery: Gallery | None = None) -> Recognizer:
@@ -119,7 +130,7 @@ class Recognizer:
             size=emb.size[0],
             min_face=cfg.detector.min_face_size,
         )
-        return cls(cropper, emb, gallery, cal)
+        return cls(cropper, emb, gallery, cal, cfg.matching.target_fpir, cfg.matching.threshold)
 
     @classmethod
     def from_models(
@@ -143,13 +154,75 @@ class Recognizer:
         return self._gallery
 
     def set_gallery(self, gallery: Gallery) -> None:
-        """Swap the gallery (one reference assignment: safe while frames are processed)."""
-        matcher = Matcher(gallery, self.threshold, self.margin, self._confidence)
-        self._gallery, self._matcher = gallery, matcher
+        """Swap the gallery, with the threshold for its size.
+
+        The new matcher is built first and swapped in by reference
+        assignments: frames being processed use the old or the new one whole.
+        """
+        point = self._choose_point(gallery)
+        matcher = Matcher(gallery, point.threshold, self.margin, self._confidence)
+        self._gallery, self._point, self._matcher = gallery, point, matcher
+
+    def operating_point_for(self, comparisons: int) -> OperatingPoint:
+        """The threshold (and expected FPIR/FNIR) for ``comparisons`` enrolled embeddings.
+
+        :func:`edge.thresholds.operating_point` with this recognizer's
+        calibration tables, target FPIR and config threshold.
+        """
+        cal = self.calibration
+        return operating_point(
+            cal.threshold,
+            cal.far_table,
+            cal.frr_table,
+            comparisons,
+            self.target_fpir,
+            self.threshold_override,
+        )
+
+    def match_embeddings(self, embeddings: npt.NDArray[np.float32]) -> list[Match]:
+        """The open-set match of unit embeddings (F, D) against the current gallery.
+
+        Exactly what :meth:`identify` does after embedding, for tools that
+        already hold embeddings (``tools.evaluate``'s door protocol).
+        """
+        if len(embeddings) == 0:
+            return []
+        return self._matcher.match_many(embeddings)
+
+    def _choose_point(self, gallery: Gallery) -> OperatingPoint:
+        names = gallery.names
+        m = sum(len(gallery.person(n).embeddings) for n in names)
+        point = self.operating_point_for(m)
+        log.info("%d people, %d embeddings: %s", len(names), m, point.describe())
+        if point.clamped:
+            log.warning(
+                "the calibration cannot resolve the per-comparison FAR %.3g this gallery needs "
+                "(its impostor pairs resolve %.3g): using its strictest threshold; expected "
+                "FPIR %.2f%% is above the %.2f%% target (calibrate on more people)",
+                point.target_far,
+                point.far,
+                100 * (point.expected_fpir or 0.0),
+                100 * point.target_fpir,
+            )
+        elif point.source == "config" and point.looser_than_target:
+            log.warning(
+                "[matching] threshold %.5f is looser than the calibration allows for this "
+                "gallery: expected FPIR %.2f%% against the %.2f%% target (strangers will be "
+                "named); remove it to let the threshold follow the gallery size",
+                point.threshold,
+                100 * (point.expected_fpir or 0.0),
+                100 * point.target_fpir,
+            )
+        return point
+
+    @property
+    def operating_point(self) -> OperatingPoint:
+        """The current gallery's threshold and expected error rates."""
+        return self._point
 
     @property
     def threshold(self) -> float:
-        return self.calibration.threshold
+        return self._point.threshold
 
     @property
     def margin(self) -> float:
@@ -179,24 +252,44 @@ class Recognizer:
             frame.index, frame.timestamp, tuple(self.identify_crops(crops)), crops.skipped_small
         )
 
-    def embed_single_face(self, rgb: Image) -> npt.NDArray[np.float32]:
-        """The embedding of the one usable face in an enrolment image.
+    def measure_photo(self, rgb: Image) -> PhotoMeasure:
+        """The largest usable face of an enrolment photo: embedding and quality."""
+        return measure_photo(self.cropper, self.embedder, rgb)
 
-        NoFaceError when there is none, or more than one (we cannot tell
-        which face the name belongs to), or it is too small.
+    def embed_single_face(self, rgb: Image) -> npt.NDArray[np.float32]:
+        """The embedding of the face an enrolment image shows.
+
+        The largest face, when it is alone or at least twice the area of the
+        next (:func:`edge.enrol.photo_problem`'s face rule, without the
+        quality checks). NoFaceError when there is none, it is too small, or
+        several faces are of similar size (we cannot tell whose name it is).
         """
-        crops = self.cropper.crops_with_counts(rgb)
-        if not crops.faces:
-            why = (
-                f"face too small (under {self.cropper.min_face} px)"
-                if crops.skipped_small
-                else "no face found"
-            )
-            raise NoFaceError(why)
-        if len(crops.faces) > 1:
-            raise NoFaceError(f"{len(crops.faces)} faces found, need exactly one")
-        vec: npt.NDArray[np.float32] = self.embedder.embed([crops.faces[0].crop])[0]
-        return vec
+        m = self.measure_photo(rgb)
+        problem = face_problem(m)
+        if problem is not None or m.embedding is None:
+            raise NoFaceError(problem.reason if problem else "no face found")
+        return m.embedding
+
+
+def measure_photo(cropper: FaceCropper, embedder: Embedder, rgb: Image) -> PhotoMeasure:
+    """The largest usable face of a photo: its embedding and :class:`edge.enrol.FaceQuality`.
+
+    The one path by which enrolment (``facegate enroll``) and the offline
+    tools see a photo: the recognizer's detector, alignment and embedder.
+    ``error`` says why there is no usable face (none, or all too small).
+    """
+    crops = cropper.crops_with_counts(rgb)
+    if not crops.faces:
+        why = (
+            f"face too small (under {cropper.min_face} px)"
+            if crops.skipped_small
+            else "no face found"
+        )
+        return PhotoMeasure(None, None, why)
+    face = crops.faces[0]
+    q = face_quality(face, crops.areas, template_points(cropper.template, cropper.size))
+    vec: npt.NDArray[np.float32] = embedder.embed([face.crop])[0]
+    return PhotoMeasure(vec, q)
 
 
 def calibration_for(
@@ -212,7 +305,16 @@ def calibration_for(
         conf_midpoint=cal.conf_midpoint,
         conf_scale=cal.conf_scale,
         source=cal.source if threshold is None and margin is None else f"{cal.source}+config",
+        far_table=cal.far_table,
+        frr_table=cal.frr_table,
     )
 
 
-__all__ = ["DEFAULT_CALIBRATION", "Crops", "FaceCropper", "Recognizer", "calibration_for"]
+__all__ = [
+    "DEFAULT_CALIBRATION",
+    "Crops",
+    "FaceCropper",
+    "Recognizer",
+    "calibration_for",
+    "measure_photo",
+]

@@ -138,6 +138,9 @@ def test_write_manifest_round_trip(tmp_path: Path) -> None:
     assert m.calibration.conf_scale == pytest.approx(res.confidence.scale, abs=1e-6)
     assert m.calibration.source == "unit test"
     assert m.extra["calibration"]["n_impostor"] == IMPOSTOR.size
+    # The tables the device picks its gallery-size threshold from travel in the block.
+    assert m.calibration.far_table == res.far_table and m.calibration.far_table.n == IMPOSTOR.size
+    assert m.calibration.frr_table == res.frr_table and m.calibration.frr_table.n == GENUINE.size
     assert m.sha256 == load_manifest(DETECTOR).sha256  # the model hash is untouched
 
 
@@ -222,6 +225,13 @@ def test_cli_on_shared_faces_writes_the_report(tmp_path: Path) -> None:
     # ../shared/faces has ~1000 impostor pairs: too few for FAR 1e-3, and the report says so.
     assert res["n_impostor"] < 3000 and not res["data_check"]["ok"]
     assert "too few impostor pairs" in (out / "calibration.md").read_text()
+    # The report carries the manifest's block (tools.evaluate --calibration reads it) and
+    # what the device would do with it for a few gallery sizes.
+    assert data["calibration"]["far_table"] == m.calibration.far_table.to_json()
+    assert data["calibration"]["far_table"]["rate"][0] == pytest.approx(3 / res["n_impostor"])
+    sizes = {p["comparisons"]: p for p in data["gallery_sizes"]}
+    assert sizes[1]["threshold"] >= sizes[10]["threshold"] >= sizes[1000]["threshold"]
+    assert sizes[1000]["clamped"]  # ~1000 pairs cannot resolve FAR 1e-5
     for png in ("hist.png", "det.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

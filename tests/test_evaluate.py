@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge.errors import FacegateError
 from edge.manifest import Calibration
 from tools import calibrate, evaluate, stats
 from tools._faces import FaceSet, LabelledImage, list_people
@@ -149,3 +150,145 @@ def test_calibration_on_the_same_faces_admits_no_stranger(tmp_path: Path) -> Non
     assert curve["fpir"][j] == 0.0
     assert curve["fnir"][j] >= point["fnir"]  # a lower threshold never names more people
     assert (out / "fnir_fpir.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# -- the door protocol ------------------------------------------------------------------
+def _items(counts: dict[str, int]) -> list[LabelledImage]:
+    return [
+        LabelledImage(p, Path(f"/x/{p}/{p}_{i:04d}.jpg"))
+        for p, n in counts.items()
+        for i in range(n)
+    ]
+
+
+def test_door_split_is_deterministic_and_counts_exactly() -> None:
+    counts = {"eve": 9, "ann": 3, "bob": 2, "cat": 5, "dan": 4}
+    s = evaluate.door_split(_items(counts), 2, 2, 4)
+    # Sorted: ann(3), bob(2: too few for E + 1 = 3), cat(5), dan(4), eve(9).
+    assert [n for n, _ in s.enrolled] == ["ann", "cat"]
+    assert [p.path.name for p in s.enrolled[1][1]] == ["cat_0000.jpg", "cat_0001.jpg"]
+    assert len(s.mated) == 1 + 3  # ann: 3 - 2; cat: 5 - 2
+    assert s.stranger_people == ["bob", "dan", "eve"]
+    assert len(s.strangers) == 2 + 4 + 9  # all photos by default
+    capped = evaluate.door_split(list(reversed(_items(counts))), 2, 2, 4, stranger_photos=4)
+    assert len(capped.strangers) == 2 + 4 + 4 and capped.enrolled == s.enrolled
+    with pytest.raises(FacegateError, match="only 4 people"):
+        evaluate.door_split(_items(counts), 5, 2, 4)
+
+
+def test_rates_carry_their_clopper_pearson_bound() -> None:
+    r = evaluate.Rate.of(14, 1224)
+    assert r.rate == pytest.approx(14 / 1224)
+    assert r.upper95 == pytest.approx(0.0178234825, abs=1e-9)
+    assert "1.14% (14/1224, <= 1.78%)" in r.text()
+
+    def result(fn: int, fp: int) -> evaluate.DoorResult:
+        return evaluate.DoorResult(
+            2, 1, 2, [], 2, 0.3, "table", 0.05, 0.01, 0.1,
+            evaluate.Rate.of(fn, 10), evaluate.Rate.of(0, 10), evaluate.Rate.of(fp, 100),
+            [], 0, 0, 0,
+        )  # fmt: skip
+
+    pooled = evaluate.pool([result(1, 2), result(3, 0)])  # counts summed, bound recomputed
+    assert (pooled["fnir"].errors, pooled["fnir"].n) == (4, 20)
+    assert pooled["fpir"].upper95 == pytest.approx(stats.binomial_upper_bound(200, 2))
+
+
+@needs_models
+@needs_faces
+def test_door_protocol_on_real_faces_uses_the_enrolment_checks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """../shared/faces: the first 4 people with 2+ photos enrolled from 1 photo each."""
+    out = tmp_path / "door"
+    rc = evaluate.main(
+        [str(FACES), "--gallery-size", "4", "--enroll-photos", "1", "--probes-per-person", "3",
+         "--stranger-photos", "0", "--out", str(out), "--no-cache", "--quiet"]
+    )  # fmt: skip
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "FNIR" in printed and "FPIR" in printed and "<=" in printed
+    data = json.loads((out / "door.json").read_text())
+    (run,) = data["runs"]
+    people: dict[str, list[Path]] = {}
+    for it in list_people(FACES):
+        people.setdefault(it.label, []).append(it.path)
+    eligible = sorted(n for n, ps in people.items() if len(ps) >= 2)[:4]
+    assert eligible == ["Alex_Lacamoire", "Angelina_Jolie", "Barack_Obama", "Jeff_Bezos"]
+    # Obama's first photo (sorted) holds two faces of similar size: enroll refuses it, and so
+    # does the door protocol; with E = 1 he is not enrolled and his probes are misses.
+    assert run["failed_to_enrol"] == ["Barack_Obama"]
+    assert [r[0] for r in run["refused_photos"]] == ["Barack_Obama/knn_test_obama1.jpg"]
+    assert "2 faces found" in run["refused_photos"][0][1]
+    mated = sum(min(3, len(people[n]) - 1) for n in eligible)
+    strangers = sum(len(ps) for n, ps in people.items() if n not in eligible)
+    assert run["fnir"]["n"] == run["wrong_name"]["n"] == mated
+    assert run["fpir"]["n"] == strangers
+    assert run["fnir"]["errors"] >= 3  # Obama's three probes at least
+    assert run["embeddings"] == 3 and run["enrolled_people"] == 3
+    for key in ("fnir", "wrong_name", "fpir"):
+        r = run[key]
+        assert r["upper95"] == pytest.approx(stats.binomial_upper_bound(r["n"], r["errors"]))
+    # The same photo through `facegate enroll`: refused with the same words.
+    from edge.cli import main as facegate
+
+    capsys.readouterr()
+    obama_first = FACES / "Barack_Obama" / "knn_test_obama1.jpg"
+    assert (
+        facegate(["enroll", "--gallery", str(tmp_path / "g.fgg"), "--name", "o", str(obama_first)])
+        == 2
+    )
+    assert run["refused_photos"][0][1] in capsys.readouterr().err
+
+
+@needs_models
+@needs_faces
+def test_door_protocol_cross_calibrated_and_swept(tmp_path: Path) -> None:
+    out = tmp_path / "door"
+    rc = evaluate.main(
+        [str(FACES), "--gallery-sizes", "1,2", "--enroll-photos", "1", "--probes-per-person", "2",
+         "--cross-calibrate", "2", "--out", str(out), "--no-cache", "--quiet"]
+    )  # fmt: skip
+    assert rc == 0
+    data = json.loads((out / "door.json").read_text())
+    assert [f["fold"] for f in data["folds"]] == [1, 2]
+    assert all("outside fold" in f["calibration"]["source"] for f in data["folds"])
+    assert all(f["calibration"]["far_table"]["n"] > 0 for f in data["folds"])
+    assert [r["label"] for r in data["runs"]] == [
+        "fold 1/2 N=1", "fold 1/2 N=2", "fold 2/2 N=1", "fold 2/2 N=2"
+    ]  # fmt: skip
+    for n in ("1", "2"):
+        runs = [r for r in data["runs"] if r["label"].endswith(f"N={n}")]
+        for key in ("fnir", "fpir", "wrong_name"):
+            pooled = data["pooled"][n][key]
+            assert pooled["errors"] == sum(r[key]["errors"] for r in runs)
+            assert pooled["n"] == sum(r[key]["n"] for r in runs)
+    # Each run's threshold came from its fold's table for its gallery size.
+    for r in data["runs"]:
+        assert r["threshold_source"] == "table"
+
+
+def test_door_protocol_bad_options(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert evaluate.main([str(tmp_path), "--gallery-sizes", "10,x"]) == 2
+    assert "--gallery-sizes" in capsys.readouterr().err
+    assert evaluate.main([str(tmp_path), "--gallery-size", "3", "--target-fpir", "2"]) == 2
+    assert "--target-fpir" in capsys.readouterr().err
+
+
+def test_embedding_cache_keeps_the_enrolment_measures(tmp_path: Path) -> None:
+    from edge.enrol import FaceQuality, PhotoMeasure
+    from tools._faces import EmbeddingCache
+
+    path = tmp_path / "c.npz"
+    c = EmbeddingCache(path)
+    q = FaceQuality(face_px=88.5, sharpness=123.25, yaw=-0.125, faces=2, area_ratio=float("inf"))
+    c.put("a|1|2", PhotoMeasure(np.array([0.6, 0.8], np.float32), q))
+    c.put("b|1|2", "no face found")
+    c.save()
+    again = EmbeddingCache(path)
+    got = again.get("a|1|2")
+    assert isinstance(got, PhotoMeasure) and got.quality == q
+    assert got.embedding is not None and got.embedding.tolist() == pytest.approx([0.6, 0.8])
+    assert again.get("b|1|2") == "no face found" and again.get("zzz") is None
+    path.write_bytes(b"not an npz")  # a broken cache is only a cache
+    assert EmbeddingCache(path).get("a|1|2") is None

@@ -222,3 +222,73 @@ def test_pair_distances_and_leave_one_out_gaps() -> None:
     # Face 3 (b): c is nearer (0.2). Face 4 (c): its only face, so no genuine search.
     assert gaps == pytest.approx([0.8, 0.2])
     assert stats.leave_one_out_gaps(e, labels, threshold=0.1).size == 0
+
+
+# -- the calibration tables -------------------------------------------------------------
+def test_far_levels_reach_the_rule_of_three_limit() -> None:
+    lv = stats.far_levels(1000)
+    assert lv[0] == 0.003 and lv[-1] == 0.398  # 3/n ... 10^-0.4
+    assert lv[1] == 0.00316  # 10^-2.5, three significant digits
+    assert len(lv) == 23  # 10^-0.4 ... 10^-2.5 (22 levels) and 3/n
+    assert stats.far_levels(4) == [0.75]  # too few pairs: the one row 3/n
+
+
+def test_far_table_on_exact_synthetic_distances() -> None:
+    d = np.arange(1, 1001) / 1000.0  # 0.001, 0.002, ..., 1.000
+    t = stats.far_table(d[::-1])  # order does not matter
+    assert t.n == 1000 and t.rate[0] == 0.003 and t.rate[-1] == 0.398
+    row = t.rate.index(0.01)
+    # k = floor(0.01 * 1000) = 10: t = d_(11) = 0.011, stored rounded down past the guard.
+    assert t.threshold[row] == 0.01099 and t.count[row] == 10
+    # The rule-of-three row: k = 3, t = d_(4) = 0.004 -> 0.00399, 3 impostors below it.
+    assert (t.threshold[0], t.count[0]) == (0.00399, 3)
+    assert all(c / t.n <= r for r, c in zip(t.rate, t.count, strict=True))
+    assert list(t.threshold) == sorted(t.threshold)
+
+
+def test_frr_table_on_exact_synthetic_distances() -> None:
+    g = np.arange(1, 101) / 100.0  # 0.01 ... 1.00
+    t = stats.frr_table(g)
+    assert min(t.rate) >= 0.03  # levels below 3/n are left out
+    row = t.rate.index(0.1)
+    # k = 10: the threshold just above d_(90) = 0.90; 0.91 ... 1.00 are rejected.
+    assert t.threshold[row] == 0.90001 and t.count[row] == 10
+    row = t.rate.index(0.5)
+    assert t.threshold[row] == 0.50001 and t.count[row] == 50
+    assert all(c / t.n <= r for r, c in zip(t.rate, t.count, strict=True))
+    assert list(t.threshold) == sorted(t.threshold)
+
+
+def test_tables_feed_the_device_rule() -> None:
+    from edge.thresholds import operating_point
+
+    rng = np.random.default_rng(3)
+    imp = rng.normal(0.9, 0.1, 200_000)
+    gen = rng.normal(0.3, 0.08, 5_000)
+    far_t, frr_t = stats.far_table(imp), stats.frr_table(gen)
+    for m in (1, 10, 100):
+        p = operating_point(0.5, far_t, frr_t, m, 0.01)
+        # Never looser than asked: the empirical FAR at the chosen threshold <= f.
+        assert not p.clamped and stats.far_at(imp, p.threshold) <= p.target_far
+        assert p.expected_fpir is not None and p.expected_fpir <= 0.01
+        # The FNIR estimate is an upper bound of the empirical FRR there.
+        assert p.expected_fnir is not None and stats.frr_at(gen, p.threshold) <= p.expected_fnir
+    # 1,000 embeddings need f = 1.005e-5, below 3/n = 1.5e-5: the strictest row, and it says so.
+    p = operating_point(0.5, far_t, frr_t, 1000, 0.01)
+    assert p.clamped and p.far == pytest.approx(1.5e-5)
+    assert stats.far_at(imp, p.threshold) <= 1.5e-5 and p.looser_than_target
+
+
+@pytest.mark.parametrize(
+    ("n", "k", "expected"),
+    [  # one-sided 95% Clopper-Pearson upper bounds (the beta quantile B(0.95; k+1, n-k))
+        (10, 1, 0.3941633024),
+        (100, 5, 0.1022533776),
+        (1224, 14, 0.0178234825),
+        (185, 45, 0.3007308930),
+        (30, 0, 0.0950338529),
+        (1000, 10, 0.0169031751),
+    ],
+)
+def test_clopper_pearson_known_values(n: int, k: int, expected: float) -> None:
+    assert stats.binomial_upper_bound(n, k) == pytest.approx(expected, abs=1e-9)

@@ -9,6 +9,11 @@ says). One image gives at most one embedding: its largest usable face.
 A folder of people is ``<root>/<Person>/<image>``; people and images are
 taken in sorted order so every run sees the same sequence.
 
+Each photo goes through :func:`edge.recognizer.measure_photo`, the path
+``facegate enroll`` uses too, so besides the embedding every photo carries the
+enrolment checks' measurements (:class:`edge.enrol.FaceQuality`): the door
+protocol of ``tools.evaluate`` enrols exactly as a door would.
+
 Embedding a few thousand photos takes minutes on a small CPU, so results can
 be cached in an ``.npz`` inside the checkout (``reports/cache/`` by default,
 git-ignored), one file per model, detector and face size limit, one entry per
@@ -27,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.config import MODELS_DIR
+from edge.enrol import FaceQuality, PhotoMeasure
 from edge.errors import FacegateError, ImageError
 from edge.imageio import IMAGE_SUFFIXES, read_image
 from tools._common import progress as bar
@@ -52,8 +58,9 @@ class LabelledImage:
 class FaceSet:
     """Embeddings of labelled photos, and the photos that gave none.
 
-    ``labels[i]``/``paths[i]`` belong to ``embeddings[i]`` (unit vectors).
-    ``failed`` holds the photos with no usable face (or unreadable), with why.
+    ``labels[i]``/``paths[i]``/``quality[i]`` belong to ``embeddings[i]``
+    (unit vectors). ``failed`` holds the photos with no usable face (or
+    unreadable), with why.
     """
 
     labels: list[str]
@@ -61,6 +68,16 @@ class FaceSet:
     embeddings: npt.NDArray[np.float32]
     failed: list[tuple[LabelledImage, str]] = field(default_factory=list)
     model_sha256: str = ""
+    quality: list[FaceQuality] = field(default_factory=list)
+
+    def measures(self) -> dict[Path, PhotoMeasure]:
+        """Photo path -> what ``facegate enroll`` would see in it (embedding and quality)."""
+        out = {
+            p: PhotoMeasure(self.embeddings[i], self.quality[i] if self.quality else None)
+            for i, p in enumerate(self.paths)
+        }
+        out.update({it.path: PhotoMeasure(None, None, why) for it, why in self.failed})
+        return out
 
     @property
     def n_not_detected(self) -> int:
@@ -78,6 +95,7 @@ class FaceSet:
             self.embeddings[r] if r else self.embeddings[:0],
             [],
             self.model_sha256,
+            [self.quality[i] for i in r] if self.quality else [],
         )
 
 
@@ -141,17 +159,21 @@ def _photo_key(path: Path) -> str:
     return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
 
 
+_QUALITY_FIELDS = ("face_px", "sharpness", "yaw", "faces", "area_ratio")
+
+
 class EmbeddingCache:
     """Per-photo results of one (model, detector, face size) in one ``.npz``.
 
-    Each entry is a photo key (:func:`_photo_key`) with either an embedding
-    or the reason it has none. Tools that embed overlapping sets (calibrate,
-    evaluate, bench) share it; a changed or moved photo simply misses.
+    Each entry is a photo key (:func:`_photo_key`) with either a
+    :class:`~edge.enrol.PhotoMeasure` (embedding and quality) or the reason
+    it has none. Tools that embed overlapping sets (calibrate, evaluate,
+    bench) share it; a changed or moved photo simply misses.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.vectors: dict[str, npt.NDArray[np.float32]] = {}
+        self.measures: dict[str, PhotoMeasure] = {}
         self.failed: dict[str, str] = {}
         self.dirty = False
         if path.is_file():
@@ -159,36 +181,50 @@ class EmbeddingCache:
                 with np.load(path) as z:
                     keys = json.loads(str(z["keys"]))
                     E = np.asarray(z["embeddings"], dtype=np.float32)
+                    Q = np.asarray(z["quality"], dtype=np.float64)
                     failed = json.loads(str(z["failed"]))
-                self.vectors = {k: E[i] for i, k in enumerate(keys)}
+                for i, k in enumerate(keys):
+                    q = dict(zip(_QUALITY_FIELDS, Q[i].tolist(), strict=True))
+                    q["faces"] = int(q["faces"])
+                    self.measures[k] = PhotoMeasure(E[i], FaceQuality(**q))
                 self.failed = {str(k): str(v) for k, v in failed.items()}
-            except (OSError, ValueError, KeyError, IndexError) as e:
+            except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
                 # A broken cache is only a cache: start afresh.
                 log.warning("ignoring unreadable embedding cache %s (%s)", path, e)
 
-    def get(self, key: str) -> npt.NDArray[np.float32] | str | None:
-        if key in self.vectors:
-            return self.vectors[key]
+    def get(self, key: str) -> PhotoMeasure | str | None:
+        if key in self.measures:
+            return self.measures[key]
         return self.failed.get(key)
 
-    def put(self, key: str, value: npt.NDArray[np.float32] | str) -> None:
+    def put(self, key: str, value: PhotoMeasure | str) -> None:
         if isinstance(value, str):
             self.failed[key] = value
         else:
-            self.vectors[key] = value
+            self.measures[key] = value
         self.dirty = True
 
     def save(self) -> None:
         if not self.dirty:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        keys = list(self.vectors)
-        E = np.stack([self.vectors[k] for k in keys]) if keys else np.zeros((0, 1), np.float32)
+        keys = list(self.measures)
+        ms = [self.measures[k] for k in keys]
+        E = (
+            np.stack([np.asarray(m.embedding) for m in ms]).astype(np.float32)
+            if keys
+            else np.zeros((0, 1), np.float32)
+        )
+        Q = np.array(
+            [[float(getattr(m.quality, f)) for f in _QUALITY_FIELDS] for m in ms],
+            dtype=np.float64,
+        ).reshape(len(keys), len(_QUALITY_FIELDS))
         tmp = self.path.with_name(self.path.name + ".tmp.npz")
         np.savez(
             tmp,
             keys=np.array(json.dumps(keys)),
             embeddings=E,
+            quality=Q,
             failed=np.array(json.dumps(self.failed)),
         )
         tmp.replace(self.path)
@@ -228,17 +264,25 @@ class FaceEmbedder:
     def detector_sha256(self) -> str:
         return self.detector.manifest.sha256
 
-    def embed_image(self, path: Path) -> npt.NDArray[np.float32] | str:
-        """The unit embedding of the largest usable face, or why there is none."""
+    def measure_image(self, path: Path) -> PhotoMeasure | str:
+        """The largest usable face's embedding and quality (as ``facegate enroll`` sees it),
+        or why there is none."""
+        from edge.recognizer import measure_photo
+
         try:
             rgb = read_image(path)
         except ImageError as e:
             return f"unreadable: {e}"
-        crops = self.cropper.crops_with_counts(rgb)
-        if not crops.faces:
-            return f"face under {self.min_face} px" if crops.skipped_small else "no face detected"
-        vec: npt.NDArray[np.float32] = self.embedder.embed([crops.faces[0].crop])[0]
-        return vec
+        m = measure_photo(self.cropper, self.embedder, rgb)
+        return m.error if m.error else m
+
+    def embed_image(self, path: Path) -> npt.NDArray[np.float32] | str:
+        """The unit embedding of the largest usable face, or why there is none."""
+        m = self.measure_image(path)
+        if isinstance(m, str):
+            return m
+        assert m.embedding is not None  # measure_photo sets it whenever there is no error
+        return m.embedding
 
     def embed_items(
         self,
@@ -250,30 +294,39 @@ class FaceEmbedder:
         """Embed labelled photos (largest face each); photos already in the cache are reused."""
         cache = None
         if cache_dir is not None:
-            name = f"faces-{self.model_sha256[:16]}-{self.detector_sha256[:16]}-{self.min_face}.npz"
+            # "measures2": entries carry the enrolment quality besides the embedding.
+            name = (
+                f"measures2-{self.model_sha256[:16]}-{self.detector_sha256[:16]}-"
+                f"{self.min_face}.npz"
+            )
             cache = EmbeddingCache(cache_dir / name)
         labels: list[str] = []
         paths: list[Path] = []
         vecs: list[npt.NDArray[np.float32]] = []
+        quality: list[FaceQuality] = []
         failed: list[tuple[LabelledImage, str]] = []
-        for it in bar(items, desc, total=len(items), enabled=progress, unit="img"):
+        for n, it in enumerate(bar(items, desc, total=len(items), enabled=progress, unit="img")):
             key = _photo_key(it.path) if cache is not None else ""
             r = cache.get(key) if cache is not None else None
             if r is None:
-                r = self.embed_image(it.path)
+                r = self.measure_image(it.path)
                 if cache is not None:
                     cache.put(key, r)
+                    if n % 500 == 499:  # long runs keep their progress if interrupted
+                        cache.save()
             if isinstance(r, str):
                 failed.append((it, r))
                 continue
+            assert r.embedding is not None and r.quality is not None
             labels.append(it.label)
             paths.append(it.path)
-            vecs.append(r)
+            vecs.append(r.embedding)
+            quality.append(r.quality)
         if cache is not None:
             cache.save()
         dim = self.embedder.dim
         E = np.stack(vecs).astype(np.float32) if vecs else np.zeros((0, dim), np.float32)
-        return FaceSet(labels, paths, E, failed, self.model_sha256)
+        return FaceSet(labels, paths, E, failed, self.model_sha256, quality)
 
 
 def embed_folder(

@@ -37,6 +37,7 @@ import numpy.typing as npt
 
 from edge.errors import FacegateError
 from edge.manifest import Calibration, load_manifest, save_manifest, write_json_atomic
+from edge.thresholds import DEFAULT_TARGET_FPIR, OperatingPoint, RateTable, operating_point
 from tools import plots, stats
 from tools._common import run_tool
 from tools._faces import (
@@ -80,21 +81,27 @@ class CalibrationResult:
     eer: float
     eer_threshold: float
     data_check: stats.DataCheck
+    far_table: RateTable
+    frr_table: RateTable
 
     def calibration(self, source: str) -> Calibration:
-        """The manifest record the device reads."""
+        """The manifest record the device reads (with the tables for the gallery-size rule)."""
         return Calibration(
             threshold=self.threshold,  # already stats.stored_threshold()
             margin=round(self.margin, 6),
             conf_midpoint=round(self.confidence.midpoint, 6),
             conf_scale=round(self.confidence.scale, 6),
             source=source,
+            far_table=self.far_table,
+            frr_table=self.frr_table,
         )
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["confidence"] = asdict(self.confidence)
         d["data_check"] = asdict(self.data_check)
+        d["far_table"] = self.far_table.to_json()
+        d["frr_table"] = self.frr_table.to_json()
         return d
 
 
@@ -183,7 +190,52 @@ def choose_parameters(
         eer=eer,
         eer_threshold=eer_t,
         data_check=check,
+        far_table=stats.far_table(i),
+        frr_table=stats.frr_table(g),
     )
+
+
+def calibrate_faces(
+    faces: FaceSet,
+    far: float = 1e-3,
+    fpir: float | None = None,
+    gallery_size: int | None = None,
+    per_person: int = 1,
+    prior: float = 0.5,
+    margin: float | None = None,
+    margin_loss: float = 0.01,
+) -> CalibrationResult:
+    """:func:`choose_parameters` on every pair of labelled embeddings (the default mode)."""
+    gen, imp = stats.pair_distances(faces.embeddings, faces.labels)
+
+    def gaps_for(t: float) -> npt.NDArray[np.float64]:
+        return stats.leave_one_out_gaps(faces.embeddings, faces.labels, t)
+
+    return choose_parameters(
+        gen,
+        imp,
+        far=far,
+        fpir=fpir,
+        gallery_size=gallery_size,
+        per_person=per_person,
+        prior=prior,
+        gaps_for=gaps_for,
+        margin=margin,
+        margin_loss=margin_loss,
+    )
+
+
+GALLERY_SIZES = (1, 2, 5, 10, 20, 50, 100, 200, 400, 1000)
+
+
+def gallery_size_rows(
+    res: CalibrationResult, target_fpir: float = DEFAULT_TARGET_FPIR
+) -> list[OperatingPoint]:
+    """What the device will do with these tables for a few gallery sizes (enrolled embeddings)."""
+    return [
+        operating_point(res.threshold, res.far_table, res.frr_table, m, target_fpir)
+        for m in GALLERY_SIZES
+    ]
 
 
 # -- distances from photos ---------------------------------------------------------------
@@ -271,6 +323,7 @@ def write_report(
     model_name: str,
     written_to: Path | None,
     folder_name: str,
+    source: str = "",
 ) -> dict[str, Path]:
     """``calibration.json``, ``calibration.md`` and the plots (when matplotlib is there)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -307,6 +360,9 @@ def write_report(
         "not_detected": failed,
         "pairs_skipped": dist.pairs_skipped,
         "result": res.to_json(),
+        # The manifest's calibration block as written (tools.evaluate --calibration reads it).
+        "calibration": asdict(res.calibration(source)),
+        "gallery_sizes": [asdict(p) for p in gallery_size_rows(res)],
         "worked_example": [{"distance": d, "confidence": p} for d, p in worked_example(res)],
         "det": {
             "threshold": curve.thresholds[::step].round(6).tolist(),
@@ -352,6 +408,24 @@ def render_markdown(res: CalibrationResult, data: dict[str, Any], files: dict[st
         f"(prior p(genuine) = {c.prior_genuine:g}) |",
         "",
     ]
+    lines += [
+        "## The threshold for the gallery size (device default: FPIR 1%)",
+        "",
+        "The device reads the FAR table for `f = 1 - (1 - FPIR)^(1/M)` with `M` enrolled "
+        f"embeddings (rows down to FAR {min(res.far_table.rate):.3g}, the rule-of-three limit "
+        f"of {res.far_table.n} impostor pairs):",
+        "",
+        "| enrolled embeddings M | per-comparison FAR f | threshold | expected FPIR | "
+        "expected FNIR (1 photo) |",
+        "|---|---|---|---|---|",
+    ]
+    for p in gallery_size_rows(res):
+        clamp = " (clamped)" if p.clamped else ""
+        lines.append(
+            f"| {p.comparisons} | {p.target_far:.3g} | {p.threshold:.5f}{clamp} | "
+            f"{_pct(p.expected_fpir or 0.0)} | {_pct(p.expected_fnir or 0.0)} |"
+        )
+    lines.append("")
     dc = res.data_check
     lines += ["## Is there enough data?", ""]
     lines += [("" if dc.ok else "**Warning:** ") + dc.message, ""]
@@ -475,14 +549,14 @@ def run(a: argparse.Namespace) -> int:
     model_name = Path(a.model).stem
     folder_name = Path(a.folder).resolve().name
     written: Path | None = None
+    today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    source = (
+        f"tools.calibrate {today} on {folder_name} ({dist.mode}; {res.n_genuine} genuine, "
+        f"{res.n_impostor} impostor pairs; {res.binding} {res.target_far:.3g})"
+    )
     if not a.no_write:
-        today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
-        source = (
-            f"tools.calibrate {today} on {folder_name} ({dist.mode}; {res.n_genuine} genuine, "
-            f"{res.n_impostor} impostor pairs; {res.binding} {res.target_far:.3g})"
-        )
         written = write_manifest(Path(a.model), res, source)
-    files = write_report(res, dist, Path(a.out), model_name, written, folder_name)
+    files = write_report(res, dist, Path(a.out), model_name, written, folder_name, source)
     print(summary_text(res, dist, written, files))
     return 0
 
@@ -500,6 +574,12 @@ def summary_text(
         f"confidence p(genuine|d) = 1/(1+exp((d - {c.midpoint:.4f})/{c.scale:.4f}))",
         f"EER {_pct(res.eer)} at d = {res.eer_threshold:.4f}",
     ]
+    p60 = operating_point(res.threshold, res.far_table, res.frr_table, 120)
+    out.append(
+        f"tables: FAR {min(res.far_table.rate):.3g}..{max(res.far_table.rate):.3g} "
+        f"({len(res.far_table.rate)} rows), FRR {len(res.frr_table.rate)} rows; "
+        f"e.g. 60 people x 2 photos: {p60.describe()}"
+    )
     if not res.data_check.ok:
         out.append("WARNING: " + res.data_check.message)
     if math.isfinite(res.threshold) and written is not None:

@@ -28,7 +28,7 @@ import argparse
 import logging
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,12 +36,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edge.enrol import DEFAULT_RULES, EnrolmentRules, PhotoMeasure, plan_enrolment
 from edge.errors import FacegateError
 from edge.gallery import Gallery
-from edge.manifest import Calibration, write_json_atomic
+from edge.manifest import Calibration, calibration_from_dict, write_json_atomic
 from edge.matcher import Matcher
 from edge.numerics import Confidence
-from edge.recognizer import calibration_for
+from edge.recognizer import Recognizer, calibration_for
 from tools import plots, stats
 from tools._common import run_tool
 from tools._faces import (
@@ -294,6 +295,367 @@ def evaluate_model(
     )
 
 
+# -- the door protocol -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class DoorSplit:
+    """The door protocol on a folder of people: who enrols from what, who comes to the door.
+
+    ``enrolled`` in enrolment order: (person, their first ``E`` photos);
+    ``mated``: up to ``P`` other photos of each of them; ``strangers``:
+    photos of everyone else (up to ``stranger_photos`` each, or all).
+    """
+
+    enrolled: list[tuple[str, list[LabelledImage]]]
+    mated: list[LabelledImage]
+    strangers: list[LabelledImage]
+    stranger_people: list[str]
+
+
+def door_split(
+    items: Sequence[LabelledImage],
+    gallery_size: int,
+    enroll_photos: int,
+    probes_per_person: int,
+    stranger_photos: int | None = None,
+) -> DoorSplit:
+    """The first ``gallery_size`` people (sorted by name) with at least ``E + 1`` photos enrol.
+
+    Each enrols from their first ``E`` photos (sorted by file name); their
+    next ``P`` photos (at most) are genuine probes. Every other person is a
+    stranger, with their first ``stranger_photos`` photos (default: ``P``;
+    0 or None: all). Deterministic: the same folder always gives the same split.
+    """
+    if gallery_size < 1 or enroll_photos < 1 or probes_per_person < 1:
+        raise FacegateError("--gallery-size, --enroll-photos and --probes-per-person must be >= 1")
+    by: dict[str, list[LabelledImage]] = {}
+    for it in items:
+        by.setdefault(it.label, []).append(it)
+    people = sorted(by)
+    for name in people:
+        by[name].sort(key=lambda it: it.path.name)
+    eligible = [n for n in people if len(by[n]) >= enroll_photos + 1]
+    if len(eligible) < gallery_size:
+        raise FacegateError(
+            f"only {len(eligible)} people have {enroll_photos + 1}+ photos; "
+            f"--gallery-size {gallery_size} needs that many"
+        )
+    chosen = eligible[:gallery_size]
+    enrolled = [(n, by[n][:enroll_photos]) for n in chosen]
+    mated = [it for n in chosen for it in by[n][enroll_photos : enroll_photos + probes_per_person]]
+    rest = [n for n in people if n not in set(chosen)]
+    cap = stranger_photos or None
+    strangers = [it for n in rest for it in (by[n][:cap] if cap else by[n])]
+    return DoorSplit(enrolled, mated, strangers, rest)
+
+
+@dataclass(frozen=True)
+class Rate:
+    """``errors`` of ``n`` with the one-sided 95% Clopper-Pearson upper bound."""
+
+    errors: int
+    n: int
+    rate: float
+    upper95: float
+
+    @classmethod
+    def of(cls, errors: int, n: int) -> Rate:
+        return cls(
+            errors,
+            n,
+            errors / n if n else float("nan"),
+            stats.binomial_upper_bound(n, errors) if n else float("nan"),
+        )
+
+    def text(self) -> str:
+        if not self.n:
+            return "n/a"
+        return f"{100 * self.rate:5.2f}% ({self.errors}/{self.n}, <= {100 * self.upper95:.2f}%)"
+
+
+@dataclass(frozen=True)
+class DoorResult:
+    """What a door with this gallery would do with the probes."""
+
+    gallery_size: int
+    enroll_photos: int
+    enrolled_people: int  # with at least one accepted photo
+    failed_to_enrol: list[str]
+    embeddings: int  # M
+    threshold: float
+    threshold_source: str
+    margin: float
+    expected_fpir: float | None
+    expected_fnir: float | None
+    fnir: Rate  # mated probes not named correctly (refused, wrong name or no face)
+    wrong_name: Rate  # mated probes named as another enrolled person
+    fpir: Rate  # strangers named as anyone
+    refused_photos: list[tuple[str, str]]  # enrolment photos refused, with why
+    lookalike_warnings: int
+    mated_undetected: int
+    strangers_undetected: int
+    calibration_source: str = ""
+    strangers_named_as: dict[str, int] = field(default_factory=dict)  # who strangers became
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def door_protocol(
+    split: DoorSplit,
+    measures: dict[Path, PhotoMeasure],
+    recognizer: Recognizer,
+    rules: EnrolmentRules = DEFAULT_RULES,
+) -> DoorResult:
+    """Enrol as ``facegate enroll`` does, then decide every probe as the device does.
+
+    Enrolment: :func:`edge.enrol.plan_enrolment` per person, in order, on
+    the photos' :class:`~edge.enrol.PhotoMeasure` (the recognizer's own
+    detector, alignment and embedder, via :mod:`tools._faces`), with the
+    recognizer's threshold-from-gallery-size rule for the look-alike check.
+    Then ``recognizer.set_gallery`` picks the threshold for the final gallery
+    size (as the device does at every reload) and every probe's largest face
+    is matched by ``recognizer.match_embeddings`` (the device's matcher, its
+    threshold and margin). A person none of whose photos is accepted is not
+    enrolled: their probes still count (as misses). A probe without a face
+    is a miss if mated, and names no one if a stranger.
+    """
+    model = recognizer.model_sha256
+    gallery = Gallery(model)
+    refused: list[tuple[str, str]] = []
+    looks = 0
+    failed: list[str] = []
+    for name, photos in split.enrolled:
+        names, emb, starts = gallery.matrix()
+        plan = plan_enrolment(
+            name,
+            [measures[it.path] for it in photos],
+            names,
+            emb,
+            starts,
+            recognizer.calibration,
+            recognizer.operating_point_for,
+            rules,
+        )
+        refused += [(f"{name}/{photos[i].path.name}", why) for i, why in plan.refused]
+        if not plan.accepted:
+            failed.append(name)
+            continue
+        gallery.add(name, plan.embeddings)
+        looks += len(plan.lookalikes)
+    recognizer.set_gallery(gallery)
+    point = recognizer.operating_point
+
+    def decide(items: Sequence[LabelledImage]) -> tuple[list[str | None], int]:
+        rows = [measures[it.path].embedding for it in items]
+        have = [i for i, e in enumerate(rows) if e is not None]
+        E = (
+            np.stack([np.asarray(rows[i], np.float32) for i in have])
+            if have
+            else np.zeros((0, 1), np.float32)
+        )
+        matches = recognizer.match_embeddings(E)
+        out: list[str | None] = [None] * len(items)
+        for i, m in zip(have, matches, strict=True):
+            out[i] = m.name
+        return out, len(items) - len(have)
+
+    mated_names, mated_und = decide(split.mated)
+    stranger_names, str_und = decide(split.strangers)
+    fn = sum(1 for it, n in zip(split.mated, mated_names, strict=True) if n != it.label)
+    wrong = sum(
+        1 for it, n in zip(split.mated, mated_names, strict=True) if n is not None and n != it.label
+    )
+    fp = sum(1 for n in stranger_names if n is not None)
+    named_as: dict[str, int] = {}
+    for n in stranger_names:
+        if n is not None:
+            named_as[n] = named_as.get(n, 0) + 1
+    return DoorResult(
+        gallery_size=len(split.enrolled),
+        enroll_photos=max((len(p) for _, p in split.enrolled), default=0),
+        enrolled_people=len(gallery),
+        failed_to_enrol=failed,
+        embeddings=point.comparisons,
+        threshold=point.threshold,
+        threshold_source=point.source,
+        margin=recognizer.margin,
+        expected_fpir=point.expected_fpir,
+        expected_fnir=point.expected_fnir,
+        fnir=Rate.of(fn, len(split.mated)),
+        wrong_name=Rate.of(wrong, len(split.mated)),
+        fpir=Rate.of(fp, len(split.strangers)),
+        refused_photos=refused,
+        lookalike_warnings=looks,
+        mated_undetected=mated_und,
+        strangers_undetected=str_und,
+        calibration_source=recognizer.calibration.source,
+        strangers_named_as=dict(sorted(named_as.items(), key=lambda kv: (-kv[1], kv[0]))),
+    )
+
+
+def pool(results: Sequence[DoorResult]) -> dict[str, Rate]:
+    """FNIR, wrong-name rate and FPIR over several folds: counts added, bounds recomputed."""
+
+    def add(get: Callable[[DoorResult], Rate]) -> Rate:
+        return Rate.of(sum(get(r).errors for r in results), sum(get(r).n for r in results))
+
+    return {
+        "fnir": add(lambda r: r.fnir),
+        "wrong_name": add(lambda r: r.wrong_name),
+        "fpir": add(lambda r: r.fpir),
+    }
+
+
+def people_folds(people: Sequence[str], k: int) -> list[list[str]]:
+    """``k`` folds of the sorted people: person ``i`` goes to fold ``i mod k``."""
+    srt = sorted(people)
+    return [srt[j::k] for j in range(k)]
+
+
+def door_table(rows: Sequence[tuple[str, DoorResult]]) -> str:
+    """The door protocol's results, one line per run, with 95% upper bounds."""
+    lines = [
+        "  run                 people  M    threshold  exp.FPIR   FNIR                       "
+        "wrong name                 FPIR",
+    ]
+    for label, r in rows:
+        exp = "  n/a  " if r.expected_fpir is None else f"{100 * r.expected_fpir:5.2f}% "
+        lines.append(
+            f"  {label:<18}  {r.enrolled_people:>4}  {r.embeddings:>4}  {r.threshold:.5f}  "
+            f"{exp}  {r.fnir.text():<25}  {r.wrong_name.text():<25}  {r.fpir.text()}"
+        )
+    lines.append(
+        "  (rate (errors/probes, one-sided 95% Clopper-Pearson upper bound); threshold from "
+        "the device's gallery-size rule)"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def run_door(a: argparse.Namespace) -> int:
+    """``--gallery-size``/``--gallery-sizes``: the door protocol, optionally cross-calibrated."""
+    from tools.calibrate import calibrate_faces
+
+    if a.folder is None or a.enrol or a.probe:
+        raise FacegateError("the door protocol takes one folder of people (no --enrol/--probe)")
+    if not 0.0 < a.target_fpir < 0.5:
+        raise FacegateError(f"--target-fpir must be in (0, 0.5), got {a.target_fpir}")
+    sizes = _sizes(a)
+    items = list_people(a.folder)
+    cache = None if a.no_cache else DEFAULT_CACHE
+    fe = FaceEmbedder(a.model, a.detector, a.min_face, a.runtime, a.threads)
+    faces = fe.embed_items(items, cache, not a.quiet, f"measuring ({Path(a.model).stem})")
+    measures = faces.measures()
+    people = sorted({it.label for it in items})
+
+    def recognizer(cal: Calibration) -> Recognizer:
+        g = Gallery(fe.model_sha256)
+        return Recognizer(fe.cropper, fe.embedder, g, cal, a.target_fpir, a.threshold)
+
+    runs: list[tuple[str, int, DoorResult]] = []  # (label, fold, result)
+    folds: list[dict[str, Any]] = []
+    if a.cross_calibrate:
+        k = a.cross_calibrate
+        if k < 2:
+            raise FacegateError("--cross-calibrate needs at least 2 folds")
+        for j, fold in enumerate(people_folds(people, k)):
+            inside = set(fold)
+            train = faces.subset([i for i, lab in enumerate(faces.labels) if lab not in inside])
+            res = calibrate_faces(train, margin=a.margin)
+            src = (
+                f"tools.calibrate on the {len(set(train.labels))} people outside fold "
+                f"{j + 1}/{k} ({res.n_impostor} impostor pairs)"
+            )
+            cal = res.calibration(src)
+            folds.append({"fold": j + 1, "people": len(fold), "calibration": asdict(cal)})
+            fold_items = [it for it in items if it.label in inside]
+            for n in sizes:
+                split = door_split(
+                    fold_items, n, a.enroll_photos, a.probes_per_person, a.stranger_photos
+                )
+                runs.append(
+                    (f"fold {j + 1}/{k} N={n}", j, door_protocol(split, measures, recognizer(cal)))
+                )
+    else:
+        cal = calibration_for(fe.embedder, a.threshold, a.margin)
+        if a.calibration is not None:
+            cal = _read_calibration(a.calibration)
+        for n in sizes:
+            split = door_split(items, n, a.enroll_photos, a.probes_per_person, a.stranger_photos)
+            runs.append((f"N={n}", 0, door_protocol(split, measures, recognizer(cal))))
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pooled: dict[str, dict[str, Any]] = {}
+    if a.cross_calibrate:
+        for n in sizes:
+            rs = [r for label, _, r in runs if label.endswith(f" N={n}")]
+            pooled[str(n)] = {k2: asdict(v) for k2, v in pool(rs).items()}
+    data: dict[str, Any] = {
+        "protocol": {
+            "folder": Path(a.folder).resolve().name,
+            "model": Path(a.model).stem,
+            "gallery_sizes": sizes,
+            "enroll_photos": a.enroll_photos,
+            "probes_per_person": a.probes_per_person,
+            "stranger_photos": a.stranger_photos or "all",
+            "target_fpir": a.target_fpir,
+            "cross_calibrate": a.cross_calibrate or None,
+            "rules": asdict(DEFAULT_RULES),
+        },
+        "folds": folds,
+        "runs": [{"label": label, **r.to_json()} for label, _, r in runs],
+        "pooled": pooled,
+    }
+    write_json_atomic(out / "door.json", data)
+    print(
+        f"door protocol on {data['protocol']['folder']} with {data['protocol']['model']}: "
+        f"enrol {a.enroll_photos} photo(s), up to {a.probes_per_person} probe(s) per person, "
+        f"target FPIR {100 * a.target_fpir:g}%"
+        + (
+            f", calibrated on the other {a.cross_calibrate - 1} fold(s)"
+            if a.cross_calibrate
+            else ""
+        )
+    )
+    print(door_table([(label, r) for label, _, r in runs]), end="")
+    for size, p in pooled.items():
+        print(
+            f"  pooled N={size}: FNIR {Rate(**p['fnir']).text()}  wrong name "
+            f"{Rate(**p['wrong_name']).text()}  FPIR {Rate(**p['fpir']).text()}"
+        )
+    refused = sum(len(r.refused_photos) for _, _, r in runs)
+    print(f"enrolment photos refused: {refused}; report: {out / 'door.json'}")
+    return 0
+
+
+def _sizes(a: argparse.Namespace) -> list[int]:
+    if a.gallery_sizes:
+        try:
+            sizes = [int(x) for x in a.gallery_sizes.split(",") if x.strip()]
+        except ValueError:
+            raise FacegateError(
+                f"--gallery-sizes: not a list of integers: {a.gallery_sizes!r}"
+            ) from None
+        if not sizes or min(sizes) < 1:
+            raise FacegateError("--gallery-sizes: give positive integers, e.g. 10,20,50")
+        return sizes
+    return [a.gallery_size]
+
+
+def _read_calibration(path: Path) -> Calibration:
+    """A calibration block from a manifest or a ``tools.calibrate`` report (key ``calibration``)."""
+    import json
+
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        return calibration_from_dict(doc["calibration"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FacegateError(f"{path}: cannot read a calibration ({e})") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise FacegateError(
+            f"{path}: no valid 'calibration' block ({type(e).__name__}: {e})"
+        ) from None
+
+
 # -- output --------------------------------------------------------------------------------
 def _r(x: float) -> str:
     return "  n/a " if math.isnan(x) else f"{100 * x:5.1f}%"
@@ -365,6 +727,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-face", type=int, default=40)
     p.add_argument("--runtime", default="auto")
     p.add_argument("--threads", type=int, default=2)
+    door = p.add_argument_group(
+        "door protocol",
+        "the first N people with E+1 photos enrolled through facegate enroll's checks, the "
+        "rest strangers; decided with the device's threshold-for-the-gallery-size rule",
+    )
+    door.add_argument("--gallery-size", type=int, help="N: people enrolled")
+    door.add_argument("--gallery-sizes", help="a sweep of N, e.g. 10,20,50,100,200")
+    door.add_argument("--enroll-photos", type=int, default=2, help="E: photos each enrols from")
+    door.add_argument(
+        "--probes-per-person", type=int, default=4, help="P: genuine probes per enrolled person"
+    )
+    door.add_argument(
+        "--stranger-photos",
+        type=int,
+        help="photos per stranger (default: P; 0: all of them)",
+    )
+    door.add_argument(
+        "--target-fpir", type=float, default=0.01, help="the device's [matching] target_fpir"
+    )
+    door.add_argument(
+        "--cross-calibrate",
+        type=int,
+        metavar="K",
+        help="split the people into K folds; calibrate on the others, run the protocol on each",
+    )
+    door.add_argument(
+        "--calibration",
+        type=Path,
+        help="use this calibration block (a manifest or a tools.calibrate calibration.json)",
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--no-cache", action="store_true", help="do not cache embeddings")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -383,6 +775,10 @@ def make_split(a: argparse.Namespace) -> Split:
 
 
 def run(a: argparse.Namespace) -> int:
+    if a.gallery_size is not None or a.gallery_sizes:
+        if a.stranger_photos is None:
+            a.stranger_photos = a.probes_per_person
+        return run_door(a)
     split = make_split(a)
     cache = None if a.no_cache else DEFAULT_CACHE
     models = [a.model] + ([a.float_model] if a.compare_float else [])

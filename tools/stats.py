@@ -25,6 +25,11 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+# One implementation of the gallery-size formula, shared with the device.
+from edge.thresholds import RateTable
+from edge.thresholds import fpir_from_far as fpir_from_far
+from edge.thresholds import per_comparison_far as per_comparison_far
+
 FloatArray = npt.NDArray[np.floating]
 F64 = npt.NDArray[np.float64]
 
@@ -104,36 +109,91 @@ def frr_at(genuine: FloatArray, threshold: float) -> float:
     return float(np.mean(d >= threshold)) if d.size else 0.0
 
 
-def per_comparison_far(fpir: float, comparisons: int) -> float:
-    """The per-comparison FAR that gives ``fpir`` for a stranger searched against a gallery.
+# -- the calibration tables the device reads -------------------------------------------
+def far_levels(n: int, per_decade: int = 10, loosest: float = 0.5) -> list[float]:
+    """FAR levels of the table: ``10^(-j / per_decade)`` from ``loosest`` down to ``3 / n``.
 
-    A stranger is compared with every one of the ``M`` enrolled embeddings
-    (``M`` = people x embeddings per person) and is falsely named when *any*
-    comparison is accepted. If the ``M`` comparisons were independent, each
-    with false-accept rate ``f``::
-
-        FPIR = 1 - (1 - f)^M        =>        f = 1 - (1 - FPIR)^(1/M)
-
-    (about ``FPIR / M`` for small rates). Independence is an assumption: one
-    stranger's distances to several people are correlated (a stranger who
-    looks like one enrolled person often looks like their relatives), so the
-    true FPIR can be higher; ``tools.evaluate`` measures it directly. The
-    open-set margin rule only ever rejects more, so it does not invalidate
-    the bound. Computed with ``log1p``/``expm1`` to stay exact for tiny rates.
+    Each level is rounded to 3 significant digits, and the last row is the
+    rule-of-three limit ``3 / n`` itself: with ``n`` impostor pairs a smaller
+    rate cannot be told apart from zero (0 errors in ``n`` trials bound the
+    rate only below ~``3 / n`` at 95%). When ``3 / n`` exceeds the loosest
+    level (fewer than 8 pairs) the table has the one row ``min(3 / n, 1)``.
     """
-    _check_rate(fpir, "fpir")
-    if comparisons < 1:
-        raise ValueError(f"gallery comparisons must be >= 1, got {comparisons}")
-    return float(-math.expm1(math.log1p(-fpir) / comparisons))
+    if n < 1:
+        raise ValueError("a FAR table needs impostor distances")
+    floor_rate = min(3.0 / n, 1.0)
+    out: list[float] = []
+    j = 0
+    while True:
+        r = float(f"{10 ** (-j / per_decade):.3g}")
+        j += 1
+        if r > loosest:
+            continue
+        if r < floor_rate * (1 + 1e-9):
+            break
+        out.append(r)
+    out.append(float(f"{floor_rate:.6g}"))
+    return sorted(set(out))
 
 
-def fpir_from_far(far: float, comparisons: int) -> float:
-    """Inverse of :func:`per_comparison_far`: ``FPIR = 1 - (1 - far)^M``."""
-    if not 0.0 <= far <= 1.0:
-        raise ValueError(f"far must be in [0, 1], got {far}")
-    if far == 1.0:
-        return 1.0
-    return float(-math.expm1(comparisons * math.log1p(-far)))
+FRR_LEVELS = (
+    [0.001, 0.002, 0.003, 0.005, 0.0075]
+    + [round(0.01 * k, 2) for k in range(1, 31)]
+    + [round(0.05 * k, 2) for k in range(7, 20)]
+    + [0.99]
+)
+"""FRR levels of the genuine table: fine where FNIR targets live (1%-30%)."""
+
+
+def far_table(impostor: FloatArray, per_decade: int = 10) -> RateTable:
+    """Impostor distance quantiles: for each FAR level ``r``, :func:`threshold_for_far` at ``r``.
+
+    Row: ``t_r = stored_threshold(d_(k+1))`` with ``k = floor(r n)`` and
+    ``count = #{d < t_r} <= k``, at the levels of :func:`far_levels` (ten per
+    decade down to ``3 / n``); rows in increasing threshold. Rounded down like
+    the manifest's threshold, so each row's rate holds on the device too.
+    """
+    d = np.sort(_as_1d(impostor, "impostor"))
+    if d.size == 0:
+        raise ValueError("no impostor distances: cannot build a FAR table")
+    rates, ts, counts = [], [], []
+    for r in far_levels(int(d.size), per_decade):
+        k = min(allowed_errors(r, d.size), d.size - 1)
+        t = max(stored_threshold(float(d[k])), 0.0)
+        rates.append(r)
+        ts.append(t)
+        counts.append(int(np.searchsorted(d, t, side="left")))
+    return RateTable(int(d.size), tuple(rates), tuple(ts), tuple(counts))
+
+
+def frr_table(genuine: FloatArray, levels: Sequence[float] = FRR_LEVELS) -> RateTable:
+    """Genuine distance quantiles: for each FRR level ``r`` the smallest threshold rejecting <= r.
+
+    A genuine pair is rejected when ``d >= t``, so ``#{d >= t} <= k = floor(r n)``
+    holds exactly for ``t > d_(n-k)`` (sorted ascending, 1-based). The row's
+    threshold is ``d_(n-k)`` rounded *up* to 5 decimals past a 2e-6 guard
+    (the mirror image of :func:`stored_threshold`), and ``count = #{d >= t}``.
+    Levels below ``3 / n`` are left out (the data cannot resolve them); rows
+    in increasing threshold.
+    """
+    d = np.sort(_as_1d(genuine, "genuine"))
+    n = int(d.size)
+    if n == 0:
+        raise ValueError("no genuine distances: cannot build an FRR table")
+    rows = []
+    for r in sorted(set(levels), reverse=True):
+        if not 0.0 < r < 1.0 or r < 3.0 / n:
+            continue
+        k = allowed_errors(r, n)
+        t = min(math.ceil((float(d[n - k - 1]) + 2e-6) * 1e5) / 1e5, MAX_DISTANCE)
+        rows.append((t, r, n - int(np.searchsorted(d, t, side="left"))))
+    if not rows:  # too few pairs for any level: one row at the largest distance
+        t = min(math.ceil((float(d[-1]) + 2e-6) * 1e5) / 1e5, MAX_DISTANCE)
+        rows.append((t, 1.0, n - int(np.searchsorted(d, t, side="left"))))
+    rows.sort()
+    return RateTable(
+        n, tuple(r for _, r, _ in rows), tuple(t for t, _, _ in rows), tuple(c for _, _, c in rows)
+    )
 
 
 # -- how much the data can say ---------------------------------------------------
