@@ -354,6 +354,9 @@ def run(
                 try:
                     rec.set_gallery(open_for_config(cfg, model_sha))
                     log.info("gallery reloaded: %d people", len(rec.gallery))
+                    # The open-set threshold follows the gallery size: so does
+                    # the identity check of the tracks.
+                    tracker.identity_threshold = rec.threshold
                     publish_state(time.monotonic())
                     pub.set_gallery(rec.gallery.names)  # re-announced, state sent now
                 except FacegateError as e:
