@@ -875,6 +875,7 @@ def test_a_newcomer_stepping_into_the_box_just_left_is_reported_unknown(
     frames += [_place(bezos, _face_box(rec, bezos), 140, 345, 230) for _ in range(6)]
     # The scenario: Bezos's detected box overlaps Biden's last one above the IoU gate.
     overlap = _face_box(rec, frames[5]).iou(_face_box(rec, frames[4]))
+    print(f"\nBezos's box overlaps Biden's last one: IoU {overlap:.2f}")
     assert overlap > 0.3, overlap
 
     decision: dict[str, Any] = {"k": 3, "n": 4, "cooldown_s": 30.0, "max_track_age_s": 2.0}
