@@ -378,8 +378,10 @@ class DeviceConfig(Section):
     """Identity of this device."""
 
     SECTION = "device"
+    # An MQTT topic level and a Home Assistant id: HA drops a discovery topic
+    # with other characters, and a one-to-one mapping needs no rewriting.
     id: Annotated[
-        str, Text(64, True, r"[^/+#\s]+", "an MQTT topic level (no '/', '+', '#' or spaces)")
+        str, Text(64, True, r"[A-Za-z0-9_-]+", "made of A-Z a-z 0-9 _ - (1-64 characters)")
     ] = "facegate"
     name: Annotated[str, Text(128)] = "facegate door"
 
@@ -552,6 +554,28 @@ class MqttConfig(Section):
 
 
 @dataclass(frozen=True)
+class EventsConfig(Section):
+    """How long a decision event may be acted on.
+
+    ``valid_for_s``: an event expires this long after the face was seen
+    (``expires_at = ts + valid_for_s``); one published later says
+    ``delivery: "late"`` and must not open a door.
+    """
+
+    SECTION = "events"
+    valid_for_s: Annotated[float, Range(gt=0, le=3600)] = 5.0
+
+
+@dataclass(frozen=True)
+class HomeAssistantConfig(Section):
+    """Home Assistant entities beyond discovery itself (``mqtt.ha_discovery``)."""
+
+    SECTION = "homeassistant"
+    # The "Last person" sensor goes blank this long after the last live event.
+    last_person_clear_s: Annotated[float, Range(gt=0, le=86400)] = 60.0
+
+
+@dataclass(frozen=True)
 class DoorConfig(Section):
     """The door itself (off by default): strike relay, inputs, granting rules, audit log.
 
@@ -616,6 +640,8 @@ class Config:
     gallery: GalleryConfig = field(default_factory=GalleryConfig)
     decision: DecisionConfig = field(default_factory=DecisionConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     door: DoorConfig = field(default_factory=DoorConfig)
     base_dir: Path = field(default_factory=Path.cwd, compare=False)

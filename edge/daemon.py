@@ -1,11 +1,18 @@
 """The headless service behind ``facegate run --config PATH``.
 
-Start order: publisher (MQTT, or JSON lines on stdout when MQTT is off),
-recognizer (models verified against their manifests, gallery opened), frame
-capture; then ``READY=1``. The loop takes the newest frame, recognizes it,
-feeds the :class:`~edge.tracker.Tracker` and publishes each decision. Shutdown
-goes in reverse order (capture, publisher), each part joined with a timeout,
-so SIGTERM ends the process within ``service.stop_timeout_s``.
+Start order: publisher (MQTT, or JSON lines on stdout when MQTT is off; it
+connects and delivers any backlog, but says ``offline``), recognizer (models
+verified against their manifests, gallery opened), frame capture. Once the
+first frame has been processed the service is *ready*: the publisher gets the
+complete state and the enrolled names and announces ``online`` (with Home
+Assistant discovery), and systemd gets ``READY=1``. A service that fails
+before that (bad model, gallery or camera) never says ``online``. The loop
+takes the newest frame, recognizes it, feeds the
+:class:`~edge.tracker.Tracker` (which ends a track whose face changes
+identity, at the recognizer's calibrated threshold) and publishes each
+decision. Shutdown goes in reverse order (capture, publisher), each part
+joined with a timeout, so SIGTERM ends the process within
+``service.stop_timeout_s``.
 
 Signals only set events: SIGTERM/SIGINT the stop event, SIGHUP a gallery
 reload (as does the MQTT ``reload-gallery`` command); the loop acts on them.
@@ -48,8 +55,8 @@ log = logging.getLogger("facegate.daemon")
 # How long one wait for a frame may block: bounds the reaction time to the
 # stop event, to reload requests and to watchdog pings.
 FRAME_WAIT_S = 0.2
-# How often the fps figure and systemd's STATUS= line are refreshed. The MQTT
-# state (which publishes on every update) follows mqtt.state_interval_s.
+# How often the fps figure, systemd's STATUS= line and the publisher's copy of
+# the state are refreshed (the publisher sends it once per mqtt.state_interval_s).
 STATUS_EVERY_S = 5.0
 
 
@@ -63,6 +70,12 @@ class PublisherLike(Protocol):
     def publish_decision(self, decision: Decision) -> dict[str, Any]: ...
 
     def set_state(self, **fields: Any) -> None: ...
+
+    def set_gallery(self, names: list[str] | tuple[str, ...]) -> None: ...
+
+    def set_presence(self, present: bool) -> None: ...
+
+    def set_ready(self) -> None: ...
 
     def publish_event(
         self, kind: str, fields: dict[str, Any], ts: float | None = None
@@ -147,6 +160,15 @@ class StdoutPublisher:
 
     def set_state(self, **fields: Any) -> None:
         self._fake.set_state(**fields)
+
+    def set_gallery(self, names: list[str] | tuple[str, ...]) -> None:
+        self._fake.set_gallery(names)
+
+    def set_presence(self, present: bool) -> None:
+        self._fake.set_presence(present)
+
+    def set_ready(self) -> None:
+        self._fake.set_ready()
 
     @property
     def on_unlock(self) -> Callable[[bytes], None] | None:
@@ -292,23 +314,24 @@ def run(
         pub.on_command = on_command
         if door is not None:  # door: the signed remote unlock (refused unless enabled)
             pub.on_unlock = door.remote_command  # type: ignore[attr-defined]
-        tracker = Tracker(cfg.decision)
+        # A face that jumps identity by more than the open-set threshold is
+        # someone else: it ends its track (edge.tracker.identity_jump).
+        tracker = Tracker(cfg.decision, identity_threshold=rec.threshold)
         cap = capture_factory(cfg, cap_stop)
         cap.start()
         health = _Health(notifier, pub, watchdog_interval())
         log.info(
-            "running: device=%s source=%s gallery=%d people model=%s threshold=%.3f",
+            "started: device=%s source=%s gallery=%d people model=%s threshold=%.3f",
             cfg.device.id,
             cfg.camera.source,
             len(rec.gallery),
             model_sha[:12],
             rec.threshold,
         )
-        notifier.ready(f"running, {len(rec.gallery)} people enrolled")
         frames = events = 0
         fps = 0.0
         window_start, window_frames = time.monotonic(), 0
-        last_state = 0.0  # publish the state right away
+        ready = present = False
 
         def publish_state(now: float) -> None:
             assert cap is not None and rec is not None
@@ -331,7 +354,11 @@ def run(
                 try:
                     rec.set_gallery(reload_for_config(cfg, rec.gallery))
                     log.info("gallery reloaded: %d people", len(rec.gallery))
-                    last_state = 0.0
+                    # The open-set threshold follows the gallery size: so does
+                    # the identity check of the tracks.
+                    tracker.identity_threshold = rec.threshold
+                    publish_state(time.monotonic())
+                    pub.set_gallery(rec.gallery.names)  # re-announced, state sent now
                 except FacegateError as e:
                     log.error("gallery reload failed, keeping the old one: %s", e)
             frame = cap.get(timeout=FRAME_WAIT_S)
@@ -345,6 +372,15 @@ def run(
                     break
             else:
                 result = rec.process(frame)
+                if not ready:
+                    # Models loaded and the camera delivered: only now "online",
+                    # before this frame's decisions go out.
+                    ready = True
+                    publish_state(time.monotonic())
+                    pub.set_gallery(rec.gallery.names)
+                    pub.set_ready()
+                    notifier.ready(f"running, {len(rec.gallery)} people enrolled")
+                    log.info("ready: first frame processed")
                 snapshot = frame.image if cfg.mqtt.snapshot else None
                 for d in tracker.update(result, snapshot):
                     if door is not None:  # door: every decision, live from the tracker
@@ -355,6 +391,9 @@ def run(
                 frames += 1
                 window_frames += 1
                 health.frame_done()
+                if (tracker.active_tracks > 0) != present:
+                    present = not present
+                    pub.set_presence(present)
             if door is not None and not door.alive():  # door: relay owner died: restart
                 log.error("door controller stopped; exiting for a restart")
                 rc = 1
@@ -365,8 +404,6 @@ def run(
                 fps = window_frames / (now - window_start)
                 window_start, window_frames = now, 0
                 notifier.status(f"{fps:.1f} fps, {frames} frames, {events} events")
-            if now - last_state >= cfg.mqtt.state_interval_s:
-                last_state = now
                 publish_state(now)
     except FacegateError:
         raise
@@ -388,6 +425,7 @@ def run(
         remaining = max(0.5, budget - (time.monotonic() - t_stop) - 0.5)
         try:
             pub.set_state(status="offline")
+            pub.set_presence(False)  # a stopped camera sees nobody (retained)
         except Exception as e:  # the state is a courtesy; stopping must go on
             log.debug("final state not published: %s", e)
         pub.stop(timeout=remaining)

@@ -4,36 +4,51 @@ Topics, all under ``<mqtt.prefix>/<device.id>/``:
 
 ``event``
     One JSON object per decision, QoS 1, not retained (:func:`build_event`).
+    It says when the face was seen (``ts``), until when it may be acted on
+    (``expires_at``) and whether it was published in time (``delivery``:
+    ``live`` or ``late``, see :func:`is_late`).
 ``availability``
-    ``online`` / ``offline``, retained; ``offline`` is also the Last Will, so
-    it appears when the process dies without saying goodbye.
+    ``online`` / ``offline``, retained. ``online`` only once the device is
+    ready (models loaded, first camera frame processed); ``offline`` is also
+    the Last Will, so it appears when the process dies without saying goodbye.
 ``state``
     Retained JSON snapshot of the service (:func:`build_state`).
+``last_person``
+    The person of the last live event (``Stranger`` for an unknown face),
+    blanked ``homeassistant.last_person_clear_s`` later (:func:`build_last_person`).
+``presence``
+    ``ON`` while a face is tracked in front of the camera, else ``OFF``; retained.
+``snapshot``
+    Only with ``mqtt.snapshot = true``: the face crop of a live event as a raw
+    JPEG, published just before that event; never retained, never stored.
 ``command``
     Only subscribed when ``mqtt.commands = true``; the one accepted payload is
     ``{"command": "reload-gallery"}`` (:func:`parse_command`), plus the door's
     signed ``{"command": "unlock", ...}`` (:func:`edge.door.verify_unlock`).
 
 Home Assistant discovery configs go to ``<mqtt.ha_prefix>/...`` when
-``mqtt.ha_discovery = true`` (:func:`build_ha_discovery`).
+``mqtt.ha_discovery = true`` (:func:`build_ha_discovery`); when it is off the
+same topics are cleared (empty retained payloads), so the entities go away.
 
 The event payload is versioned by its ``v`` field: a consumer must ignore
 unknown fields; a change that removes or re-types a field bumps ``v``.
 Sequence numbers (``seq``) increase by one per event and device, across
 restarts; a gap tells a subscriber that events were lost (outbox overflow).
 Redeliveries repeat the same ``id`` and ``seq``, so duplicates are dropped by
-``id``.
+``id``; ``delivery`` is decided again at every (re)send.
 """
 
 from __future__ import annotations
 
-import base64
 import ctypes
 import ctypes.util
+import hashlib
 import json
+import re
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -43,10 +58,16 @@ import numpy as np
 from edge.errors import FacegateError
 from edge.types import Decision, Image
 
-SCHEMA_VERSION = 1
-"""The ``v`` field of event and state payloads."""
+SCHEMA_VERSION = 2
+"""The ``v`` of event and state payloads (2: ``expires_at``, ``delivery``; no ``snapshot``)."""
 
 EVENT_TYPES = ("recognized", "unknown")
+LIVE = "live"
+LATE = "late"
+STRANGER = "Stranger"
+"""What "Last person" shows for an unknown face (Home Assistant's ``unknown`` means "no value")."""
+PRESENT = "ON"
+ABSENT = "OFF"
 ONLINE = "online"
 OFFLINE = "offline"
 RELOAD_GALLERY = "reload-gallery"
@@ -77,6 +98,9 @@ class Topics:
     availability: str
     state: str
     command: str
+    last_person: str
+    presence: str
+    snapshot: str
 
     @classmethod
     def for_device(cls, prefix: str, device_id: str) -> Topics:
@@ -93,6 +117,9 @@ class Topics:
             availability=f"{base}/availability",
             state=f"{base}/state",
             command=f"{base}/command",
+            last_person=f"{base}/last_person",
+            presence=f"{base}/presence",
+            snapshot=f"{base}/snapshot",
         )
 
 
@@ -140,8 +167,8 @@ def clock_synced(now: float | None = None) -> bool:
     return state != _TIME_ERROR
 
 
-def encode_snapshot(image: Image, max_side: int = SNAPSHOT_MAX_SIDE) -> str:
-    """An RGB face crop as base64 JPEG, downscaled so its longer side is at most ``max_side``."""
+def snapshot_jpeg(image: Image, max_side: int = SNAPSHOT_MAX_SIDE) -> bytes:
+    """An RGB face crop as JPEG bytes, downscaled so its longer side is at most ``max_side``."""
     import cv2
 
     h, w = image.shape[:2]
@@ -156,7 +183,40 @@ def encode_snapshot(image: Image, max_side: int = SNAPSHOT_MAX_SIDE) -> str:
     )
     if not ok:
         raise FacegateError("snapshot: JPEG encoding failed")
-    return base64.b64encode(buf.tobytes()).decode("ascii")
+    return bytes(buf.tobytes())
+
+
+def is_late(
+    *,
+    expires_at: float,
+    valid_for_s: float,
+    age_s: float | None,
+    now: float,
+    synced_then: bool,
+    synced_now: bool,
+) -> bool:
+    """Whether an event published now is ``late`` (expired) rather than ``live``.
+
+    Two clocks can tell, and the event is late as soon as either says so:
+
+    - ``age_s``, the time since the face was seen measured on this process's
+      monotonic clock: late when ``age_s > valid_for_s``. Immune to wall-clock
+      steps, but unknown (None) for an event restored from the outbox after a
+      restart: a monotonic clock does not survive the process.
+    - the wall clock, trusted only when it was synchronised both when the
+      face was seen (``synced_then``) and now (``synced_now``): late when
+      ``now > expires_at``.
+
+    With neither (restored from the outbox, and the wall clock untrusted at
+    either end) the age cannot be known, so the event is late: it is still
+    delivered, for the record, but nothing may act on it.
+    """
+    wall_ok = synced_then and synced_now
+    if age_s is not None and age_s > valid_for_s:
+        return True
+    if wall_ok:
+        return now > expires_at
+    return age_s is None
 
 
 def build_event(
@@ -166,33 +226,43 @@ def build_event(
     seq: int,
     event_id: str,
     clock_synced: bool,
-    include_snapshot: bool = False,
+    valid_for_s: float,
+    delivery: str = LIVE,
 ) -> dict[str, Any]:
-    """The versioned JSON event for one decision.
+    """The versioned JSON event (``v`` 2) for one decision.
 
     Fields: ``v`` (schema version), ``id`` (unique; repeated on redelivery),
     ``seq`` (per-device, +1 per event, survives restarts), ``device``,
-    ``ts`` (ISO 8601 UTC of the deciding frame), ``ts_unix``,
-    ``clock_synced`` (false: do not trust ``ts``), ``type``
-    (``recognized``/``unknown``), ``name`` (null when unknown), ``distance``
-    (cosine distance to the nearest enrolled face), ``confidence`` (calibrated
-    probability in [0, 1]), ``track_id``, ``track_length`` (frames the face
-    was tracked), ``box`` ([x, y, w, h] pixels) and, only when
-    ``include_snapshot`` and the decision carries one, ``snapshot`` (base64
-    JPEG face crop). Snapshots are off by default: biometric data stays on
-    the device unless its owner asks otherwise.
+    ``ts`` (ISO 8601 UTC of the deciding frame: when the face was seen),
+    ``ts_unix``, ``expires_at`` / ``expires_at_unix`` (``ts + valid_for_s``:
+    do not act on the event after this instant), ``delivery`` (``live`` when
+    published before it expired, ``late`` after: see :func:`is_late`; set
+    again at every re-send: :func:`delivery_of`), ``clock_synced`` (false:
+    the device's wall clock, hence ``ts`` and ``expires_at``, is not to be
+    trusted), ``type`` (``recognized``/``unknown``), ``name`` (null when
+    unknown), ``distance`` (cosine distance to the nearest enrolled face),
+    ``confidence`` (calibrated probability in [0, 1]), ``track_id``,
+    ``track_length`` (frames the face was tracked) and ``box`` ([x, y, w, h]
+    pixels). The face crop never travels in the event: with
+    ``mqtt.snapshot`` it goes to the ``snapshot`` topic.
     """
     if decision.kind not in EVENT_TYPES:
         raise FacegateError(f"event: unknown decision kind {decision.kind!r}")
     if seq < 1:
         raise FacegateError(f"event: sequence numbers start at 1, got {seq}")
-    payload: dict[str, Any] = {
+    if delivery not in (LIVE, LATE):
+        raise FacegateError(f"event: delivery must be {LIVE!r} or {LATE!r}, got {delivery!r}")
+    expires = decision.timestamp + valid_for_s
+    return {
         "v": SCHEMA_VERSION,
         "id": event_id,
         "seq": seq,
         "device": device_id,
         "ts": iso_utc(decision.timestamp),
         "ts_unix": round(decision.timestamp, 3),
+        "expires_at": iso_utc(expires),
+        "expires_at_unix": round(expires, 3),
+        "delivery": delivery,
         "clock_synced": clock_synced,
         "type": decision.kind,
         "name": decision.name,
@@ -202,9 +272,30 @@ def build_event(
         "track_length": decision.track_length,
         "box": decision.box.as_list(),
     }
-    if include_snapshot and decision.snapshot is not None and decision.snapshot.size:
-        payload["snapshot"] = encode_snapshot(decision.snapshot)
-    return payload
+
+
+def delivery_of(
+    event: dict[str, Any],
+    *,
+    valid_for_s: float,
+    age_s: float | None,
+    now: float,
+    synced_now: bool,
+) -> str:
+    """``live`` or ``late`` for a stored event about to be (re)sent (see :func:`is_late`).
+
+    ``event`` is the payload of :func:`build_event`: its ``expires_at_unix``
+    and ``clock_synced`` are what the device knew when the face was seen.
+    """
+    late = is_late(
+        expires_at=float(event["expires_at_unix"]),
+        valid_for_s=valid_for_s,
+        age_s=age_s,
+        now=now,
+        synced_then=event.get("clock_synced") is True,
+        synced_now=synced_now,
+    )
+    return LATE if late else LIVE
 
 
 def encode(payload: dict[str, Any]) -> bytes:
@@ -221,6 +312,25 @@ def build_state(device_id: str, now: float | None = None, **fields: Any) -> dict
     """
     t = time.time() if now is None else now
     return {"v": SCHEMA_VERSION, "device": device_id, "ts": iso_utc(t), **fields}
+
+
+def build_last_person(event: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``last_person`` payload for a live event, or the blank one (``event`` None).
+
+    ``person`` is the name, :data:`STRANGER` for an unknown face, and ``""``
+    once cleared; ``type``, ``name``, ``confidence``, ``ts`` and ``id`` come
+    from the event (Home Assistant shows them as the sensor's attributes).
+    """
+    if event is None:
+        return {"person": ""}
+    return {
+        "person": event.get("name") or STRANGER,
+        "type": event.get("type"),
+        "name": event.get("name"),
+        "confidence": event.get("confidence"),
+        "ts": event.get("ts"),
+        "id": event.get("id"),
+    }
 
 
 def parse_command(payload: bytes) -> str:
@@ -247,6 +357,95 @@ def parse_command(payload: bytes) -> str:
     return cmd
 
 
+# The event entity's template: the attributes of a live, new event, and an
+# empty render (which Home Assistant ignores) for a late one, a redelivery of
+# the last event (same id) or an older event arriving after a newer one (a
+# re-send after a reconnect). ``this`` is the entity's current state, i.e.
+# the last event it accepted; ``ts`` strings are fixed-width ISO 8601 UTC, so
+# they compare in time order, and only when both clocks were synchronised.
+HA_EVENT_TEMPLATE = (
+    "{%- set last = this.attributes -%}"
+    "{%- if value_json.delivery == 'live' and value_json.id != last.get('id')"
+    " and not (value_json.clock_synced and last.get('clock_synced')"
+    " and value_json.ts < last.get('ts', '')) -%}"
+    "{{ {'event_type': value_json.type, 'name': value_json.name,"
+    " 'confidence': value_json.confidence, 'distance': value_json.distance,"
+    " 'id': value_json.id, 'seq': value_json.seq, 'ts': value_json.ts,"
+    " 'expires_at': value_json.expires_at, 'track_id': value_json.track_id,"
+    " 'delivery': value_json.delivery, 'clock_synced': value_json.clock_synced} | tojson }}"
+    "{%- endif -%}"
+)
+# Device triggers cannot see the last event: they fire on every live event
+# (a redelivery included); the door automation belongs on the event entity.
+HA_TRIGGER_TEMPLATE = (
+    "{{ value_json.type ~ ':' ~ (value_json.name or '') if value_json.delivery == 'live' else '' }}"
+)
+HA_ORIGIN = {"name": "facegate"}
+# Every static entity the device may announce: (component, object id).
+_HA_ENTITIES = (
+    ("event", "face"),
+    ("sensor", "last_person"),
+    ("binary_sensor", "person_at_door"),
+    ("button", "reload_gallery"),
+    ("image", "snapshot"),
+    ("sensor", "fps"),
+    ("sensor", "gallery_size"),
+    ("sensor", "outbox_pending"),
+    ("device_automation", "unknown"),
+    # The door's (edge.door.ha_discovery), when door.enabled.
+    ("lock", "door_lock"),
+    ("binary_sensor", "door"),
+    ("binary_sensor", "tamper"),
+)
+# Published by facegate 0.1 under a node id with "-" turned into "_".
+_HA_LEGACY = (
+    ("event", "face"),
+    ("sensor", "last_person"),
+    ("sensor", "fps"),
+    ("sensor", "gallery_size"),
+    ("sensor", "outbox_pending"),
+    ("lock", "door_lock"),
+    ("binary_sensor", "door"),
+    ("binary_sensor", "tamper"),
+)
+
+
+def ha_person_object_id(name: str) -> str:
+    """The discovery object id of a person's device trigger: ``recognized_<slug>_<hash>``.
+
+    ``slug`` keeps the ASCII letters and digits of the name (at most 32), the
+    hash is the first 8 hex digits of SHA-256 of the UTF-8 name, so two names
+    never share an id ("Zoë" and "Zoe" differ) and every id is legal in a
+    Home Assistant discovery topic (``[A-Za-z0-9_-]``).
+    """
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")[:32].lower()
+    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
+    return f"recognized_{slug}_{digest}" if slug else f"recognized_{digest}"
+
+
+def ha_discovery_topic(ha_prefix: str, component: str, device_id: str, object_id: str) -> str:
+    """``<ha_prefix>/<component>/<device_id>/<object_id>/config``."""
+    return f"{ha_prefix.rstrip('/')}/{component}/{device_id}/{object_id}/config"
+
+
+def ha_discovery_subscription(ha_prefix: str, device_id: str) -> str:
+    """The filter matching every discovery topic of this device (to find stale ones)."""
+    return f"{ha_prefix.rstrip('/')}/+/{device_id}/+/config"
+
+
+def ha_static_topics(ha_prefix: str, device_id: str) -> list[str]:
+    """Every discovery topic the device may own apart from per-person triggers.
+
+    Includes those of facegate 0.1 (node id with ``-`` turned into ``_``), so
+    switching discovery off, or upgrading, clears them.
+    """
+    out = [ha_discovery_topic(ha_prefix, c, device_id, o) for c, o in _HA_ENTITIES]
+    legacy = device_id.replace("-", "_")
+    if legacy != device_id:
+        out += [ha_discovery_topic(ha_prefix, c, legacy, o) for c, o in _HA_LEGACY]
+    return out
+
+
 def build_door_event(
     kind: str,
     fields: dict[str, Any],
@@ -265,7 +464,10 @@ def build_door_event(
     ``door_held_open``, ``door_forced``, ``tamper``, ``lockout``,
     ``remote_unlock``, ``remote_refused``, ``door_test``) and the entry's
     fields (``audit_id``, ``name``, ``reason``, ``detail``, ...). These are
-    records of what the door did, never a reason to open one.
+    records of what the door did, never a reason to open one: they carry no
+    ``expires_at`` and no ``delivery``, so a consumer that acts only on
+    ``delivery == "live"`` never acts on them (and Home Assistant's event
+    entity ignores them).
     """
     if kind in EVENT_TYPES:
         raise FacegateError(f"event: {kind!r} is a decision, not a door event")
@@ -291,93 +493,197 @@ def build_ha_discovery(
     device_name: str,
     ha_prefix: str,
     sw_version: str,
+    state_interval_s: float = 60.0,
+    commands: bool = False,
+    snapshot: bool = False,
+    people: Sequence[str] = (),
 ) -> list[tuple[str, dict[str, Any]]]:
     """Home Assistant MQTT discovery messages: ``(topic, config)`` pairs, to publish retained.
 
-    Entities: an ``event`` entity firing ``recognized``/``unknown`` with the
-    name as attribute, a "last person" sensor, and fps / gallery size /
-    outbox sensors from the state topic. All share the availability topic.
+    Topics are ``<ha_prefix>/<component>/<device_id>/<object_id>/config``
+    and unique ids ``facegate_<device_id>_<object_id>``: ``device.id`` is
+    restricted to ``[A-Za-z0-9_-]``, so the mapping is one-to-one. Entities,
+    all with ``qos: 1``, the device's availability topic and an ``origin``:
+
+    - ``event`` "Face": ``recognized``/``unknown`` with ``name``,
+      ``confidence``, ``distance``, ``id``, ``seq``, ``ts``, ``expires_at``,
+      ``track_id``, ``delivery`` and ``clock_synced`` as attributes; late
+      events and redeliveries render empty and are ignored
+      (:data:`HA_EVENT_TEMPLATE`);
+    - ``sensor`` "Last person" from the ``last_person`` topic (with its
+      attributes);
+    - ``binary_sensor`` "Person at door" (occupancy) from ``presence``;
+    - ``button`` "Reload gallery" (only with ``commands``);
+    - ``image`` "Snapshot" (only with ``snapshot``);
+    - diagnostic sensors from the state topic (fps, enrolled people,
+      undelivered events) with ``state_class: measurement`` and
+      ``expire_after`` of three state intervals;
+    - device triggers ``recognized``/<name> per enrolled person in
+      ``people`` and ``unknown``/``Stranger`` (live events only).
     """
-    node = device_id.replace("-", "_")
     dev = {
-        "identifiers": [f"facegate_{node}"],
+        "identifiers": [f"facegate_{device_id}"],
         "name": device_name,
         "manufacturer": "facegate",
         "model": "facegate edge",
         "sw_version": sw_version,
     }
-    common = {
+    origin = {**HA_ORIGIN, "sw_version": sw_version}
+    common: dict[str, Any] = {
         "availability_topic": topics.availability,
         "payload_available": ONLINE,
         "payload_not_available": OFFLINE,
+        "qos": 1,
         "device": dev,
+        "origin": origin,
     }
+
+    def topic(component: str, object_id: str) -> str:
+        return ha_discovery_topic(ha_prefix, component, device_id, object_id)
+
+    def uid(object_id: str) -> str:
+        return f"facegate_{device_id}_{object_id}"
+
+    expire = max(1, int(-(-3 * state_interval_s // 1)))  # 3 intervals, whole seconds up
     out: list[tuple[str, dict[str, Any]]] = [
         (
-            f"{ha_prefix}/event/{node}/face/config",
+            topic("event", "face"),
             {
                 **common,
                 "name": "Face",
-                "unique_id": f"facegate_{node}_face",
+                "unique_id": uid("face"),
                 "state_topic": topics.event,
                 "event_types": list(EVENT_TYPES),
-                "value_template": (
-                    "{{ {'event_type': value_json.type, 'name': value_json.name,"
-                    " 'confidence': value_json.confidence, 'seq': value_json.seq} | tojson }}"
-                ),
+                "value_template": HA_EVENT_TEMPLATE,
+                "icon": "mdi:face-recognition",
             },
         ),
         (
-            f"{ha_prefix}/sensor/{node}/last_person/config",
+            topic("sensor", "last_person"),
             {
                 **common,
                 "name": "Last person",
-                "unique_id": f"facegate_{node}_last_person",
-                "state_topic": topics.event,
-                "value_template": "{{ value_json.name if value_json.name else 'unknown' }}",
-                "icon": "mdi:account-check",
+                "unique_id": uid("last_person"),
+                "state_topic": topics.last_person,
+                "value_template": "{{ value_json.person }}",
+                "json_attributes_topic": topics.last_person,
+                "icon": "mdi:account-clock",
+            },
+        ),
+        (
+            topic("binary_sensor", "person_at_door"),
+            {
+                **common,
+                "name": "Person at door",
+                "unique_id": uid("person_at_door"),
+                "state_topic": topics.presence,
+                "payload_on": PRESENT,
+                "payload_off": ABSENT,
+                "device_class": "occupancy",
             },
         ),
     ]
-    for key, name, unit in (
-        ("fps", "Frames per second", "fps"),
-        ("gallery_size", "Enrolled people", None),
-        ("outbox_pending", "Undelivered events", None),
+    if commands:
+        out.append(
+            (
+                topic("button", "reload_gallery"),
+                {
+                    **common,
+                    "name": "Reload gallery",
+                    "unique_id": uid("reload_gallery"),
+                    "command_topic": topics.command,
+                    "payload_press": json.dumps({"command": RELOAD_GALLERY}),
+                    "retain": False,
+                    "entity_category": "config",
+                    "icon": "mdi:account-sync",
+                },
+            )
+        )
+    if snapshot:
+        out.append(
+            (
+                topic("image", "snapshot"),
+                {
+                    **common,
+                    "name": "Snapshot",
+                    "unique_id": uid("snapshot"),
+                    "image_topic": topics.snapshot,
+                    "content_type": "image/jpeg",
+                },
+            )
+        )
+    for key, name, unit, icon in (
+        ("fps", "Frames per second", "fps", "mdi:speedometer"),
+        ("gallery_size", "Enrolled people", None, "mdi:account-group"),
+        ("outbox_pending", "Undelivered events", None, "mdi:tray-full"),
     ):
         cfg: dict[str, Any] = {
             **common,
             "name": name,
-            "unique_id": f"facegate_{node}_{key}",
+            "unique_id": uid(key),
             "state_topic": topics.state,
             "value_template": f"{{{{ value_json.{key} }}}}",
+            "state_class": "measurement",
+            "expire_after": expire,
             "entity_category": "diagnostic",
+            "icon": icon,
         }
         if unit:
             cfg["unit_of_measurement"] = unit
-            cfg["state_class"] = "measurement"
-        out.append((f"{ha_prefix}/sensor/{node}/{key}/config", cfg))
+        out.append((topic("sensor", key), cfg))
+    triggers = [("unknown", STRANGER, "unknown:")]
+    triggers += [(ha_person_object_id(n), n, f"recognized:{n}") for n in sorted(set(people))]
+    for object_id, subtype, payload in triggers:
+        out.append(
+            (
+                topic("device_automation", object_id),
+                {
+                    "automation_type": "trigger",
+                    "topic": topics.event,
+                    "type": payload.split(":", 1)[0],
+                    "subtype": subtype,
+                    "payload": payload,
+                    "value_template": HA_TRIGGER_TEMPLATE,
+                    "qos": 1,
+                    "device": dev,
+                    "origin": origin,
+                },
+            )
+        )
     return out
 
 
 __all__ = [
     "COMMANDS",
     "EVENT_TYPES",
+    "HA_EVENT_TEMPLATE",
+    "HA_TRIGGER_TEMPLATE",
+    "LATE",
+    "LIVE",
     "MAX_COMMAND_BYTES",
     "OFFLINE",
     "ONLINE",
     "RELOAD_GALLERY",
     "SCHEMA_VERSION",
+    "STRANGER",
     "UNLOCK",
     "CommandError",
     "Topics",
     "build_door_event",
     "build_event",
     "build_ha_discovery",
+    "build_last_person",
     "build_state",
     "clock_synced",
+    "delivery_of",
     "encode",
-    "encode_snapshot",
+    "ha_discovery_subscription",
+    "ha_discovery_topic",
+    "ha_person_object_id",
+    "ha_static_topics",
+    "is_late",
     "iso_utc",
     "new_event_id",
     "parse_command",
+    "snapshot_jpeg",
 ]

@@ -8,16 +8,25 @@ touches the network, so a dead broker never blocks the recognition loop.
 
 Delivery: the drain thread sends stored events in sequence order, QoS 1, at
 most ``mqtt.drain_rate`` per second and at most :data:`WINDOW` unacknowledged
-at a time. An event leaves the outbox only when its PUBACK arrived. Events
-handed to paho before a disconnect are re-sent by paho itself after the
-reconnect (flagged DUP); the drain thread then continues after them. Events
-still in the outbox when the process starts (crash, SIGKILL, power cut) are
-sent again from the oldest. A broker can therefore see an event twice, never
-zero times (unless the outbox overflowed, which shows as a ``seq`` gap).
+at a time. An event leaves the outbox only when its PUBACK arrived. On every
+(re)connect paho's own copies of unacknowledged events are dropped and the
+drain thread sends them again from the outbox, so each send decides its
+``delivery`` afresh (:func:`edge.events.delivery_of`): an event that waited
+out a broker outage past its ``expires_at`` goes out ``late``, every other
+field unchanged. Events still in the outbox when the process starts (crash,
+SIGKILL, power cut) are sent again from the oldest. A broker can therefore
+see an event twice, never zero times (unless the outbox overflowed, which
+shows as a ``seq`` gap).
 
-Availability: the Last Will publishes ``offline`` (retained) when the
-connection dies without a DISCONNECT; ``online`` is published (retained) on
-every connect and ``offline`` on a clean :meth:`Publisher.stop`.
+Availability means ready: until :meth:`Publisher.set_ready` (the daemon calls
+it once the models are loaded and the camera delivered a frame) the device
+says ``offline``; from then on every connect announces the discovery configs,
+one complete state message, the presence and ``online``, in that order. The
+Last Will publishes ``offline`` (retained) when the connection dies without a
+DISCONNECT, and a clean :meth:`Publisher.stop` says ``offline`` itself. The
+state is published once per ``mqtt.state_interval_s`` by the drain thread
+(and at once when the gallery changes); :meth:`Publisher.set_state` only
+merges fields.
 
 Every paho callback is wrapped: an exception is logged and counted, never
 propagated into (and never kills) the network thread.
@@ -26,6 +35,7 @@ propagated into (and never kills) the network thread.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import queue
 import threading
@@ -37,21 +47,31 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from edge import __version__
 from edge.errors import BrokerError, ConfigError, FacegateError
 from edge.events import (
+    ABSENT,
+    LIVE,
     OFFLINE,
     ONLINE,
+    PRESENT,
     UNLOCK,
     CommandError,
     Topics,
     build_door_event,
     build_event,
     build_ha_discovery,
+    build_last_person,
     build_state,
     clock_synced,
+    delivery_of,
     encode,
+    ha_discovery_subscription,
+    ha_discovery_topic,
+    ha_person_object_id,
+    ha_static_topics,
     new_event_id,
     parse_command,
+    snapshot_jpeg,
 )
-from edge.outbox import Outbox
+from edge.outbox import Outbox, Row
 
 if TYPE_CHECKING:
     from edge.config import Config
@@ -66,8 +86,29 @@ STALL_S = 30.0
 CLOCK_CHECK_S = 10.0
 REJECT_LOG_FIRST = 10
 REJECT_LOG_EVERY = 100
+SNAPSHOTS_KEPT = 16
+"""Face crops kept in memory for events not yet sent (never written to disk)."""
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def seen_monotonic(decision: Decision, wall_now: float, mono_now: float) -> float:
+    """When the face was seen, on the monotonic clock: ``mono_now - max(0, wall_now - ts)``.
+
+    Both wall-clock readings (the frame's ``timestamp`` and ``wall_now``) come
+    from the same clock moments apart, so their difference is the decision's
+    age even when that clock is not synchronised.
+    """
+    return mono_now - max(0.0, wall_now - decision.timestamp)
+
+
+def initial_delivery(
+    payload: dict[str, Any], valid_for_s: float, age_s: float, synced_now: bool
+) -> str:
+    """The ``delivery`` an event gets when it is made (a replay of old frames is late at once)."""
+    return delivery_of(
+        payload, valid_for_s=valid_for_s, age_s=age_s, now=time.time(), synced_now=synced_now
+    )
 
 
 def outbox_path(cfg: Config) -> Path:
@@ -103,6 +144,23 @@ class Publisher:
         self._state: dict[str, Any] = {}
         self._status: dict[str, bytes] = {}  # door: retained <base>/<name> topics
         self._clock = (0.0, False)
+        # Availability, discovery and presence: changed under _announce_lock,
+        # from the daemon's thread (set_ready, set_gallery, set_presence) and
+        # from paho's (on connect).
+        self._announce_lock = threading.Lock()
+        self._ready = threading.Event()
+        self._people: tuple[str, ...] = ()
+        self._announced_people: frozenset[str] = frozenset()
+        self._ha_wanted: frozenset[str] = frozenset()
+        self._presence = False
+        self._generation = 0  # +1 per successful connect
+        self._state_sent = 0.0  # monotonic time of the last state message
+        # Per event seq, while it is stored: when its face was seen (monotonic)
+        # and its JPEG snapshot. Both live only in this process.
+        self._seen: dict[int, float] = {}
+        self._snapshots: dict[int, bytes] = {}
+        self._extra_lock = threading.Lock()
+        self._clear_last_person_at: float | None = None
 
     # -- life cycle --------------------------------------------------------------
 
@@ -128,6 +186,8 @@ class Publisher:
         )
         if password is not None and not m.username:
             raise ConfigError("mqtt.username: a password is configured but no username")
+        if not m.ha_prefix.strip("/") or any(c in m.ha_prefix for c in "+#\0"):
+            raise ConfigError(f"mqtt.ha_prefix: {m.ha_prefix!r} cannot be used in an MQTT topic")
         outbox = self._open_outbox()
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -209,6 +269,8 @@ class Publisher:
         if client is not None:
             if self._connected.is_set():
                 try:
+                    if self._ready.is_set():
+                        self._publish_state()  # the daemon's last word (status: offline)
                     info = client.publish(self.topics.availability, OFFLINE, qos=1, retain=True)
                     info.wait_for_publish(timeout=max(0.05, min(1.0, end - time.monotonic())))
                 except Exception as e:  # best effort: the Will covers us anyway
@@ -218,7 +280,12 @@ class Publisher:
             if isinstance(thread, threading.Thread):
                 thread.join(timeout=max(0.05, end - time.monotonic()))
                 if thread.is_alive():
+                    # Still in a reconnect back-off: tell it to end without
+                    # connecting again (a late connect under the same client
+                    # id would push the next instance off the broker), but do
+                    # not wait for it: loop_stop() joins without a timeout.
                     log.warning("mqtt: network thread did not stop in time")
+                    threading.Thread(target=client.loop_stop, name="mqtt-stop", daemon=True).start()
                 else:
                     client.loop_stop()
             self._client = None
@@ -254,10 +321,15 @@ class Publisher:
         """Store the decision's event in the outbox and schedule it; the payload.
 
         Assigns the next sequence number and a new event id. Returns as soon
-        as the event is on disk; delivery happens on the drain thread.
+        as the event is on disk; delivery happens on the drain thread, which
+        decides ``delivery`` again when it sends the event. The face crop
+        (with ``mqtt.snapshot``) is kept in memory only, for that send.
         """
         outbox = self._open_outbox()
         synced = self._clock_synced()
+        wall, mono = time.time(), time.monotonic()
+        seen = seen_monotonic(decision, wall, mono)
+        valid_for = self.cfg.events.valid_for_s
         made: list[dict[str, Any]] = []
 
         def build(seq: int) -> tuple[str, bytes]:
@@ -267,12 +339,24 @@ class Publisher:
                 seq=seq,
                 event_id=new_event_id(),
                 clock_synced=synced,
-                include_snapshot=self.cfg.mqtt.snapshot,
+                valid_for_s=valid_for,
             )
+            payload["delivery"] = initial_delivery(payload, valid_for, mono - seen, synced)
             made.append(payload)
             return str(payload["id"]), encode(payload)
 
-        outbox.append(self.topics.event, build)
+        jpeg = None
+        if self.cfg.mqtt.snapshot and decision.snapshot is not None and decision.snapshot.size:
+            jpeg = snapshot_jpeg(decision.snapshot)
+        row, _ = outbox.append(self.topics.event, build)
+        with self._extra_lock:
+            self._seen[row.seq] = seen
+            while len(self._seen) > self.cfg.mqtt.outbox_max:
+                del self._seen[next(iter(self._seen))]  # dropped from the outbox too
+            if jpeg is not None:
+                self._snapshots[row.seq] = jpeg
+                while len(self._snapshots) > SNAPSHOTS_KEPT:
+                    del self._snapshots[next(iter(self._snapshots))]
         self._wake.set()
         return made[-1]
 
@@ -316,10 +400,43 @@ class Publisher:
             client.publish(topic, payload, qos=1, retain=True)
 
     def set_state(self, **fields: Any) -> None:
-        """Merge ``fields`` into the retained state and publish it now (when connected)."""
+        """Merge ``fields`` into the retained state (published by the drain thread, per period)."""
         with self._state_lock:
             self._state.update(fields)
-        self._publish_state()
+
+    def set_ready(self) -> None:
+        """The device is ready (models loaded, first frame processed): announce it, ``online``.
+
+        Call after :meth:`set_state` holds every field and :meth:`set_gallery`
+        the enrolled names, so the first state message is complete.
+        """
+        with self._announce_lock:
+            if self._ready.is_set():
+                return
+            self._ready.set()
+            client = self._client
+            if client is not None and self._connected.is_set():
+                self._announce(client)
+        log.info("mqtt: ready; %s is online", self.topics.availability)
+
+    def set_gallery(self, names: list[str] | tuple[str, ...]) -> None:
+        """The enrolled names changed: re-announce the device triggers, publish the state now."""
+        with self._announce_lock:
+            self._people = tuple(sorted(set(names)))
+            client = self._client
+            if client is not None and self._connected.is_set() and self._ready.is_set():
+                self._publish_discovery(client)
+                self._publish_state()
+
+    def set_presence(self, present: bool) -> None:
+        """A face is (or no longer is) tracked in front of the camera: ``presence`` ON/OFF."""
+        with self._announce_lock:
+            if present == self._presence:
+                return
+            self._presence = present
+            client = self._client
+            if client is not None and self._connected.is_set() and self._ready.is_set():
+                self._publish_presence(client)
 
     def _clock_synced(self) -> bool:
         checked, value = self._clock
@@ -342,7 +459,66 @@ class Publisher:
             except FacegateError:
                 pass  # closed while stopping
         payload = build_state(self.cfg.device.id, **fields)
+        self._state_sent = time.monotonic()
         client.publish(self.topics.state, encode(payload), qos=1, retain=True)
+
+    def _publish_presence(self, client: Any) -> None:
+        payload = PRESENT if self._presence else ABSENT
+        client.publish(self.topics.presence, payload, qos=1, retain=True)
+
+    def _announce(self, client: Any) -> None:
+        """Discovery, one complete state, presence, then ``online`` (under _announce_lock)."""
+        self._publish_discovery(client)
+        # Retained discovery configs of this device that it no longer wants (a
+        # person removed while it was off, discovery switched off) come back
+        # through this subscription and are cleared in _on_message. Only now
+        # that the wanted set is known: before that, every config would look
+        # stale, and clearing it would make Home Assistant drop the entities
+        # (and their registry entries) at every start.
+        sub = ha_discovery_subscription(self.cfg.mqtt.ha_prefix, self.cfg.device.id)
+        client.subscribe(sub, qos=1)
+        self._publish_state()
+        self._publish_presence(client)
+        client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
+
+    def _publish_discovery(self, client: Any) -> None:
+        """Publish the wanted discovery configs and clear every other topic this device owns.
+
+        With ``mqtt.ha_discovery = false`` nothing is wanted: every config
+        the device may have published before is cleared (an empty retained
+        payload), so Home Assistant removes the entities.
+        """
+        m = self.cfg.mqtt
+        dev = self.cfg.device.id
+        wanted: list[tuple[str, dict[str, Any]]] = []
+        if m.ha_discovery:
+            wanted = build_ha_discovery(
+                self.topics,
+                device_id=dev,
+                device_name=self.cfg.device.name,
+                ha_prefix=m.ha_prefix,
+                sw_version=__version__,
+                state_interval_s=m.state_interval_s,
+                commands=m.commands,
+                snapshot=m.snapshot,
+                people=self._people,
+            )
+            if self.cfg.door.enabled:  # door: its entities join the same device
+                from edge.door import ha_discovery
+
+                wanted += ha_discovery(self.topics.base, self.cfg, like=wanted[0][1])
+        topics = frozenset(t for t, _ in wanted)
+        owned = set(ha_static_topics(m.ha_prefix, dev))
+        owned |= {
+            ha_discovery_topic(m.ha_prefix, "device_automation", dev, ha_person_object_id(n))
+            for n in self._announced_people | set(self._people)
+        }
+        self._ha_wanted = topics
+        for topic in sorted(owned - topics):
+            client.publish(topic, b"", qos=1, retain=True)
+        for topic, config in wanted:
+            client.publish(topic, encode(config), qos=1, retain=True)
+        self._announced_people = frozenset(self._people) if m.ha_discovery else frozenset()
 
     # -- paho callbacks (network thread) ------------------------------------------------
 
@@ -371,29 +547,26 @@ class Publisher:
             f" after {self._failures} failed attempts" if self._failures else "",
         )
         self._failures = 0
-        self._connected.set()
-        client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
-        if self.cfg.mqtt.ha_discovery:
-            discovery = build_ha_discovery(
-                self.topics,
-                device_id=self.cfg.device.id,
-                device_name=self.cfg.device.name,
-                ha_prefix=self.cfg.mqtt.ha_prefix,
-                sw_version=__version__,
-            )
-            if self.cfg.door.enabled and discovery:  # door: its entities join the same device
-                from edge.door import ha_discovery
-
-                discovery += ha_discovery(self.topics.base, self.cfg, like=discovery[0][1])
-            for topic, config in discovery:
-                client.publish(topic, encode(config), qos=1, retain=True)
+        # paho would now re-send its copies of unacknowledged events with the
+        # delivery they had when first sent; drop them, and let the drain
+        # thread send them again from the outbox with a fresh one.
+        drop = getattr(client, "drop_out_messages", None)
+        if callable(drop):
+            drop()
+        self._generation += 1
         with self._state_lock:  # door: the retained status topics, again after a reconnect
             statuses = list(self._status.items())
         for topic, payload in statuses:
             client.publish(topic, payload, qos=1, retain=True)
         if self.cfg.mqtt.commands:
             client.subscribe(self.topics.command, qos=1)
-        self._publish_state()
+        with self._announce_lock:
+            self._connected.set()
+            if self._ready.is_set():
+                self._announce(client)
+            else:
+                # Not ready (yet): say so, in case a stale "online" is retained.
+                client.publish(self.topics.availability, OFFLINE, qos=1, retain=True)
         self._wake.set()
 
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
@@ -424,6 +597,7 @@ class Publisher:
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         if msg.topic != self.topics.command:
+            self._on_discovery_config(client, msg)
             return
         if msg.retain:
             # A retained command would fire again on every reconnect.
@@ -444,6 +618,14 @@ class Publisher:
         callback = self.on_command
         if callback is not None:
             callback(cmd)
+
+    def _on_discovery_config(self, client: Any, msg: Any) -> None:
+        # Only retained configs found on subscribing matter; our own publishes
+        # come back without the retain flag.
+        if not msg.retain or not msg.payload or msg.topic in self._ha_wanted:
+            return
+        log.info("mqtt: clearing the stale discovery config %s", msg.topic)
+        client.publish(msg.topic, b"", qos=1, retain=True)
 
     def _reject(self, why: str) -> None:
         self.rejected_commands += 1
@@ -476,6 +658,11 @@ class Publisher:
             else:
                 # Only possible with MQTT 5 (we speak 3.1.1): keep it for the next start.
                 log.error("mqtt: broker refused event seq %d; kept in the outbox", seq)
+        if seqs:
+            with self._extra_lock:
+                for seq in seqs:
+                    self._seen.pop(seq, None)
+                    self._snapshots.pop(seq, None)
         if seqs and self._outbox is not None:
             self.acked += len(seqs)
             try:
@@ -500,8 +687,8 @@ class Publisher:
         inflight = self._inflight  # paho mid -> outbox seq; only this thread writes it
         cursor = 0  # highest seq handed to paho in this process
         last_ack = time.monotonic()
-        last_state = time.monotonic()
         interval = self.cfg.mqtt.state_interval_s
+        generation = self._generation
         wait = 0.5
         while True:
             self._wake.wait(timeout=wait)
@@ -520,9 +707,23 @@ class Publisher:
             if not connected:
                 last_ack = now  # a stall is only measured while connected
                 continue
-            if now - last_state >= interval:
-                last_state = now
-                self._publish_state()
+            if generation != self._generation:
+                # A new connection: paho dropped what was in flight (see
+                # _on_connect); send it again from the outbox.
+                generation = self._generation
+                inflight.clear()
+                cursor = (outbox.oldest_seq() or cursor + 1) - 1
+                last_ack = now
+            if self._ready.is_set() and now - self._state_sent >= interval:
+                # Once per period (set_state only merges). Under the lock, so
+                # an announce in progress (which sends one) is seen.
+                with self._announce_lock:
+                    if time.monotonic() - self._state_sent >= interval:
+                        self._publish_state()
+            clear_at = self._clear_last_person_at
+            if clear_at is not None and now >= clear_at:
+                self._clear_last_person_at = None
+                self._publish_last_person(None)
             if inflight and now - last_ack > STALL_S:
                 # No PUBACK for a long time: assume paho lost them and re-send.
                 log.warning(
@@ -551,13 +752,58 @@ class Publisher:
             if client is None:
                 continue
             for row in rows:
-                info = client.publish(row.topic, row.payload, qos=1)
+                info = self._send(client, row)
                 inflight[info.mid] = row.seq
                 cursor = row.seq
                 self.published += 1
                 tokens -= 1.0
             if len(rows) == n and rows:
                 wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) / rate
+
+    def _send(self, client: Any, row: Row) -> Any:
+        """Hand one stored event to paho with its ``delivery`` decided now; paho's info.
+
+        A live event is preceded by its snapshot (if any) and followed by the
+        ``last_person`` update; a late one goes alone, every field but
+        ``delivery`` as stored.
+        """
+        payload = row.payload
+        try:
+            doc = json.loads(payload)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict) or "expires_at_unix" not in doc:
+            # Not a v2 event (an older version's, left in the outbox): as it is.
+            return client.publish(row.topic, payload, qos=1)
+        with self._extra_lock:
+            seen = self._seen.get(row.seq)
+            jpeg = self._snapshots.pop(row.seq, None)
+        delivery = delivery_of(
+            doc,
+            valid_for_s=self.cfg.events.valid_for_s,
+            age_s=None if seen is None else time.monotonic() - seen,
+            now=time.time(),
+            synced_now=self._clock_synced(),
+        )
+        if doc.get("delivery") != delivery:
+            doc["delivery"] = delivery
+            payload = encode(doc)
+        live = delivery == LIVE
+        if live and jpeg is not None:
+            client.publish(self.topics.snapshot, jpeg, qos=1)
+        info = client.publish(row.topic, payload, qos=1)
+        if live:
+            self._publish_last_person(doc)
+        return info
+
+    def _publish_last_person(self, event: dict[str, Any] | None) -> None:
+        client = self._client
+        if client is None:
+            return
+        if event is not None:
+            clear_s = self.cfg.homeassistant.last_person_clear_s
+            self._clear_last_person_at = time.monotonic() + clear_s
+        client.publish(self.topics.last_person, encode(build_last_person(event)), qos=1)
 
 
 class FakePublisher:
@@ -581,6 +827,9 @@ class FakePublisher:
         self.rejected_commands = 0
         self.started = False
         self.stopped = False
+        self.ready = False
+        self.people: tuple[str, ...] = ()
+        self.presence: list[bool] = []
         self._seq = 0
         self._lock = threading.Lock()
 
@@ -588,6 +837,10 @@ class FakePublisher:
         self.started = True
 
     def publish_decision(self, decision: Decision) -> dict[str, Any]:
+        """The event, numbered; ``delivery`` as it would be if published now."""
+        synced = clock_synced()
+        wall = time.time()
+        valid_for = self.cfg.events.valid_for_s
         with self._lock:
             self._seq += 1
             payload = build_event(
@@ -595,9 +848,11 @@ class FakePublisher:
                 device_id=self.cfg.device.id,
                 seq=self._seq,
                 event_id=new_event_id(),
-                clock_synced=clock_synced(),
-                include_snapshot=self.cfg.mqtt.snapshot,
+                clock_synced=synced,
+                valid_for_s=valid_for,
             )
+            age = max(0.0, wall - decision.timestamp)
+            payload["delivery"] = initial_delivery(payload, valid_for, age, synced)
             self.payloads.append(payload)
         return payload
 
@@ -627,6 +882,16 @@ class FakePublisher:
             self.state.update(fields)
             self.states.append(build_state(self.cfg.device.id, **self.state))
 
+    def set_ready(self) -> None:
+        self.ready = True
+
+    def set_gallery(self, names: list[str] | tuple[str, ...]) -> None:
+        self.people = tuple(sorted(set(names)))
+
+    def set_presence(self, present: bool) -> None:
+        if not self.presence or self.presence[-1] != present:
+            self.presence.append(present)
+
     def command(self, payload: bytes) -> bool:
         """Feed a command payload as if it came from the broker; whether it was accepted."""
         try:
@@ -652,4 +917,11 @@ class FakePublisher:
         self.stopped = True
 
 
-__all__ = ["WINDOW", "FakePublisher", "Publisher", "outbox_path"]
+__all__ = [
+    "WINDOW",
+    "FakePublisher",
+    "Publisher",
+    "initial_delivery",
+    "outbox_path",
+    "seen_monotonic",
+]

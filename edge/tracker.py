@@ -13,6 +13,15 @@ track whose last box overlaps it most (IoU >= ``decision.iou``), else it
 starts a new track. Tracks unseen for ``decision.max_track_age_s`` (frame
 timestamps, not the wall clock, so replays behave like live cameras) are
 dropped.
+
+A track keeps one identity: with an ``identity_threshold`` (the daemon passes
+the recognizer's calibrated open-set threshold), a face whose embedding is
+farther than that from the track's running embedding (:func:`identity_jump`)
+does not continue the track, however much the boxes overlap. The track it
+would have continued ends, and the face starts a new one, so a newcomer
+stepping into the spot someone just left gets a decision of their own
+(without this, a stranger could inherit a recognized person's track and never
+be reported as unknown).
 """
 
 from __future__ import annotations
@@ -24,7 +33,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge.config import DecisionConfig
-from edge.types import Box, Decision, FaceResult, FrameResult, Image
+from edge.numerics import cosine_distance, l2_normalize
+from edge.types import Box, Decision, FaceResult, FrameResult, Image, Vector
 
 RECOGNIZED = "recognized"
 UNKNOWN = "unknown"
@@ -51,6 +61,28 @@ class _Track:
     recognized: bool = False
     said_unknown: bool = False
     emitted: dict[str, float] = field(default_factory=dict)
+    # Sum of the unit embeddings seen on this track (its direction is the
+    # running embedding), None until a face with an embedding arrives.
+    embedding_sum: Vector | None = None
+
+    def add_embedding(self, embedding: Vector | None) -> None:
+        if embedding is None:
+            return
+        unit = l2_normalize(embedding)
+        self.embedding_sum = unit if self.embedding_sum is None else self.embedding_sum + unit
+
+
+def identity_jump(running_sum: Vector | None, embedding: Vector | None, threshold: float) -> bool:
+    """Whether a face is someone else than the track: ``d(e, mean) > threshold``.
+
+    ``d`` is the cosine distance between the face's embedding ``e`` and the
+    track's running embedding, the direction of the sum of its unit
+    embeddings (their mean direction: every frame weighs the same, so one
+    blurred frame cannot drag it). False when either is missing.
+    """
+    if running_sum is None or embedding is None:
+        return False
+    return float(cosine_distance(embedding, running_sum[None, :])[0]) > threshold
 
 
 def crop_snapshot(image: Image, box: Box, pad: float = 0.2) -> Image:
@@ -71,8 +103,13 @@ class Tracker:
     Not thread-safe: one loop feeds it, in frame order.
     """
 
-    def __init__(self, cfg: DecisionConfig | None = None) -> None:
+    def __init__(
+        self, cfg: DecisionConfig | None = None, identity_threshold: float | None = None
+    ) -> None:
+        """``identity_threshold``: the cosine distance beyond which a face ends a track
+        (see :func:`identity_jump`); None tracks by box overlap alone."""
         self.cfg = cfg or DecisionConfig()
+        self.identity_threshold = identity_threshold
         if self.cfg.single_frame:
             self.k, self.n = 1, 1
         else:
@@ -92,12 +129,24 @@ class Tracker:
         self._last_recognized.clear()
 
     def _associate(self, faces: tuple[FaceResult, ...]) -> list[tuple[FaceResult, _Track | None]]:
-        """Greedy IoU matching, best overlaps first; unmatched faces get None."""
-        pairs = [
-            (face.detection.box.iou(t.box), fi, ti)
-            for fi, face in enumerate(faces)
-            for ti, t in enumerate(self._tracks)
-        ]
+        """Greedy IoU matching, best overlaps first; unmatched faces get None.
+
+        A face that overlaps a track but jumped identity is not a candidate
+        for it; such a track, left without a face in this frame, ends.
+        """
+        pairs = []
+        jumped: set[int] = set()
+        for fi, face in enumerate(faces):
+            for ti, t in enumerate(self._tracks):
+                iou = face.detection.box.iou(t.box)
+                if iou < self.cfg.iou:
+                    continue
+                if self.identity_threshold is not None and identity_jump(
+                    t.embedding_sum, face.embedding, self.identity_threshold
+                ):
+                    jumped.add(ti)
+                    continue
+                pairs.append((iou, fi, ti))
         pairs.sort(key=lambda p: p[0], reverse=True)
         face_to_track: dict[int, int] = {}
         used: set[int] = set()
@@ -108,10 +157,14 @@ class Tracker:
                 continue
             face_to_track[fi] = ti
             used.add(ti)
-        return [
+        out = [
             (face, self._tracks[face_to_track[fi]] if fi in face_to_track else None)
             for fi, face in enumerate(faces)
         ]
+        ended = jumped - used
+        if ended:
+            self._tracks = [t for ti, t in enumerate(self._tracks) if ti not in ended]
+        return out
 
     def update(self, result: FrameResult, image: Image | None = None) -> list[Decision]:
         """Feed one frame's faces; return the decisions this frame completes.
@@ -137,6 +190,7 @@ class Tracker:
                 )
                 self._tracks.append(track)
             m = face.match
+            track.add_embedding(face.embedding)
             track.history.append(_Observation(m.name, m.distance, m.confidence, box))
             track.box, track.last_seen = box, now
             track.length += 1
@@ -193,4 +247,4 @@ class Tracker:
         )
 
 
-__all__ = ["RECOGNIZED", "UNKNOWN", "Tracker", "crop_snapshot"]
+__all__ = ["RECOGNIZED", "UNKNOWN", "Tracker", "crop_snapshot", "identity_jump"]

@@ -71,6 +71,8 @@ def pump(cfg: Config, out: TextIO, stop: threading.Event, interval: float) -> No
     pub.on_command = lambda cmd: write({"command": cmd})
     pub.start()
     started = time.monotonic()
+    pub.set_state(status="running", events=0, uptime_s=0.0)
+    pub.set_ready()  # no models or camera to wait for
     for i in itertools.count():
         if stop.wait(interval):
             break

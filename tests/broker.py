@@ -116,6 +116,11 @@ class Broker:
         self.kill()
         raise RuntimeError(f"mosquitto did not open port {self.port}: {self.log_tail()}")
 
+    def pause(self) -> None:
+        """SIGSTOP: the broker hangs (connections stay open, nothing is read or answered)."""
+        if self.running and self._proc is not None:
+            self._proc.send_signal(signal.SIGSTOP)
+
     def kill(self) -> None:
         """SIGKILL: the broker dies without saving or saying goodbye."""
         self._end(signal.SIGKILL)
@@ -164,6 +169,7 @@ class Collector:
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.messages: list[tuple[str, bytes, bool]] = []
+        self.arrivals: list[float] = []  # wall-clock time each message arrived
         self.connects = 0
         self._lock = threading.Lock()
         self._topics = topics
@@ -188,6 +194,7 @@ class Collector:
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         with self._lock:
             self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+            self.arrivals.append(time.time())
 
     def start(self) -> Collector:
         self.client.loop_start()
@@ -200,6 +207,12 @@ class Collector:
     def snapshot(self) -> list[tuple[str, bytes, bool]]:
         with self._lock:
             return list(self.messages)
+
+    def timed(self, topic: str) -> list[tuple[float, bytes]]:
+        """(arrival wall-clock time, payload) of every message on ``topic``."""
+        with self._lock:
+            pairs = zip(self.arrivals, self.messages, strict=True)
+            return [(a, p) for a, (t, p, _) in pairs if t == topic]
 
     def payloads(self, topic: str) -> list[bytes]:
         return [p for t, p, _ in self.snapshot() if t == topic]

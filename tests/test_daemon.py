@@ -25,7 +25,7 @@ import pytest
 from broker import Broker, Collector, mqtt_broker
 
 from edge.config import Config, parse_config
-from edge.daemon import run
+from edge.daemon import CaptureLike, run
 from edge.gallery import Gallery
 from edge.sdnotify import Notifier
 from edge.types import Box, Decision, Detection, FaceResult, Frame, FrameResult, Match
@@ -131,10 +131,20 @@ class RecordingPublisher:
 
     def publish_decision(self, decision: Decision) -> dict[str, Any]:
         self.decisions.append(decision)
+        self.calls.append(f"event {decision.kind}")
         return {"seq": len(self.decisions), "kind": decision.kind, "name": decision.name}
 
     def set_state(self, **fields: Any) -> None:
         self.states.append(fields)
+
+    def set_gallery(self, names: list[str] | tuple[str, ...]) -> None:
+        self.calls.append(f"gallery {len(names)}")
+
+    def set_presence(self, present: bool) -> None:
+        self.calls.append(f"presence {present}")
+
+    def set_ready(self) -> None:
+        self.calls.append("ready")
 
     def alive(self) -> bool:
         return self._alive
@@ -197,7 +207,19 @@ def test_replay_publishes_k_of_n_decisions_and_exits_0(
     rc, pub, cap = run_scripted(script, notify=path)
     assert rc == 0
     assert [(d.kind, d.name) for d in pub.decisions] == [("recognized", "alice"), ("unknown", None)]
-    assert pub.calls == ["start", "stop"]
+    # Ready (online) after the first frame; presence follows the tracks.
+    assert pub.calls == [
+        "start",
+        "gallery 0",
+        "ready",
+        "presence True",
+        "event recognized",
+        "presence False",
+        "presence True",
+        "event unknown",
+        "presence False",
+        "stop",
+    ]
     assert cap.started and cap.joined
     msgs = drain(sock)
     assert msgs[0] == "STATUS=starting"
@@ -210,6 +232,8 @@ def test_single_frame_mode_decides_on_the_first_frame() -> None:
     rc, pub, _ = run_scripted(["bob"], decision={"single_frame": True})
     assert rc == 0
     assert [(d.kind, d.name) for d in pub.decisions] == [("recognized", "bob")]
+    # Online before the first frame's decision goes out.
+    assert pub.calls.index("ready") < pub.calls.index("event recognized")
 
 
 def test_watchdog_pings_only_while_healthy(
@@ -599,7 +623,7 @@ def test_daemon_on_the_real_clip(enrolled: Enrolled) -> None:
     # The same pipeline in-process over the same frames gives the same decisions.
     cfg = load_config(config)
     rec = Recognizer.from_config(cfg)
-    tracker = Tracker(cfg.decision)
+    tracker = Tracker(cfg.decision, identity_threshold=rec.threshold)  # as the daemon does
     expected = []
     n = 0
     for frame in frames(OpenCVSource(VIDEO, realtime=False)):
@@ -731,3 +755,170 @@ def test_replays_of_real_photos_and_the_clip_reach_the_broker(
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
     finally:
         sub.stop()
+
+
+# -- availability means ready -------------------------------------------------------
+
+
+@pytest.mark.mqtt
+def test_a_daemon_whose_camera_fails_never_says_online(tmp_path: Path, mqtt_broker: Broker) -> None:
+    """Models load, the publisher connects, the camera fails: ``offline`` only, every time.
+
+    Under systemd's ``Restart=`` a daemon that said ``online`` before failing
+    flapped its availability every few seconds, and every flap fired
+    automations. Three starts in a row here, as systemd would do them.
+    """
+    from edge.errors import SourceError
+    from edge.events import Topics
+    from edge.mqtt import Publisher
+
+    topics = Topics.for_device("facegate", "test-door")
+    sub = Collector(mqtt_broker, [topics.availability], persistent=False).start()
+    assert sub.wait_for(lambda: sub.connects > 0, 10)
+    mqtt: dict[str, Any] = {"enabled": True, "host": mqtt_broker.host, "port": mqtt_broker.port}
+    cfg = parse_config(
+        {"device": {"id": "test-door"}, "mqtt": mqtt, "service": {"state_dir": str(tmp_path)}},
+        base_dir=tmp_path,
+    )
+
+    class DeadCamera(ScriptedCapture):
+        """Opens, then stops before its first frame (a camera unplugged at start)."""
+
+        @property
+        def alive(self) -> bool:
+            return False
+
+        @property
+        def finished(self) -> bool:
+            return False
+
+    connected = 0
+
+    def failing_camera(pub: Publisher, dies: bool) -> Callable[[Config, threading.Event], Any]:
+        def camera(c: Config, stop: threading.Event) -> CaptureLike:
+            nonlocal connected
+            # Fail only once the broker has seen the device: that is when the
+            # old publisher had already said "online".
+            assert sub.wait_for(lambda: pub.connected, 10)
+            connected += 1
+            if dies:
+                return DeadCamera([]).bind(c, stop)
+            raise SourceError("opencv:0: cannot open camera or stream")
+
+        return camera
+
+    for attempt in range(3):
+        pub = Publisher(cfg)
+        camera = failing_camera(pub, dies=attempt == 1)
+        if attempt == 1:
+            rc = run(cfg, threading.Event(), pub, notifier=Notifier(""),
+                     recognizer=ScriptedRecognizer(), capture_factory=camera)  # fmt: skip
+            assert rc == 1
+        else:
+            with pytest.raises(SourceError):
+                run(cfg, threading.Event(), pub, notifier=Notifier(""),
+                    recognizer=ScriptedRecognizer(), capture_factory=camera)  # fmt: skip
+    assert connected == 3
+    assert sub.wait_for(lambda: len(sub.payloads(topics.availability)) >= 3, 5)
+    assert set(sub.payloads(topics.availability)) == {b"offline"}
+    sub.stop()
+
+
+# -- one identity per track, on real photos ------------------------------------------
+
+BIDEN = FACES / "Joe_Biden"
+BEZOS = FACES / "Jeff_Bezos"
+
+
+def _face_box(rec: Any, photo: np.ndarray) -> Box:
+    faces = rec.identify(photo)
+    assert len(faces) == 1
+    box: Box = faces[0].detection.box
+    return box
+
+
+def _place(photo: np.ndarray, box: Box, side: float, cx: float, cy: float) -> np.ndarray:
+    """The photo on a 640x480 canvas, its face ``side`` px wide and centred at (cx, cy)."""
+    import cv2
+
+    s = side / box.w
+    img = cv2.resize(photo, (round(photo.shape[1] * s), round(photo.shape[0] * s)))
+    x0 = round(cx - (box.x + box.w / 2) * s)
+    y0 = round(cy - (box.y + box.h / 2) * s)
+    canvas = np.full((480, 640, 3), 90, np.uint8)
+    ys, xs = max(0, y0), max(0, x0)
+    ye, xe = min(480, y0 + img.shape[0]), min(640, x0 + img.shape[1])
+    canvas[ys:ye, xs:xe] = img[ys - y0 : ye - y0, xs - x0 : xe - x0]
+    return canvas
+
+
+@needs_pipeline
+@needs_faces
+@pytest.mark.mqtt
+def test_a_newcomer_stepping_into_the_box_just_left_is_reported_unknown(
+    tmp_path: Path, mqtt_broker: Broker
+) -> None:
+    """The Biden -> Bezos replay: Bezos steps where Biden stood (face boxes overlap
+    above the tracker's IoU 0.3). His frames used to continue Biden's recognized
+    track, so no ``unknown`` was ever sent for him."""
+    from edge.events import Topics
+    from edge.imageio import read_image
+    from edge.mqtt import Publisher
+    from edge.recognizer import Recognizer
+    from edge.sources import CaptureThread, FakeSource
+    from edge.tracker import Tracker
+
+    det, emb = _models()
+    rec = Recognizer.from_models(det, emb)
+    gallery = Gallery(rec.model_sha256)
+    gallery.add("Joe_Biden", rec.embed_single_face(read_image(BIDEN / "biden.jpg"))[None, :])
+    rec.set_gallery(gallery)
+    biden = read_image(BIDEN / "knn_train_biden_biden2.jpg")  # not the enrolled photo
+    bezos = read_image(BEZOS / "img20.jpg")
+    frames = [_place(biden, _face_box(rec, biden), 140, 300 + 2 * i, 220) for i in range(5)]
+    frames += [_place(bezos, _face_box(rec, bezos), 140, 345, 230) for _ in range(6)]
+    # The scenario: Bezos's detected box overlaps Biden's last one above the IoU gate.
+    overlap = _face_box(rec, frames[5]).iou(_face_box(rec, frames[4]))
+    print(f"\nBezos's box overlaps Biden's last one: IoU {overlap:.2f}")
+    assert overlap > 0.3, overlap
+
+    decision: dict[str, Any] = {"k": 3, "n": 4, "cooldown_s": 30.0, "max_track_age_s": 2.0}
+    # Without the identity check the same frames give Biden only (the old behaviour).
+    blind = Tracker(parse_config({"decision": decision}).decision)
+    t = 0.0
+    old: list[tuple[str, str | None]] = []
+    for i, f in enumerate(frames):
+        old += [(d.kind, d.name) for d in blind.update(rec.process(Frame(f, i, t + 0.1 * i)))]
+    assert old == [("recognized", "Joe_Biden")]
+
+    mqtt: dict[str, Any] = {"enabled": True, "host": mqtt_broker.host, "port": mqtt_broker.port}
+    cfg = parse_config(
+        {
+            "device": {"id": "test-door"},
+            "decision": decision,
+            "mqtt": mqtt,
+            "service": {"state_dir": str(tmp_path)},
+        },
+        base_dir=tmp_path,
+    )
+    topics = Topics.for_device("facegate", "test-door")
+    sub = Collector(mqtt_broker, [topics.event], persistent=False).start()
+    try:
+        assert sub.wait_for(lambda: sub.connects > 0, 10)
+
+        def capture(c: Config, stop: threading.Event) -> CaptureThread:
+            return CaptureThread(FakeSource(frames, fps=10.0, label="replay"), stop, keep_all=True)
+
+        rc = run(cfg, threading.Event(), Publisher(cfg), notifier=Notifier(""),
+                 recognizer=rec, capture_factory=capture)  # fmt: skip
+        assert rc == 0
+        assert sub.wait_for(lambda: len(sub.payloads(topics.event)) >= 2, 10)
+        events = [json.loads(p) for p in sub.payloads(topics.event)]
+    finally:
+        sub.stop()
+    assert [(e["type"], e["name"]) for e in events] == [
+        ("recognized", "Joe_Biden"),
+        ("unknown", None),
+    ]
+    assert events[0]["track_id"] != events[1]["track_id"]
+    assert all(e["delivery"] == "live" for e in events)

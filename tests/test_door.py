@@ -789,9 +789,9 @@ def test_ha_entities_join_the_device() -> None:
         sw_version="0",
     )  # fmt: skip
     door = dict(ha_discovery(topics.base, cfg, like=face[0][1]))
-    lock = door["homeassistant/lock/front_door/door_lock/config"]
-    contact = door["homeassistant/binary_sensor/front_door/door/config"]
-    tamper = door["homeassistant/binary_sensor/front_door/tamper/config"]
+    lock = door["homeassistant/lock/front-door/door_lock/config"]
+    contact = door["homeassistant/binary_sensor/front-door/door/config"]
+    tamper = door["homeassistant/binary_sensor/front-door/tamper/config"]
     for c in (lock, contact, tamper):
         assert c["device"] == face[0][1]["device"]
         assert c["availability_topic"] == topics.availability

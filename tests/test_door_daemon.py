@@ -163,6 +163,15 @@ class Publisher:
     def set_state(self, **fields: Any) -> None:
         pass
 
+    def set_gallery(self, names: list[str] | tuple[str, ...]) -> None:
+        pass
+
+    def set_presence(self, present: bool) -> None:
+        pass
+
+    def set_ready(self) -> None:
+        pass
+
     def alive(self) -> bool:
         return True
 
@@ -303,7 +312,8 @@ def test_outbox_redelivery_and_reconnects_never_open_the_door(
     box.append(
         topics.event,
         lambda seq: ("a", encode(build_event(old, device_id="door-test", seq=seq,
-                                             event_id="a" * 32, clock_synced=True))),
+                                             event_id="a" * 32, clock_synced=True,
+                                             valid_for_s=5.0))),
     )  # fmt: skip
     box.append(
         topics.event,
@@ -341,6 +351,8 @@ def test_outbox_redelivery_and_reconnects_never_open_the_door(
         assert rc == 0
         events = [json.loads(p) for p in sub.payloads(topics.event)]
         assert {e["id"] for e in events} >= {"a" * 32, "b" * 32}  # delivered, late
+        # The restored recognition says so itself (issue 11): nothing may act on it.
+        assert {e["delivery"] for e in events if e["id"] == "a" * 32} == {"late"}
         assert pub.rejected_commands >= 2
     finally:
         sub.stop()
@@ -373,6 +385,7 @@ def test_home_assistant_sees_the_door(tmp_path: Path, mqtt_broker: Broker) -> No
     pub = MqttPublisher(cfg)
     factory = MockFactory()
     pub.start()
+    pub.set_ready()  # discovery goes out once the device is ready (issue 11)
     door = DoorController(cfg, events=pub, factory=factory)
     try:
         factory.pin(5).drive_low()  # the door is shut
@@ -389,11 +402,11 @@ def test_home_assistant_sees_the_door(tmp_path: Path, mqtt_broker: Broker) -> No
         assert sub.wait_for(lambda: status().get("door") == "closed", 10)
         assert status()["lock"] == "locked" and status()["tamper"] is False
         configs = {t: json.loads(p) for t, p, _ in sub.snapshot() if t.startswith("homeassistant/")}
-        lock = configs["homeassistant/lock/front_door/door_lock/config"]
+        lock = configs["homeassistant/lock/front-door/door_lock/config"]
         assert lock["state_topic"] == status_topic
-        assert "homeassistant/binary_sensor/front_door/door/config" in configs
-        assert "homeassistant/binary_sensor/front_door/tamper/config" in configs
-        face = configs["homeassistant/event/front_door/face/config"]
+        assert "homeassistant/binary_sensor/front-door/door/config" in configs
+        assert "homeassistant/binary_sensor/front-door/tamper/config" in configs
+        face = configs["homeassistant/event/front-door/face/config"]
         assert lock["device"] == face["device"]
         door.pulse(60.0, "test")
         assert sub.wait_for(lambda: status().get("lock") == "unlocked", 10)

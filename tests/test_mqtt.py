@@ -104,7 +104,11 @@ def test_events_in_order_state_and_discovery(
     pub.start()
     assert col.wait_for(lambda: pub.connected, 10)
     assert pub.alive()
+    # Connected but not ready: "offline", and nothing else about the device yet.
+    assert col.wait_for(lambda: col.payloads(T.availability) == [b"offline"], 5)
+    assert col.payloads(T.state) == []
     pub.set_state(status="running", gallery_size=3, model_sha256="ab" * 32)
+    pub.set_ready()
     sent = [pub.publish_decision(decision(i)) for i in range(30)]
     assert col.wait_for(lambda: len(events_of(col)) >= 30, 10)
     got = events_of(col)
@@ -197,8 +201,10 @@ def test_outbox_survives_restart_and_overflow_shows_as_seq_gap(
         assert [e["id"] for e in got] == [e["id"] for e in sent[3:]]
         assert [e["seq"] for e in got] == [4, 5, 6, 7, 8]
         second.set_state(status="running")
+        second.set_ready()  # the state goes out with "online"
         assert col.wait_for(
-            lambda: json.loads(col.payloads(T.state)[-1]).get("outbox_dropped") == 3, 5
+            lambda: any(json.loads(p).get("outbox_dropped") == 3 for p in col.payloads(T.state)),
+            5,
         )
         col.stop()
     finally:

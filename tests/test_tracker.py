@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edge.config import DecisionConfig
-from edge.tracker import RECOGNIZED, UNKNOWN, Tracker, crop_snapshot
+from edge.tracker import RECOGNIZED, UNKNOWN, Tracker, crop_snapshot, identity_jump
 from edge.types import Box, Decision, Detection, FaceResult, FrameResult, Match
 
 LEFT = Box(100, 100, 80, 80)
@@ -152,3 +152,78 @@ def test_config_rejects_k_above_n() -> None:
 
     with pytest.raises(ConfigError, match=r"decision\.k"):
         parse_config({"decision": {"k": 5, "n": 4}})
+
+
+# -- one identity per track ------------------------------------------------------------
+
+
+def unit(seed: int, dim: int = 16) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def orthogonal(a: np.ndarray, seed: int) -> np.ndarray:
+    """A unit vector at exactly 90 degrees to unit vector ``a`` (cosine distance 1)."""
+    b = unit(seed, a.size)
+    b = b - (b @ a) * a
+    return b / np.linalg.norm(b)
+
+
+def with_embedding(f: FaceResult, e: np.ndarray) -> FaceResult:
+    return replace(f, embedding=e.astype(np.float32))
+
+
+def test_identity_jump_is_the_cosine_distance_to_the_running_mean() -> None:
+    a = unit(1)
+    b = orthogonal(a, 2)
+    assert not identity_jump(None, a, 0.4) and not identity_jump(a, None, 0.4)
+    assert not identity_jump(a * 3.0, a, 0.4)  # the sum's length does not matter
+    assert identity_jump(a, b, 0.4)  # cosine distance 1
+    # The mean direction of a and b is 1 - cos(45 deg) = 0.29 from each.
+    both = a + b
+    assert not identity_jump(both, a, 0.4) and identity_jump(both, a, 0.2)
+
+
+def test_a_newcomer_in_the_old_box_gets_a_track_and_a_decision_of_their_own() -> None:
+    alice = unit(1)
+    stranger = orthogonal(alice, 2)
+    moved = replace(LEFT, x=LEFT.x + 30)  # IoU with LEFT ~0.45: would continue the track
+    assert moved.iou(LEFT) > 0.3
+    frames = [[with_embedding(face("alice"), alice)]] * 4
+    frames += [[with_embedding(face(None, moved), stranger)]] * 4
+    tr = Tracker(DecisionConfig(k=3, n=4), identity_threshold=0.4)
+    got = feed(tr, frames)
+    assert [(i, d.kind, d.name) for i, d in got] == [(2, RECOGNIZED, "alice"), (7, UNKNOWN, None)]
+    assert got[0][1].track_id != got[1][1].track_id
+    assert got[1][1].track_length == 4 and tr.active_tracks == 1  # Alice's track ended
+    # Without the identity check the stranger inherits Alice's recognized track: no unknown.
+    blind = feed(Tracker(DecisionConfig(k=3, n=4)), frames)
+    assert [(d.kind, d.name) for _, d in blind] == [(RECOGNIZED, "alice")]
+
+
+def test_the_same_face_drifting_keeps_its_track() -> None:
+    # Each frame 0.1 rad further from the first embedding: small steps never jump.
+    base = unit(1)
+    other = orthogonal(base, 2)
+    frames = [
+        [with_embedding(face(None), np.cos(0.1 * i) * base + np.sin(0.1 * i) * other)]
+        for i in range(6)
+    ]
+    tr = Tracker(DecisionConfig(k=3, n=4), identity_threshold=0.4)
+    got = feed(tr, frames)
+    assert [(i, d.kind) for i, d in got] == [(3, UNKNOWN)]
+    assert tr.active_tracks == 1
+
+
+def test_two_faces_swapping_places_keep_their_identities() -> None:
+    # Two people side by side whose boxes overlap both tracks: identity decides.
+    a = unit(1)
+    b = orthogonal(a, 2)
+    left, right = Box(100, 100, 80, 80), Box(130, 100, 80, 80)  # IoU 0.45
+    frames = [[with_embedding(face("alice", left), a), with_embedding(face("bob", right), b)]]
+    frames += [[with_embedding(face("alice", right), a), with_embedding(face("bob", left), b)]]
+    frames *= 2
+    tr = Tracker(DecisionConfig(k=3, n=4, cooldown_s=100), identity_threshold=0.4)
+    got = feed(tr, frames)
+    assert sorted((d.name or "", d.track_length) for _, d in got) == [("alice", 3), ("bob", 3)]
+    assert tr.active_tracks == 2

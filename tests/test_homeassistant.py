@@ -1,0 +1,458 @@
+"""The discovery configs and a live event stream through a real Home Assistant.
+
+Home Assistant 2024.1 (the newest release that installs on Python 3.11) runs
+from its own virtualenv, ``.venv-ha/`` in the checkout (git-ignored), which
+this module creates on first use (about 2 minutes, needs the package index;
+without it the test is skipped, saying why). It runs as a process with its
+config folder in a temporary directory; its MQTT integration is configured
+through a config entry written to ``.storage/core.config_entries`` (2024.1 has
+no YAML for the broker) and pointed at the test's Mosquitto. Home Assistant
+reports its states back on MQTT (``mqtt_statestream``), so the test needs no
+API token.
+
+What it shows: every entity appears with no warning or error in Home
+Assistant's log; the README's unlock automation fires once for a live
+recognition and not for a late event, a redelivery (same id, or an older
+event after a newer one), an expired event, or a reconnect (availability
+offline -> online, which restores the last event, and does fire a naive
+state trigger). Also: "Last person" says Alice, then Stranger, and clears;
+the snapshot image and "Person at door" update; the "Reload gallery" button
+reaches the device as a command.
+
+Run it alone with ``pytest -m homeassistant``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as paho
+import pytest
+from broker import Broker, Collector, free_port, mosquitto_path, mqtt_broker
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.config import Config, parse_config
+from edge.events import Topics, build_event, encode, iso_utc
+from edge.mqtt import Publisher
+from edge.types import Box, Decision
+
+pytestmark = [
+    pytest.mark.homeassistant,
+    pytest.mark.mqtt,
+    pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto is not installed"),
+]
+__all__ = ["mqtt_broker"]
+
+REPO = Path(__file__).resolve().parents[1]
+HA_VENV = REPO / ".venv-ha"
+HA_VERSION = "2024.1.6"
+# Home Assistant itself, and what the integrations used here need: mqtt (paho
+# 1.6), file_upload (janus), camera, loaded by mqtt (numpy, PyTurboJPEG). The
+# versions are those Home Assistant 2024.1 pins; it runs with --skip-pip.
+HA_REQUIREMENTS = (
+    f"homeassistant=={HA_VERSION}",
+    "paho-mqtt==1.6.1",
+    "janus==1.0.0",
+    "numpy==1.26.0",
+    "PyTurboJPEG==1.7.1",
+)
+# The one warning we cause on purpose (--skip-pip: the test installed everything).
+EXPECTED_WARNINGS = ("Skipping pip installation of required modules",)
+
+DEVICE = "front-door"
+T = Topics.for_device("facegate", DEVICE)
+STATE = "hastate"
+FACE = "event/front_door_face"
+UNLOCKS = "counter/unlocks"
+NAIVE = "counter/naive"
+
+
+def ha_python() -> Path:
+    """The virtualenv's python with Home Assistant installed (created once)."""
+    python = HA_VENV / "bin" / "python"
+    stamp = HA_VENV / "facegate-requirements.txt"
+    wanted = "\n".join(HA_REQUIREMENTS) + "\n"
+    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
+        return python
+    t0 = time.monotonic()
+    steps = [
+        [sys.executable, "-m", "venv", "--clear", str(HA_VENV)],
+        [str(python), "-m", "pip", "install", "--quiet", *HA_REQUIREMENTS],
+    ]
+    for cmd in steps:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+        if p.returncode != 0:
+            tail = (p.stderr or p.stdout)[-600:]
+            pytest.skip(f"cannot install Home Assistant {HA_VERSION} into {HA_VENV}: {tail}")
+    stamp.write_text(wanted)
+    print(f"\nHome Assistant {HA_VERSION} installed in {time.monotonic() - t0:.0f} s")
+    return python
+
+
+def readme_automation(automation_id: str) -> str:
+    """The YAML of one automation from the README (the test runs what users copy)."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for block in re.findall(r"```yaml\n(.*?)```", readme, flags=re.S):
+        if f"id: {automation_id}\n" in block:
+            return str(block)
+    raise AssertionError(f"no automation {automation_id!r} in the README")
+
+
+TEST_AUTOMATIONS = """
+- id: test_naive_unlock
+  alias: "Naive: any state change of the event entity"
+  mode: queued
+  trigger:
+    - platform: state
+      entity_id: event.front_door_face
+  action:
+    - service: counter.increment
+      target:
+        entity_id: counter.naive
+- id: test_started
+  alias: "Tell the test Home Assistant has started"
+  trigger:
+    - platform: homeassistant
+      event: start
+  action:
+    - service: mqtt.publish
+      data:
+        topic: test/ha/started
+        payload: "1"
+- id: test_press
+  alias: "Press the reload button when the test asks"
+  trigger:
+    - platform: mqtt
+      topic: test/ha/press
+  action:
+    - service: button.press
+      target:
+        entity_id: button.front_door_reload_gallery
+"""
+
+CONFIGURATION = """
+homeassistant:
+  name: facegate test
+  latitude: 0
+  longitude: 0
+  elevation: 0
+  unit_system: metric
+  time_zone: UTC
+  currency: EUR
+  country: DE
+http:
+  server_host: 127.0.0.1
+  server_port: {http_port}
+logger:
+  default: warning
+mqtt_statestream:
+  base_topic: {state}
+  publish_attributes: true
+counter:
+  unlocks:
+  naive:
+lock:
+  - platform: template
+    name: Front door
+    value_template: "{{{{ true }}}}"
+    lock:
+      service: counter.increment
+      target:
+        entity_id: counter.naive
+    unlock:
+      service: counter.increment
+      target:
+        entity_id: counter.unlocks
+automation: !include automations.yaml
+"""
+
+
+def write_ha_config(cfg_dir: Path, broker: Broker) -> None:
+    (cfg_dir / ".storage").mkdir(parents=True)
+    (cfg_dir / "configuration.yaml").write_text(
+        CONFIGURATION.format(http_port=free_port(), state=STATE)
+    )
+    (cfg_dir / "automations.yaml").write_text(
+        readme_automation("facegate_unlock_alice") + TEST_AUTOMATIONS
+    )
+    entry = {
+        "entry_id": uuid.uuid4().hex,
+        "version": 1,
+        "minor_version": 1,
+        "domain": "mqtt",
+        "title": "test broker",
+        "data": {"broker": broker.host, "port": broker.port, "discovery": True},
+        "options": {},
+        "pref_disable_new_entities": False,
+        "pref_disable_polling": False,
+        "source": "user",
+        "unique_id": None,
+        "disabled_by": None,
+    }
+    store = {"version": 1, "minor_version": 1, "key": "core.config_entries"}
+    store["data"] = {"entries": [entry]}
+    (cfg_dir / ".storage" / "core.config_entries").write_text(json.dumps(store))
+
+
+class HomeAssistant:
+    """A Home Assistant process and what it tells the broker (states via statestream)."""
+
+    def __init__(self, python: Path, cfg_dir: Path, broker: Broker) -> None:
+        self.cfg_dir = cfg_dir
+        self.log = cfg_dir / "home-assistant.log"
+        self.states = Collector(broker, [f"{STATE}/#", "test/ha/#"], persistent=False).start()
+        out = (cfg_dir / "stdout.txt").open("wb")
+        self.proc = subprocess.Popen(
+            [
+                *(str(python), "-m", "homeassistant", "-c", str(cfg_dir), "--skip-pip"),
+                *("--log-no-color", "--log-file", str(self.log)),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={k: v for k, v in os.environ.items() if not k.startswith("PYTHON")},
+        )
+        out.close()
+
+    def values(self, entity: str, attr: str = "state") -> list[str]:
+        """Every value statestream reported for ``<domain>/<object_id>`` (live, not retained)."""
+        topic = f"{STATE}/{entity}/{attr}"
+        return [
+            p.decode() for t, p, retained in self.states.snapshot() if t == topic and not retained
+        ]
+
+    def last(self, entity: str, attr: str = "state") -> str | None:
+        v = self.values(entity, attr)
+        return v[-1] if v else None
+
+    def count(self, counter: str) -> int:
+        return int(self.last(counter) or 0)
+
+    def wait(self, what: Callable[[], bool], timeout: float = 30.0, why: str = "") -> None:
+        if not self.states.wait_for(lambda: what() or self.proc.poll() is not None, timeout):
+            raise AssertionError(f"timed out: {why}\n{self.log_tail()}")
+        assert self.proc.poll() is None, f"Home Assistant exited\n{self.log_tail()}"
+
+    def problems(self) -> list[str]:
+        lines = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
+        return [
+            ln
+            for ln in lines
+            if re.search(r"\b(WARNING|ERROR|CRITICAL)\b", ln)
+            and not any(w in ln for w in EXPECTED_WARNINGS)
+        ]
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.states.stop()
+
+
+@pytest.fixture
+def home_assistant(tmp_path: Path, mqtt_broker: Broker) -> Iterator[HomeAssistant]:
+    python = ha_python()
+    write_ha_config(tmp_path / "ha", mqtt_broker)
+    t0 = time.monotonic()
+    ha = HomeAssistant(python, tmp_path / "ha", mqtt_broker)
+    try:
+        ha.wait(lambda: ha.states.payloads("test/ha/started") != [], 120, "Home Assistant start")
+        print(f"\nHome Assistant started in {time.monotonic() - t0:.1f} s")
+        yield ha
+    finally:
+        ha.stop()
+
+
+def device_config(tmp: Path, broker: Broker) -> Config:
+    doc: dict[str, Any] = {
+        "device": {"id": DEVICE, "name": "Front door"},
+        "mqtt": {
+            "enabled": True,
+            "host": broker.host,
+            "port": broker.port,
+            "keepalive": 5,
+            "ha_discovery": True,
+            "commands": True,
+            "snapshot": True,
+        },
+        # Long enough that the reconnect below happens while the last event is
+        # still valid: only not_from: unavailable stands between it and the lock.
+        "events": {"valid_for_s": 20.0},
+        "homeassistant": {"last_person_clear_s": 2.0},
+        "service": {"state_dir": str(tmp)},
+    }
+    return parse_config(doc, base_dir=tmp)
+
+
+def online(cfg: Config) -> Publisher:
+    pub = Publisher(cfg)
+    pub.start()
+    pub.set_state(
+        status="running",
+        fps=9.5,
+        frames=1,
+        dropped=0,
+        events=0,
+        gallery_size=2,
+        uptime_s=1.0,
+        model_sha256="ab" * 32,
+    )
+    pub.set_gallery(["Alice", "Bob"])
+    pub.set_ready()
+    return pub
+
+
+def face(name: str | None, age_s: float = 0.0) -> Decision:
+    return Decision(
+        kind="recognized" if name else "unknown",
+        name=name,
+        distance=0.25 if name else 0.8,
+        confidence=0.95 if name else 0.05,
+        track_id=1,
+        track_length=4,
+        timestamp=time.time() - age_s,
+        box=Box(200, 100, 120, 140),
+        snapshot=np.full((140, 120, 3), 120, np.uint8),
+    )
+
+
+def raw(broker: Broker, topic: str, payload: bytes) -> None:
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id="raw", protocol=paho.MQTTv311)
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    try:
+        c.publish(topic, payload, qos=1).wait_for_publish(10)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+def test_home_assistant_runs_the_readme_unlock_automation_safely(
+    home_assistant: HomeAssistant,
+    mqtt_broker: Broker,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ha = home_assistant
+    # A door's clock is synchronised; this test machine's may not be.
+    monkeypatch.setattr("edge.mqtt.clock_synced", lambda: True)
+    cfg = device_config(tmp_path / "device", mqtt_broker)
+    commands: list[str] = []
+    pub = online(cfg)
+    pub.on_command = commands.append
+    entities = [
+        FACE,
+        "sensor/front_door_last_person",
+        "binary_sensor/front_door_person_at_door",
+        "button/front_door_reload_gallery",
+        "image/front_door_snapshot",
+        "sensor/front_door_frames_per_second",
+        "sensor/front_door_enrolled_people",
+        "sensor/front_door_undelivered_events",
+    ]
+    ha.wait(lambda: ha.last("sensor/front_door_enrolled_people") == "2", 60, "discovery")
+    ha.wait(lambda: all(ha.last(e) not in (None, "unavailable") for e in entities), 30, "entities")
+    assert ha.last("sensor/front_door_frames_per_second") == "9.5"
+    assert ha.last("binary_sensor/front_door_person_at_door") == "off"
+
+    def face_event(event_id: str) -> bool:
+        return ha.last(FACE, "id") == json.dumps(event_id)
+
+    def sentinel() -> str:
+        # A live unknown face: the entity changes, so everything sent before
+        # it has been processed by now (one connection, in order).
+        e = pub.publish_decision(face(None))
+        ha.wait(lambda: face_event(e["id"]), why="sentinel event")
+        return str(e["id"])
+
+    # 1. A live recognition of Alice: the automation fires once.
+    alice = pub.publish_decision(face("Alice"))
+    ha.wait(lambda: ha.count(UNLOCKS) == 1, why="unlock on a live recognition")
+    ha.wait(lambda: face_event(alice["id"]), why="the event's attributes")
+    assert ha.last(FACE, "delivery") == '"live"' and ha.last(FACE, "name") == '"Alice"'
+    ha.wait(lambda: "Alice" in ha.values("sensor/front_door_last_person"), why="Last person")
+    ha.wait(lambda: ha.last("sensor/front_door_last_person") == "", why="Last person cleared")
+
+    # 2. A redelivery of that event (same id, same bytes): nothing.
+    wire = encode(alice)
+    raw(mqtt_broker, T.event, wire)
+    stranger = sentinel()
+    assert ha.count(UNLOCKS) == 1
+    assert "Stranger" in ha.values("sensor/front_door_last_person")
+    # ... nor when it comes again after a newer event (a re-send after a reconnect).
+    raw(mqtt_broker, T.event, wire)
+    sentinel()
+    assert ha.count(UNLOCKS) == 1
+
+    # 3. A late event (decided a minute ago, published now): delivered, ignored.
+    late = pub.publish_decision(face("Alice", age_s=60.0))
+    assert late["delivery"] == "late"
+    sentinel()
+    assert ha.count(UNLOCKS) == 1 and not face_event(late["id"])
+
+    # 4. "live" but already expired (a broker that held it back): the condition refuses it.
+    seq = int(late["seq"]) + 100
+    expired = build_event(
+        face("Alice"),
+        device_id=DEVICE,
+        seq=seq,
+        event_id=uuid.uuid4().hex,
+        clock_synced=True,
+        valid_for_s=20.0,
+    )
+    expired["expires_at"] = iso_utc(time.time() - 1.0)
+    raw(mqtt_broker, T.event, encode(expired))
+    ha.wait(lambda: face_event(expired["id"]), why="the expired event reaches the entity")
+    sentinel()
+    assert ha.count(UNLOCKS) == 1
+    assert stranger != expired["id"]
+
+    # 5. Alice again, live: fires (the automation still works) ...
+    again = pub.publish_decision(face("Alice"))
+    ha.wait(lambda: ha.count(UNLOCKS) == 2, why="second live recognition")
+    ha.wait(lambda: face_event(again["id"]), why="the event's attributes")
+    # ... then the device reconnects (offline -> online) while that event is valid.
+    naive_before = ha.count(NAIVE)
+    pub.stop(timeout=3.0)
+    ha.wait(lambda: ha.last(FACE) == "unavailable", why="offline")
+    pub = online(cfg)
+    pub.on_command = commands.append
+    ha.wait(lambda: ha.last(FACE) not in (None, "unavailable"), why="online again")
+    assert face_event(again["id"])  # Home Assistant restored the last event ...
+    ha.wait(lambda: ha.count(NAIVE) > naive_before, why="the naive trigger fires on reconnect")
+    sentinel()
+    assert ha.count(UNLOCKS) == 2  # ... and the README's automation did not fire
+
+    # The rest of the device: presence, snapshot, the reload button.
+    pictures = len(ha.values("image/front_door_snapshot"))
+    pub.set_presence(True)
+    ha.wait(lambda: ha.last("binary_sensor/front_door_person_at_door") == "on", why="presence")
+    sentinel()
+    assert len(ha.values("image/front_door_snapshot")) > pictures
+    raw(mqtt_broker, "test/ha/press", b"1")
+    ha.states.wait_for(lambda: commands == ["reload-gallery"], 15)
+    assert commands == ["reload-gallery"]
+    pub.stop(timeout=3.0)
+
+    problems = ha.problems()
+    assert ha.log.stat().st_size > 0
+    assert not problems, "\n".join(problems)
+    print(f"unlocks={ha.count(UNLOCKS)} naive={ha.count(NAIVE)} log={ha.log.stat().st_size} B")
