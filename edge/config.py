@@ -72,7 +72,7 @@ class DetectorConfig:
 class EmbedderConfig:
     """Embedding model and TFLite runtime."""
 
-    model: str = "facenet_int8.tflite"
+    model: str = "sface_int8.tflite"
     runtime: str = "auto"  # auto | ai_edge_litert | tflite_runtime
     num_threads: int = 2
     edgetpu: bool = False

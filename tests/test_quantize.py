@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED
 
 from edge.embedder import Embedder
 from edge.errors import FacegateError
 from edge.manifest import load_manifest
 from tools import edgetpu_ops, models, quantize
 
-REPO = Path(__file__).resolve().parents[1]
-FACES = REPO.parent / "shared" / "faces"
+FACES = SHARED / "faces"
 MODELS = models.MODELS_DIR
 DETECTOR = MODELS / "face_detection_short_range.tflite"
 
@@ -36,9 +36,17 @@ def facenet_pb() -> Path:
 
 
 def _few_faces() -> list[tuple[str, str, np.ndarray]]:
-    """Three photos each of four people from ../shared/faces, else the registry faces."""
+    """Three photos each of four people from ../shared/faces, else the registry faces.
+
+    The registry holds one photo per person; its seeded variants stand in for
+    further photos here (named as photos, not as ``#aug`` copies), so a share
+    of them is held aside and the report has same-person pairs to score.
+    """
     if not FACES.is_dir():
-        return models.default_calibration_images(augment=3)
+        return [
+            (label, name.replace("#aug", "-variant"), rgb)
+            for label, name, rgb in models.default_calibration_images(augment=3)
+        ]
     people = sorted(p for p in FACES.iterdir() if p.is_dir() and len(list(p.iterdir())) >= 3)[:4]
     out: list[tuple[str, str, np.ndarray]] = []
     for person in people:

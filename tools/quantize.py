@@ -260,15 +260,29 @@ def _load_keras(path: Path, size: tuple[int, int] | None) -> SourceModel:
                 err += f"; as FaceNet weights: {type(e2).__name__}: {str(e2).splitlines()[0]}"
         if model is None:
             raise ModelError(f"{path}: cannot load the Keras model ({err})") from None
+    return keras_source(model, path, _hash_path(path), size)
+
+
+def keras_source(
+    model: Any,
+    path: Path,
+    sha256: str,
+    size: tuple[int, int] | None = None,
+    details: dict[str, Any] | None = None,
+) -> SourceModel:
+    """An in-memory Keras model as a conversion source.
+
+    ``path``/``sha256`` name what it was made from (a ``.keras`` file, or the
+    file a network was rebuilt from), for the manifest's ``source``.
+    """
     shape = _fixed_shape(tuple(model.input_shape), size, str(path))
 
     def call(x: Any) -> Any:
         return model(x, training=False)
 
     fn = _wrap_callable(call, shape)
-    return SourceModel(
-        "keras", path, _hash_path(path), shape, fn, model, {"layers": len(model.layers)}
-    )
+    info = {"layers": len(model.layers), **(details or {})}
+    return SourceModel("keras", path, sha256, shape, fn, model, info)
 
 
 def _load_saved_model(path: Path, size: tuple[int, int] | None, output_node: str) -> SourceModel:
@@ -732,6 +746,7 @@ class QuantizeConfig:
     edgetpu: bool = False
     show_progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    source: SourceModel | None = None  # an already loaded model (keras_source) instead of `model`
 
 
 @dataclass(frozen=True)
@@ -891,7 +906,8 @@ def quantize(cfg: QuantizeConfig) -> QuantizeResult:
     pre = cfg.preprocessing
     stage = Stage("quantize", total=6, enabled=cfg.show_progress)
     with stage:
-        model_format(cfg.model)  # a missing file or unknown format fails before any work
+        if cfg.source is None:
+            model_format(cfg.model)  # a missing file or unknown format fails before any work
         if cfg.images is not None:
             faces = collect_faces(
                 cfg.images,
@@ -945,7 +961,7 @@ def quantize(cfg: QuantizeConfig) -> QuantizeResult:
                 held.names + extra.names,
             )
         stage.step("faces aligned")
-        source = load_source(cfg.model, pre.size, cfg.input_node, cfg.output_node)
+        source = cfg.source or load_source(cfg.model, pre.size, cfg.input_node, cfg.output_node)
         stage.step("model loaded")
 
         float_bytes = convert_float(source)
