@@ -34,9 +34,9 @@ sha256 of the model it was measured on, and a check set (cosine distances of
 every pair of crops of the demo's registry photos with seeded variants,
 computed with that model). A build merges the record into its manifest when
 the built model is that model, or when the check holds on the built model:
-every check distance within ``tolerance`` (0.03) of the recorded one, their
-mean difference within 0.005 (no systematic shift), and the same
-accept/reject outcome at the recorded threshold for every pair. int8
+the check distances differ from the recorded ones by at most 0.015 rms, 0.005
+on average (no systematic shift) and 0.05 for any pair, and every pair keeps
+its accept/reject outcome at the recorded threshold. int8
 conversion is byte-reproducible on one machine but not always across CPUs
 (the float detector and the calibrator's float kernels differ in the last
 bits); the check is what makes a shipped calibration trustworthy elsewhere.
@@ -90,12 +90,16 @@ TOOL_VERSION = "facegate-models/2"
 RECORD_FORMAT = "facegate-calibration-record/1"
 RECORDS = "calibration"  # models/calibration/<stem>.json
 CHECK_AUGMENT = 7  # seeded variants per check photo
-# A calibration still holds on a build whose check distances are within these of the
-# recorded ones. Measured: two int8 SFace builds calibrated on sets that differ by one
-# photo variant per person differ by at most 0.026 (mean 0.001); SFace float32 vs int8
-# by up to 0.066 (mean 0.016): the first must pass, the second must not.
-CHECK_TOLERANCE = 0.03  # largest |d_built - d_recorded| over the check pairs
-CHECK_MEAN_TOLERANCE = 0.005  # largest |mean(d_built - d_recorded)|: a systematic shift
+# A calibration still holds on a build whose check distances agree with the recorded
+# ones within these (delta = d_built - d_recorded over the check pairs). Measured on
+# SFace, the noisier model: int8 builds whose calibration crops differ (one variant per
+# person fewer; or 80 pixels per crop off by one, as crops from another CPU's detector
+# can be) give rms 0.007, max 0.021-0.026, mean 0.001; float32 vs int8 gives rms 0.026,
+# max 0.066, mean 0.016. The first must pass and the second must not; a max |delta| of
+# 0.02 would reject honest int8 rebuilds, so the noise is judged by its rms.
+CHECK_RMS_TOLERANCE = 0.015  # sqrt(mean(delta^2)): the noise of a re-quantisation
+CHECK_MEAN_TOLERANCE = 0.005  # |mean(delta)|: a systematic shift moves the false-accept rate
+CHECK_MAX_TOLERANCE = 0.05  # max |delta|: no single pair far off
 CHECK_SEED = 1
 
 
@@ -507,8 +511,9 @@ class CheckResult:
 
     ok: bool
     pairs: int
-    max_delta: float
+    rms_delta: float
     mean_delta: float
+    max_delta: float
     flips: int  # pairs whose accept/reject outcome at the threshold changed
     message: str
 
@@ -517,34 +522,41 @@ def compare_check(
     recorded: dict[str, float],
     measured: dict[str, float],
     threshold: float,
-    tolerance: float = CHECK_TOLERANCE,
+    rms_tolerance: float = CHECK_RMS_TOLERANCE,
     mean_tolerance: float = CHECK_MEAN_TOLERANCE,
+    max_tolerance: float = CHECK_MAX_TOLERANCE,
 ) -> CheckResult:
     """Does a calibration still hold? Compare recorded and measured check distances.
 
     With ``delta = d_measured - d_recorded`` over the pairs measured both
     times, it holds when at least 90% of the recorded pairs were measured
-    again, ``max |delta| <= tolerance``, ``|mean delta| <= mean_tolerance``
-    (no systematic shift), and no pair changes sides of the threshold
-    (accepted means ``d < threshold``).
+    again, ``sqrt(mean(delta^2)) <= rms_tolerance``,
+    ``|mean(delta)| <= mean_tolerance`` (no systematic shift),
+    ``max |delta| <= max_tolerance``, and no pair changes sides of the
+    threshold (accepted means ``d < threshold``).
     """
     common = sorted(set(recorded) & set(measured))
     if not recorded or len(common) < 0.9 * len(recorded):
         why = f"only {len(common)} of {len(recorded)} check pairs measured"
-        return CheckResult(False, len(common), float("inf"), float("inf"), 0, why)
+        inf = float("inf")
+        return CheckResult(False, len(common), inf, inf, inf, 0, why)
     a = np.array([recorded[k] for k in common])
     b = np.array([measured[k] for k in common])
-    delta = float(np.max(np.abs(b - a)))
-    mean = float(np.mean(b - a))
+    delta = b - a
+    rms = float(np.sqrt(np.mean(delta**2)))
+    mean = float(np.mean(delta))
+    worst = float(np.max(np.abs(delta)))
     flips = int(np.sum((a < threshold) != (b < threshold)))
-    ok = delta <= tolerance and abs(mean) <= mean_tolerance and flips == 0
-    msg = (
-        f"max |delta d| {delta:.4f} {'<=' if delta <= tolerance else '>'} {tolerance:g}, "
-        f"mean {mean:+.4f} {'within' if abs(mean) <= mean_tolerance else 'beyond'} "
-        f"+-{mean_tolerance:g} on {len(common)} check pairs, "
-        f"{flips} accept/reject changes at {threshold:.4f}"
+    checks = (
+        (rms <= rms_tolerance, f"rms {rms:.4f} (<= {rms_tolerance:g})"),
+        (abs(mean) <= mean_tolerance, f"mean {mean:+.4f} (+-{mean_tolerance:g})"),
+        (worst <= max_tolerance, f"max {worst:.4f} (<= {max_tolerance:g})"),
+        (flips == 0, f"{flips} accept/reject changes at {threshold:.4f}"),
     )
-    return CheckResult(ok, len(common), delta, mean, flips, msg)
+    ok = all(c for c, _ in checks)
+    parts = [text if c else f"FAILED {text}" for c, text in checks]
+    msg = f"distance changes on {len(common)} check pairs: " + ", ".join(parts)
+    return CheckResult(ok, len(common), rms, mean, worst, flips, msg)
 
 
 def record_path(model: Path) -> Path:
@@ -614,15 +626,17 @@ def apply_record(model: Path, detector: Path) -> str:
             {k: float(v) for k, v in check["distances"].items()},
             check_distances(model, detector),
             float(rec["calibration"]["threshold"]),
-            float(check.get("tolerance", CHECK_TOLERANCE)),
+            float(check.get("rms_tolerance", CHECK_RMS_TOLERANCE)),
             float(check.get("mean_tolerance", CHECK_MEAN_TOLERANCE)),
+            float(check.get("max_tolerance", CHECK_MAX_TOLERANCE)),
         )
         holds = res.ok
         note.update(
             status="checked" if res.ok else "failed",
             pairs=res.pairs,
-            max_delta=round(res.max_delta, 6),
+            rms_delta=round(res.rms_delta, 6),
             mean_delta=round(res.mean_delta, 6),
+            max_delta=round(res.max_delta, 6),
             flips=res.flips,
         )
         if res.ok:
@@ -686,8 +700,9 @@ def write_record(model: Path, detector: Path) -> Path:
             f"demo registry photos (Grace Hopper, Eileen Collins, cameraman), each with "
             f"{CHECK_AUGMENT} seeded variants (seed {CHECK_SEED}); cosine distance of every pair"
         ),
-        "tolerance": CHECK_TOLERANCE,
+        "rms_tolerance": CHECK_RMS_TOLERANCE,
         "mean_tolerance": CHECK_MEAN_TOLERANCE,
+        "max_tolerance": CHECK_MAX_TOLERANCE,
         "distances": {k: round(v, 6) for k, v in dist.items()},
     }
     out = record_path(model)
