@@ -37,9 +37,11 @@ the built model is that model, or when the check holds on the built model:
 the check distances differ from the recorded ones by at most 0.015 rms, 0.005
 on average (no systematic shift) and 0.05 for any pair, and every pair keeps
 its accept/reject outcome at the recorded threshold. int8
-conversion is byte-reproducible on one machine but not always across CPUs
-(the float detector and the calibrator's float kernels differ in the last
-bits); the check is what makes a shipped calibration trustworthy elsewhere.
+conversion is byte-reproducible on one machine; across CPUs the float
+detector and the calibrator's float kernels differ in the last bits, which
+moves the calibrated ranges by about 1e-4. The ranges are snapped to a grid
+(``SNAP_STEPS``), which absorbs that most of the time but not always; the
+check is what makes a shipped calibration trustworthy elsewhere.
 Otherwise the manifest keeps the tool's default calibration and the build
 says loudly to run ``tools.calibrate``.
 ``python -m tools.models record models/sface_int8.tflite`` turns the
@@ -86,7 +88,7 @@ from tools.quantize import FACENET_PREPROCESSING as FACENET_PREPROCESSING
 from tools.quantize import SUGGESTED
 
 MODELS_DIR = EDGE_MODELS_DIR  # one definition of where the models live: edge.config
-TOOL_VERSION = "facegate-models/2"
+TOOL_VERSION = "facegate-models/3"
 RECORD_FORMAT = "facegate-calibration-record/1"
 RECORDS = "calibration"  # models/calibration/<stem>.json
 CHECK_AUGMENT = 7  # seeded variants per check photo
@@ -200,6 +202,9 @@ SFACE_SHA256 = "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee
 SFACE_NAME = "sface"
 SFACE_PREPROCESSING = Preprocessing(size=(112, 112), mean=127.5, std=128.0, color="RGB")
 DEFAULT_AUGMENT = 40
+# int8 activation ranges are snapped to 2^(j/8) (tools.quantize.snap_ranges): the
+# small range differences between CPUs then rarely change the int8 file.
+SNAP_STEPS = 8
 
 
 @dataclass(frozen=True)
@@ -457,7 +462,7 @@ def sface_onnx(models_dir: Path = MODELS_DIR) -> Path:
 def _recipe(spec: EmbedderSpec) -> str:
     from tools.quantize import TOOL_VERSION as QUANTIZE_VERSION
 
-    return f"{TOOL_VERSION} {QUANTIZE_VERSION} {spec.name}"
+    return f"{TOOL_VERSION} {QUANTIZE_VERSION} {spec.name} snap{SNAP_STEPS}"
 
 
 # --------------------------------------------------------------------------- records
@@ -619,7 +624,7 @@ def apply_record(model: Path, detector: Path) -> str:
     }
     if rec["model_sha256"] == raw["sha256"]:
         holds, note["status"] = True, "same model"
-        line = f"shipped calibration applies: the same model it was measured on ({rec_file.name})"
+        line = f"shipped calibration applies: the same model it was measured on ({note['file']})"
     else:
         check = rec["check"]
         res = compare_check(
@@ -726,7 +731,7 @@ def _source_model(spec: EmbedderSpec, path: Path) -> Any:
             path,
             spec.sha256,
             spec.preprocessing.size,
-            {"rebuilt_by": "tools.sface_keras", "format_of_file": "onnx"},
+            {"rebuilt_from": "onnx (block-int8 weights)", "rebuilt_by": "tools.sface_keras"},
         )
     return None  # quantize loads the frozen graph itself
 
@@ -800,11 +805,13 @@ def build_embedder(
             detector=detector,
             show_progress=show_progress,
             source=_source_model(spec, src),
+            snap_ranges=SNAP_STEPS,
             extra={
                 "model": spec.description,
                 "package": f"{spec.wheel.name}=={spec.wheel.version}",
                 "license": spec.license,
                 "calibration_set": str(calibration.name) if calibration else "default-augmented",
+                "int8_ranges": f"snapped to 2^(j/{SNAP_STEPS})",
                 "build": recipe,
             },
         )
