@@ -805,7 +805,7 @@ def build_embedder(
             detector=detector,
             show_progress=show_progress,
             source=_source_model(spec, src),
-            snap_ranges=SNAP_STEPS,
+            snap_steps=SNAP_STEPS,
             extra={
                 "model": spec.description,
                 "package": f"{spec.wheel.name}=={spec.wheel.version}",

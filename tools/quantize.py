@@ -800,7 +800,7 @@ class QuantizeConfig:
     show_progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
     source: SourceModel | None = None  # an already loaded model (keras_source) instead of `model`
-    snap_ranges: int = 0  # > 0: activation ranges on a grid of this many steps per octave
+    snap_steps: int = 0  # > 0: activation ranges snapped to 2^(j/snap_steps) (snap_ranges)
 
 
 @dataclass(frozen=True)
@@ -1021,7 +1021,7 @@ def quantize(cfg: QuantizeConfig) -> QuantizeResult:
         float_bytes = convert_float(source)
         stage.step("float32 converted")
         int8_bytes = convert_int8(
-            source, preprocess(cal.crops, pre), cfg.show_progress, cfg.snap_ranges
+            source, preprocess(cal.crops, pre), cfg.show_progress, cfg.snap_steps
         )
         stage.step("int8 converted")
 
