@@ -24,11 +24,18 @@ ALIGN_KEYPOINTS = (0, 1, 2, 3)
 # Template points (x, y) as fractions of the crop side, in ALIGN_KEYPOINTS order.
 # "facenet160": where FaceNet's training crops (MTCNN box + margin, 160 px)
 # put the eyes, nose and mouth: eyes 30% of the width apart at 36% height,
-# mouth centre at 70% height (checked on real faces: see tests/test_align.py).
+# mouth centre at 70% height (checked on real faces: see tests/test_pipeline.py).
+# "arcface112": ArcFace's 5-point 112 x 112 template (insightface; the one
+# SFace and other ArcFace-trained models were trained on) with the two mouth
+# corners merged into their midpoint, since BlazeFace gives the mouth centre:
+# in pixels (38.2946, 51.6963), (73.5318, 51.5014), (56.0252, 71.7366) and
+# ((41.5493 + 70.7299) / 2, (92.3655 + 92.2041) / 2) = (56.1396, 92.2848).
+_ARCFACE112_PX = ((38.2946, 51.6963), (73.5318, 51.5014), (56.0252, 71.7366), (56.1396, 92.2848))
 TEMPLATES: dict[str, F32] = {
     "facenet160": np.array(
         [[0.35, 0.36], [0.65, 0.36], [0.50, 0.53], [0.50, 0.70]], dtype=np.float32
     ),
+    "arcface112": (np.array(_ARCFACE112_PX, dtype=np.float64) / 112.0).astype(np.float32),
 }
 
 

@@ -445,7 +445,7 @@ class EmbedderConfig(Section):
     """Embedding model and TFLite runtime."""
 
     SECTION = "embedder"
-    model: ModelPath = "facenet_int8.tflite"
+    model: ModelPath = "sface_int8.tflite"
     runtime: Literal["auto", "ai_edge_litert", "tflite_runtime"] = "auto"
     num_threads: Annotated[int, Range(ge=1, le=64)] = 2
     edgetpu: bool = False

@@ -5,9 +5,10 @@ No camera, no data set, no network: matplotlib ships a photo of Grace Hopper
 astronaut Eileen Collins (``astronaut.png``) and of a cameraman
 (``camera.png``), plus pictures without faces (``coffee.png``,
 ``rocket.jpg``). The demo enrolls Grace Hopper from her photo, then replays a
-scene through the real pipeline (capture thread, BlazeFace, alignment, int8
-FaceNet, open-set matching, decisions over frames): an empty doorway, Grace
-Hopper walking up, the doorway again, Eileen Collins, the cameraman. It prints
+scene through the real pipeline (capture thread, BlazeFace, alignment, the
+default int8 embedder (``[embedder] model``: SFace), open-set matching,
+decisions over frames): an empty doorway, Grace Hopper walking up, the
+doorway again, Eileen Collins, the cameraman. It prints
 each event as the JSON the daemon publishes: Grace Hopper is *recognized*, the
 two strangers are *unknown*. The frames of Grace Hopper are shifted, scaled and
 re-lit versions of the enrolment photo (the packages hold only one photo of
@@ -31,6 +32,7 @@ from edge.config import (
     Config,
     DecisionConfig,
     DetectorConfig,
+    EmbedderConfig,
     MqttConfig,
     ServiceConfig,
 )
@@ -118,8 +120,9 @@ def run_demo(broker: str | None = None, out: IO[str] | None = None) -> int:
 
     out = out or sys.stdout
     photos = {k: read_image(p) for k, p in demo_photos().items()}
-    detector = MODELS_DIR / "face_detection_short_range.tflite"
-    embedder = MODELS_DIR / "facenet_int8.tflite"
+    # The config's defaults: the demo runs what a fresh install runs.
+    detector = MODELS_DIR / DetectorConfig().model
+    embedder = MODELS_DIR / EmbedderConfig().model
     for m in (detector, embedder):
         if not m.exists():
             raise FacegateError(

