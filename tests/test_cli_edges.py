@@ -29,7 +29,7 @@ def open_dir(models: Path) -> Iterator[Path]:
     """A folder anyone may enter, holding a plain gallery anyone may read."""
     d = Path(tempfile.mkdtemp(prefix="facegate-cli-", dir="/tmp"))
     d.chmod(0o755)
-    m = load_manifest(models / "facenet_int8.tflite")
+    m = load_manifest(models / "sface_int8.tflite")
     g = Gallery.for_manifest(m)
     g.add("someone", np.ones((1, m.embedding_size), np.float32))
     g.save(d / "gallery.fgg")

@@ -61,7 +61,7 @@ def test_gallery_set_groups_and_list(
     from edge.cli import main
     from edge.embedder import Embedder
 
-    emb = Embedder.load(models / "facenet_int8.tflite")
+    emb = Embedder.load(models / "sface_int8.tflite")
     g = Gallery.for_manifest(emb.manifest)
     rng = np.random.default_rng(1)
     for name in ("Alice", "Bob"):
@@ -93,7 +93,7 @@ def test_enroll_with_groups(
     path = tmp_path / "g.fgg"
     args = ["enroll", "--gallery", str(path), "--name", "Obama", "--group", "staff"]
     assert main([*args, "--group", "board", str(photos)]) == 0, capsys.readouterr().err
-    sha = Embedder.load(models / "facenet_int8.tflite").sha256
+    sha = Embedder.load(models / "sface_int8.tflite").sha256
     assert Gallery.load(path, None, sha, manifest_sha256=None).groups("Obama") == ("board", "staff")
 
 

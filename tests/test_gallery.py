@@ -148,8 +148,8 @@ def test_add_remove_and_validation() -> None:
 
 
 def test_manifest_digest_is_canonical_and_sees_every_digit(models: Path) -> None:
-    m = load_manifest(models / "facenet_int8.tflite")
-    assert manifest_digest(m) == manifest_digest(load_manifest(models / "facenet_int8.json"))
+    m = load_manifest(models / "sface_int8.tflite")
+    assert manifest_digest(m) == manifest_digest(load_manifest(models / "sface_int8.json"))
     assert m.calibration is not None
     from dataclasses import replace
 
@@ -169,7 +169,7 @@ def test_gallery_of_another_manifest_is_refused_with_how_to_accept_it(tmp_path: 
 
 def _copy_models(models: Path, dest: Path) -> Path:
     dest.mkdir()
-    for name in ("face_detection_short_range", "facenet_int8"):
+    for name in ("face_detection_short_range", "sface_int8"):
         for ext in (".tflite", ".json"):
             shutil.copy(models / f"{name}{ext}", dest / f"{name}{ext}")
     return dest
@@ -184,7 +184,7 @@ def test_edited_manifest_refused_end_to_end_until_rebind(tmp_path: Path, models:
         tmp_path / "door.toml",
         {
             "detector": {"model": str(m / "face_detection_short_range.tflite")},
-            "embedder": {"model": str(m / "facenet_int8.tflite")},
+            "embedder": {"model": str(m / "sface_int8.tflite")},
             "gallery": {"path": "gallery.fgg", "key_file": "gallery.key"},
         },
     )
@@ -198,9 +198,9 @@ def test_edited_manifest_refused_end_to_end_until_rebind(tmp_path: Path, models:
     r = cli("enroll", "--config", str(cfg), "--gallery", str(tmp_path / "gallery.fgg"),
             "--name", "Grace", photo)  # fmt: skip
     assert r.returncode == 0, r.stderr
-    doc = json.loads((m / "facenet_int8.json").read_text())
+    doc = json.loads((m / "sface_int8.json").read_text())
     doc["calibration"]["threshold"] = 1.5
-    (m / "facenet_int8.json").write_text(json.dumps(doc, indent=2))
+    (m / "sface_int8.json").write_text(json.dumps(doc, indent=2))
     r = cli("identify", "--config", str(cfg), "--gallery", str(tmp_path / "gallery.fgg"), photo)
     assert r.returncode == 2
     assert_one_line_error(r.stderr, "facegate gallery rebind")
@@ -237,7 +237,7 @@ def test_an_older_generation_put_back_is_refused_unless_allowed(tmp_path: Path) 
 
 
 def test_rebind_accepts_a_restored_copy_on_purpose(tmp_path: Path, models: Path) -> None:
-    manifest = load_manifest(models / "facenet_int8.tflite")
+    manifest = load_manifest(models / "sface_int8.tflite")
     p = tmp_path / "g.fgg"
     g = Gallery.for_manifest(manifest)
     g.add("bob", np.ones((1, manifest.embedding_size), np.float32))
@@ -323,7 +323,7 @@ def test_reload_with_the_gallery_missing_keeps_the_old_one(
     from edge.recognizer import Recognizer
 
     rec = Recognizer.from_models(
-        models / "face_detection_short_range.tflite", models / "facenet_int8.tflite"
+        models / "face_detection_short_range.tflite", models / "sface_int8.tflite"
     )
     g = Gallery.for_manifest(rec.embedder.manifest)
     g.add("Grace", rec.embed_single_face(read_image(face_photo()))[None, :])

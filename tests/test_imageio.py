@@ -66,7 +66,7 @@ def png_header_bomb(w: int = 20000, h: int = 20000) -> bytes:
 
 @pytest.fixture(scope="module")
 def gallery(tmp_path_factory: pytest.TempPathFactory, models: Path) -> Path:
-    m = load_manifest(models / "facenet_int8.tflite")
+    m = load_manifest(models / "sface_int8.tflite")
     g = Gallery.for_manifest(m)
     g.add("someone", np.ones((1, m.embedding_size), np.float32))
     p = tmp_path_factory.mktemp("gallery") / "g.fgg"

@@ -307,7 +307,7 @@ def _record(model: Path, model_sha: str, distances: dict[str, float]) -> dict[st
             "conf_midpoint": 0.6,
             "conf_scale": 0.03,
             "source": "tools.calibrate test",
-            "far_table": [[1e-3, 0.6], [1e-4, 0.5]],  # a field this build does not know
+            "future_table": [[1e-3, 0.6], [1e-4, 0.5]],  # a field this build does not know
         },
         "extra_calibration": {"n_genuine": 3, "new_field": {"kept": True}},
         "check": {"distances": distances},  # the build's tolerances
