@@ -333,19 +333,48 @@ def build_last_person(event: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
+class DuplicateKeyError(ValueError):
+    """A JSON object names one key twice."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json`` object hook: an object that names a key twice is refused."""
+    doc: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in doc:
+            raise DuplicateKeyError(f"duplicate key {key!r}")
+        doc[key] = value
+    return doc
+
+
+def loads_strict(payload: bytes) -> Any:
+    """Parse UTF-8 JSON in which no object names a key twice; ValueError otherwise
+    (:class:`DuplicateKeyError` for a repeated key).
+
+    Python's ``json`` keeps the last of two equal keys silently, so
+    ``{"command": "reload-gallery", "command": "x"}`` would be read
+    differently by other parsers; a command that two readers can disagree on
+    is refused.
+    """
+    return json.loads(payload.decode("utf-8"), object_pairs_hook=_unique_keys)
+
+
 def parse_command(payload: bytes) -> str:
     """The command in a ``command`` topic payload, or :class:`CommandError`.
 
     Accepted is exactly a JSON object ``{"command": NAME}`` with NAME in
-    :data:`COMMANDS`, at most :data:`MAX_COMMAND_BYTES` long. Anything else
-    (other keys, other types, invalid UTF-8 or JSON) is rejected: nothing but
-    a gallery reload can be triggered over the network.
+    :data:`COMMANDS`, at most :data:`MAX_COMMAND_BYTES` long, each key once
+    (:func:`loads_strict`). Anything else (other or repeated keys, other
+    types, invalid UTF-8 or JSON) is rejected: nothing but a gallery reload
+    (and the door's signed unlock) can be triggered over the network.
     """
     if len(payload) > MAX_COMMAND_BYTES:
         raise CommandError(f"command: payload of {len(payload)} bytes is too long")
     try:
-        doc = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        doc = loads_strict(payload)
+    except DuplicateKeyError as e:
+        raise CommandError(f"command: {e}") from None
+    except ValueError:  # UnicodeDecodeError too
         raise CommandError("command: payload is not UTF-8 JSON") from None
     if isinstance(doc, dict) and doc.get("command") == UNLOCK:
         return UNLOCK  # door: the signed unlock, verified by edge.door (ts, nonce, hmac)
@@ -668,6 +697,7 @@ __all__ = [
     "STRANGER",
     "UNLOCK",
     "CommandError",
+    "DuplicateKeyError",
     "Topics",
     "build_door_event",
     "build_event",
@@ -683,6 +713,7 @@ __all__ = [
     "ha_static_topics",
     "is_late",
     "iso_utc",
+    "loads_strict",
     "new_event_id",
     "parse_command",
     "snapshot_jpeg",

@@ -23,7 +23,8 @@ pytest.importorskip("gpiozero", reason="gpiozero is not installed (the door extr
 from gpiozero.pins.mock import MockFactory
 
 from edge.config import Config, parse_config
-from edge.daemon import StdoutPublisher, run
+from edge.daemon import run
+from edge.publishers import StdoutPublisher
 from edge.door import DoorController
 from edge.gallery import Gallery
 from edge.sdnotify import Notifier

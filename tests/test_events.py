@@ -37,7 +37,7 @@ from edge.events import (
     parse_command,
     snapshot_jpeg,
 )
-from edge.mqtt import FakePublisher
+from edge.publishers import MemoryPublisher
 from edge.types import Box, Decision
 
 
@@ -357,7 +357,7 @@ def test_ha_topics_to_clear_cover_every_entity_and_the_old_layout() -> None:
 
 def test_fake_publisher_numbers_events_and_handles_commands() -> None:
     cfg = parse_config({"device": {"id": "door9"}, "mqtt": {"prefix": "x"}})
-    pub = FakePublisher(cfg)
+    pub = MemoryPublisher(cfg)
     got: list[str] = []
     pub.on_command = got.append
     pub.start()
