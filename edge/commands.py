@@ -97,7 +97,7 @@ class CommandGate:
             try:
                 cmd = parse_command(payload)
             except CommandError as e:
-                why = str(e)
+                why = str(e).removeprefix("command: ")
             if cmd == UNLOCK and self.on_unlock is None:
                 why = "unlock: no door on this device"
         if why is None:

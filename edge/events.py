@@ -48,7 +48,7 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -144,27 +144,37 @@ class _Timex(ctypes.Structure):
 _TIME_ERROR = 5  # adjtimex(2) return value: the clock is not synchronised
 
 
-def clock_synced(now: float | None = None) -> bool:
+def adjtimex_state() -> int | None:
+    """The kernel's clock state, ``adjtimex(2)`` called read-only; None where unavailable.
+
+    0 (``TIME_OK``) to 4 mean synchronised (leap-second states included),
+    5 (``TIME_ERROR``) not synchronised.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        tx = _Timex()
+        return int(libc.adjtimex(ctypes.byref(tx)))
+    except (OSError, AttributeError):
+        return None
+
+
+def clock_synced(
+    now: float | None = None, kernel_state: Callable[[], int | None] = adjtimex_state
+) -> bool:
     """Whether the wall clock can be trusted for event timestamps.
 
     False when the time is implausibly early (no RTC, NTP not yet run), or
-    when the kernel reports the clock as unsynchronised: ``adjtimex(2)``
-    returns ``TIME_ERROR`` (what ``timedatectl``'s "System clock
-    synchronized" shows). Where adjtimex is unavailable only the plausibility
-    check applies.
+    when the kernel reports the clock as unsynchronised: ``kernel_state()``
+    (:func:`adjtimex_state`) is ``TIME_ERROR``, what ``timedatectl``'s
+    "System clock synchronized" shows. Where adjtimex is unavailable (None)
+    only the plausibility check applies.
     """
     t = time.time() if now is None else now
     if t < _PLAUSIBLE_EPOCH:
         return False
-    if not sys.platform.startswith("linux"):
-        return True
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        tx = _Timex()
-        state = int(libc.adjtimex(ctypes.byref(tx)))
-    except (OSError, AttributeError):
-        return True
-    return state != _TIME_ERROR
+    return kernel_state() != _TIME_ERROR
 
 
 def snapshot_jpeg(image: Image, max_side: int = SNAPSHOT_MAX_SIDE) -> bytes:
@@ -699,6 +709,7 @@ __all__ = [
     "CommandError",
     "DuplicateKeyError",
     "Topics",
+    "adjtimex_state",
     "build_door_event",
     "build_event",
     "build_ha_discovery",

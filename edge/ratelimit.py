@@ -96,7 +96,7 @@ class BurstLog:
         self._last = now
         self._in_burst += 1
         if self._in_burst <= self.first:
-            self.log.log(level, "%s: %s", self.what, detail)
+            self.log.log(level, "%s %s", self.what, detail)
             return True
         self._held[outcome] += 1
         self._held_detail[outcome] = detail

@@ -24,9 +24,9 @@ from gpiozero.pins.mock import MockFactory
 
 from edge.config import Config, parse_config
 from edge.daemon import run
-from edge.publishers import StdoutPublisher
 from edge.door import DoorController
 from edge.gallery import Gallery
+from edge.publishers import StdoutPublisher
 from edge.sdnotify import Notifier
 from edge.types import Box, Decision, Detection, FaceResult, Frame, FrameResult, Match
 
