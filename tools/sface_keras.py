@@ -228,9 +228,7 @@ def _conv_unit(graph: _Graph, consts: dict[str, F32], node: Any) -> tuple[ConvUn
     return unit, str(prelu.output[0])
 
 
-def _head(
-    graph: _Graph, consts: dict[str, F32], last: str, channels: int
-) -> tuple[F32, F32]:
+def _head(graph: _Graph, consts: dict[str, F32], last: str, channels: int) -> tuple[F32, F32]:
     """BN -> Dropout (inference: identity) -> Flatten -> Gemm -> BN as one dense layer."""
     path = graph.path
     bn1 = graph.only_consumer(last, "BatchNormalization")
