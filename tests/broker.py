@@ -59,8 +59,14 @@ class Collector:
     """
 
     def __init__(
-        self, broker: Broker, topics: list[str], client_id: str = "", persistent: bool = True
+        self,
+        broker: Broker,
+        topics: list[str],
+        client_id: str = "",
+        persistent: bool = True,
+        auth: tuple[str, str] | None = None,
     ) -> None:
+        """``auth``: (user, password) for a broker without anonymous access."""
         import paho.mqtt.client as paho
         from paho.mqtt.enums import CallbackAPIVersion
 
@@ -77,6 +83,8 @@ class Collector:
             clean_session=not persistent,
         )
         self.client.reconnect_delay_set(min_delay=1, max_delay=2)
+        if auth is not None:
+            self.client.username_pw_set(*auth)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
