@@ -533,6 +533,7 @@ def _events(stdout: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
+@pytest.mark.slow
 @needs_pipeline
 @needs_faces
 def test_daemon_on_a_folder_replay_of_real_photos(
@@ -561,6 +562,7 @@ def test_daemon_on_a_folder_replay_of_real_photos(
     assert "replay finished" in err
 
 
+@pytest.mark.slow
 @needs_pipeline
 @needs_faces
 def test_sigterm_stops_cleanly_within_5_s(
@@ -604,6 +606,7 @@ def test_sigterm_stops_cleanly_within_5_s(
 FULL_RANGE = Config().model_path("face_detection_full_range.tflite")
 
 
+@pytest.mark.slow
 @needs_pipeline
 @pytest.mark.skipif(not FULL_RANGE.exists(), reason="full-range detector not built")
 def test_daemon_on_the_real_clip(enrolled: Enrolled, shared_video: Path) -> None:
@@ -651,6 +654,7 @@ def test_daemon_on_the_real_clip(enrolled: Enrolled, shared_video: Path) -> None
     assert f"replay finished after {n} frames, {len(got)} events" in err
 
 
+@pytest.mark.slow
 @needs_pipeline
 @needs_faces
 @pytest.mark.mqtt
@@ -716,6 +720,7 @@ def test_daemon_over_a_real_broker_with_reload(
     assert sub.payloads(topics.availability)[-1] == b"offline"
 
 
+@pytest.mark.slow
 @needs_pipeline
 @needs_faces
 @pytest.mark.mqtt

@@ -103,6 +103,7 @@ def _stop(proc: subprocess.Popen[str]) -> str:
     return err
 
 
+@pytest.mark.slow
 @needs_pipeline
 @needs_faces
 @pytest.mark.mqtt
@@ -142,6 +143,7 @@ def test_grant_and_denials_reach_the_audit_log_and_the_broker_in_order(
     assert relays["up"] == relays["half-down"] == [0, 1, 0]
 
 
+@pytest.mark.slow
 @needs_pipeline
 @needs_faces
 def test_sigterm_and_sigkill_of_the_daemon_during_a_pulse(
