@@ -112,4 +112,32 @@ class CommandGate:
             self._log.flush(self._clock(), force)
 
 
-__all__ = ["COMMAND_BURST", "COMMAND_LOG_FIRST", "COMMAND_RATE", "CommandGate"]
+class GatedCommands:
+    """A publisher's command callbacks, kept by its :class:`CommandGate` (``self.commands``)."""
+
+    commands: CommandGate
+
+    @property
+    def on_command(self) -> Callable[[str], None] | None:
+        """Called (on the thread that received it) with each accepted command's name."""
+        return self.commands.on_command
+
+    @on_command.setter
+    def on_command(self, fn: Callable[[str], None] | None) -> None:
+        self.commands.on_command = fn
+
+    @property
+    def on_unlock(self) -> Callable[[bytes], object] | None:
+        """door: called with the payload of each accepted unlock (the door verifies it)."""
+        return self.commands.on_unlock
+
+    @on_unlock.setter
+    def on_unlock(self, fn: Callable[[bytes], object] | None) -> None:
+        self.commands.on_unlock = fn
+
+    @property
+    def rejected_commands(self) -> int:
+        return self.commands.rejected
+
+
+__all__ = ["COMMAND_BURST", "COMMAND_LOG_FIRST", "COMMAND_RATE", "CommandGate", "GatedCommands"]

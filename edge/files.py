@@ -154,10 +154,25 @@ def write_atomic(
         raise error(f"{path}: cannot write {what} ({e.strerror or e})") from None
 
 
+def move_aside(path: Path) -> Path:
+    """Rename ``path`` (an SQLite database) and its ``-wal``/``-shm`` to ``<name>.corrupt-<time>``.
+
+    Returns the new name. OSError is the caller's to report.
+    """
+    aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+    os.replace(path, aside)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            os.replace(side, aside.with_name(aside.name + suffix))
+    return aside
+
+
 __all__ = [
     "STALE_TMP_S",
     "exists",
     "make_private_dir",
+    "move_aside",
     "read_bounded",
     "remove_stale_tmp",
     "write_atomic",

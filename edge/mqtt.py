@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from edge import __version__
-from edge.commands import CommandGate
+from edge.commands import CommandGate, GatedCommands
 from edge.errors import BrokerError, ConfigError, FacegateError
 from edge.events import (
     ABSENT,
@@ -146,7 +146,7 @@ class _Position:
     cursor: int = 0
 
 
-class Publisher:
+class Publisher(GatedCommands):
     """The MQTT side of the daemon: events, availability, state, discovery, commands."""
 
     def __init__(self, cfg: Config, outbox: Outbox | None = None) -> None:
@@ -199,28 +199,6 @@ class Publisher:
         self._snapshots: dict[int, bytes] = {}
         self._extra_lock = threading.Lock()
         self._clear_last_person_at: float | None = None
-
-    @property
-    def on_command(self) -> Callable[[str], None] | None:
-        """Called (on the network thread) with each accepted command's name."""
-        return self.commands.on_command
-
-    @on_command.setter
-    def on_command(self, fn: Callable[[str], None] | None) -> None:
-        self.commands.on_command = fn
-
-    @property
-    def on_unlock(self) -> Callable[[bytes], object] | None:
-        """door: called with the payload of each accepted unlock (the door verifies it)."""
-        return self.commands.on_unlock
-
-    @on_unlock.setter
-    def on_unlock(self, fn: Callable[[bytes], object] | None) -> None:
-        self.commands.on_unlock = fn
-
-    @property
-    def rejected_commands(self) -> int:
-        return self.commands.rejected
 
     # -- life cycle --------------------------------------------------------------
 

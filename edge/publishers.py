@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
-from edge.commands import CommandGate
+from edge.commands import CommandGate, GatedCommands
 from edge.events import (
     build_door_event,
     build_event,
@@ -107,7 +107,7 @@ def door_event(
     )
 
 
-class MemoryPublisher:
+class MemoryPublisher(GatedCommands):
     """The publisher interface without a network: payloads kept in lists.
 
     The daemon's publisher when MQTT is off (inside :class:`StdoutPublisher`),
@@ -131,26 +131,6 @@ class MemoryPublisher:
         self.presence: list[bool] = []
         self._seq = 0
         self._lock = threading.Lock()
-
-    @property
-    def on_command(self) -> Callable[[str], None] | None:
-        return self.commands.on_command
-
-    @on_command.setter
-    def on_command(self, fn: Callable[[str], None] | None) -> None:
-        self.commands.on_command = fn
-
-    @property
-    def on_unlock(self) -> Callable[[bytes], object] | None:
-        return self.commands.on_unlock
-
-    @on_unlock.setter
-    def on_unlock(self, fn: Callable[[bytes], object] | None) -> None:
-        self.commands.on_unlock = fn
-
-    @property
-    def rejected_commands(self) -> int:
-        return self.commands.rejected
 
     def start(self) -> None:
         self.started = True

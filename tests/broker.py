@@ -1,8 +1,8 @@
 """The tests' side of the real Mosquitto broker (:mod:`tools._broker` is the broker).
 
-:class:`Broker` is :class:`tools._broker.Broker`, persistent by default: a
-test that kills and restarts it still finds the sessions and queued QoS 1
-messages of its persistent subscribers. :class:`Collector` is a subscriber
+:class:`Broker` is :class:`tools._broker.Broker`; the tests start it with
+``persistent=True``, so one killed and restarted still holds the sessions
+and queued QoS 1 messages of its persistent subscribers. :class:`Collector` is a subscriber
 that records every message; :meth:`Collector.ready` waits until the broker
 acknowledged its subscriptions (SUBACK), so a test never sleeps to wait for
 them. :func:`wait_for` polls a condition with a timeout.
@@ -23,8 +23,7 @@ from typing import Any
 
 import pytest
 
-from tools import _broker
-from tools._broker import HOST, free_port, mosquitto_path, port_open
+from tools._broker import HOST, Broker, free_port, mosquitto_path, port_open
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
@@ -35,20 +34,6 @@ def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.
             return True
         time.sleep(interval)
     return predicate()
-
-
-class Broker(_broker.Broker):
-    """:class:`tools._broker.Broker`, persistent unless told otherwise."""
-
-    def __init__(
-        self,
-        workdir: Path,
-        port: int | None = None,
-        extra_conf: str = "",
-        anonymous: bool = True,
-        persistent: bool = True,
-    ) -> None:
-        super().__init__(workdir, port, extra_conf, anonymous, persistent)
 
 
 class Collector:
@@ -152,7 +137,7 @@ def mqtt_broker(tmp_path: Path) -> Iterator[Broker]:
     """A running mosquitto on a free loopback port (skips without mosquitto)."""
     if mosquitto_path() is None:
         pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
-    b = Broker(tmp_path / "broker")
+    b = Broker(tmp_path / "broker", persistent=True)
     b.start()
     try:
         yield b

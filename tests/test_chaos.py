@@ -29,7 +29,7 @@ pytestmark = [
 
 def test_every_event_survives_broker_and_daemon_crashes(tmp_path: Path) -> None:
     t0 = time.monotonic()
-    broker = Broker(tmp_path / "broker")
+    broker = Broker(tmp_path / "broker", persistent=True)
     broker.start()
     config = write_config(tmp_path / "facegate.toml", broker)
     log = tmp_path / "events.jsonl"
@@ -124,7 +124,7 @@ def test_facegate_run_survives_broker_and_daemon_crashes(
     repo = Path(__file__).resolve().parents[1]
     faces = shared / "faces"
     t0 = time.monotonic()
-    broker = Broker(tmp_path / "broker")
+    broker = Broker(tmp_path / "broker", persistent=True)
     broker.start()
     outbox = tmp_path / "outbox.sqlite"
     config = tmp_path / "facegate.toml"

@@ -131,7 +131,7 @@ def test_events_in_order_state_and_discovery(
 def test_events_wait_in_outbox_while_broker_is_down_then_drain_at_bounded_rate(
     tmp_path: Path, publisher_factory: Any
 ) -> None:
-    broker = Broker(tmp_path / "broker")  # not started: the broker is down
+    broker = Broker(tmp_path / "broker", persistent=True)  # not started: the broker is down
     cfg = config(tmp_path, broker, drain_rate=20.0)
     pub = publisher_factory(cfg)
     pub.start()
@@ -179,7 +179,7 @@ def test_sequence_continues_across_restarts(
 def test_outbox_survives_restart_and_overflow_shows_as_seq_gap(
     tmp_path: Path, publisher_factory: Any
 ) -> None:
-    broker = Broker(tmp_path / "broker")  # down while the events happen
+    broker = Broker(tmp_path / "broker", persistent=True)  # down while the events happen
     cfg = config(tmp_path, broker, outbox_max=5)
     first = publisher_factory(cfg)
     first.start()
