@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import FacegateError
+from edge.files import move_aside
 
 log = logging.getLogger("facegate.audit")
 
@@ -172,14 +173,9 @@ class AuditLog:
         except sqlite3.DatabaseError as e:
             if isinstance(e, sqlite3.OperationalError):  # cannot open: not a corrupt file
                 raise AuditError(f"audit log {self.path}: cannot open ({e})") from None
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            log.error("audit log %s is unreadable (%s); moved to %s", self.path, e, aside.name)
             try:
-                os.replace(self.path, aside)
-                for suffix in ("-wal", "-shm"):
-                    side = self.path.with_name(self.path.name + suffix)
-                    if side.exists():
-                        os.replace(side, aside.with_name(aside.name + suffix))
+                aside = move_aside(self.path)
+                log.error("audit log %s is unreadable (%s); moved to %s", self.path, e, aside.name)
                 self._db = self._open()
             except (OSError, sqlite3.DatabaseError) as e2:
                 raise AuditError(f"audit log {self.path}: cannot recover ({e2})") from None

@@ -33,6 +33,7 @@ import stat
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, overload
@@ -259,74 +260,119 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _check_value(path: str, tp: Any, value: Any) -> Any:
-    """Check one value against a field type; return it (ints widen to floats)."""
+    """Check one value against a field type; return it (ints widen to floats).
+
+    Scalars by their type (:data:`_SCALAR_CHECKS`), the rest by the type's
+    origin (:data:`_GENERIC_CHECKS`: constraints, optional, choices, arrays,
+    tables).
+    """
     origin = typing.get_origin(tp)
-    if origin is Annotated:
-        base, *rules = typing.get_args(tp)
-        v = _check_value(path, base, value)
-        if v is not None:
-            for rule in rules:
-                if isinstance(rule, Constraint):
-                    try:
-                        rule.check(v)
-                    except Invalid as e:
-                        raise ConfigError(f"{path}: {e}") from None
-        return v
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None and len(args) < len(typing.get_args(tp)):
-            return None
-        return _check_value(path, args[0], value)
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        if not isinstance(value, str) or value not in allowed:
-            raise ConfigError(f"{path}: must be one of {', '.join(allowed)}, got {value!r:.80}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true or false, got {value!r:.80}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: expected an integer, got {value!r:.80}")
-        if abs(value) > MAX_INT:
-            raise ConfigError(f"{path}: integer out of range ({value:.3g})")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{path}: expected a number, got {value!r:.80}")
-        if isinstance(value, int) and abs(value) > MAX_INT:
-            raise ConfigError(f"{path}: number out of range ({value:.3g})")
-        v = float(value)
-        if not math.isfinite(v):
-            raise ConfigError(f"{path}: must be a finite number, got {value!r}")
-        return v
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {value!r:.80}")
-        if len(value) > MAX_TEXT:
-            raise ConfigError(f"{path}: too long ({len(value)} characters, at most {MAX_TEXT})")
-        if _CONTROL.search(value):
-            raise ConfigError(f"{path}: must not contain control characters (NUL, newline, ...)")
-        return value
-    if origin is tuple:  # tuple[X, ...]: a TOML array
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{path}: expected an array, got {value!r:.80}")
-        if len(value) > MAX_ITEMS:
-            raise ConfigError(f"{path}: too many items ({len(value)}, at most {MAX_ITEMS})")
-        item = typing.get_args(tp)[0]
-        return tuple(_check_value(f"{path}[{i}]", item, v) for i, v in enumerate(value))
-    if origin is dict:  # dict[str, X]: a TOML table
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a table, got {value!r:.80}")
-        if len(value) > MAX_ITEMS:
-            raise ConfigError(f"{path}: too many entries ({len(value)}, at most {MAX_ITEMS})")
-        item = typing.get_args(tp)[1]
-        return {
-            _check_value(f"{path}", str, k): _check_value(f"{path}.{k:.80}", item, v)
-            for k, v in value.items()
-        }
-    raise ConfigError(f"{path}: unsupported type {_SCALARS.get(tp, str(tp))}")
+    check = _GENERIC_CHECKS.get(origin) if origin is not None else _SCALAR_CHECKS.get(tp)
+    if check is None:
+        raise ConfigError(f"{path}: unsupported type {_SCALARS.get(tp, str(tp))}")
+    return check(path, tp, value)
+
+
+def _check_annotated(path: str, tp: Any, value: Any) -> Any:
+    base, *rules = typing.get_args(tp)
+    v = _check_value(path, base, value)
+    if v is not None:
+        for rule in rules:
+            if isinstance(rule, Constraint):
+                try:
+                    rule.check(v)
+                except Invalid as e:
+                    raise ConfigError(f"{path}: {e}") from None
+    return v
+
+
+def _check_optional(path: str, tp: Any, value: Any) -> Any:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if value is None and len(args) < len(typing.get_args(tp)):
+        return None
+    return _check_value(path, args[0], value)
+
+
+def _check_literal(path: str, tp: Any, value: Any) -> Any:
+    allowed = typing.get_args(tp)
+    if not isinstance(value, str) or value not in allowed:
+        raise ConfigError(f"{path}: must be one of {', '.join(allowed)}, got {value!r:.80}")
+    return value
+
+
+def _check_bool(path: str, tp: Any, value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{path}: expected true or false, got {value!r:.80}")
+    return value
+
+
+def _check_int(path: str, tp: Any, value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{path}: expected an integer, got {value!r:.80}")
+    if abs(value) > MAX_INT:
+        raise ConfigError(f"{path}: integer out of range ({value:.3g})")
+    return value
+
+
+def _check_float(path: str, tp: Any, value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{path}: expected a number, got {value!r:.80}")
+    if isinstance(value, int) and abs(value) > MAX_INT:
+        raise ConfigError(f"{path}: number out of range ({value:.3g})")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ConfigError(f"{path}: must be a finite number, got {value!r}")
+    return v
+
+
+def _check_str(path: str, tp: Any, value: Any) -> Any:
+    if not isinstance(value, str):
+        raise ConfigError(f"{path}: expected a string, got {value!r:.80}")
+    if len(value) > MAX_TEXT:
+        raise ConfigError(f"{path}: too long ({len(value)} characters, at most {MAX_TEXT})")
+    if _CONTROL.search(value):
+        raise ConfigError(f"{path}: must not contain control characters (NUL, newline, ...)")
+    return value
+
+
+def _check_array(path: str, tp: Any, value: Any) -> Any:
+    """``tuple[X, ...]``: a TOML array."""
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{path}: expected an array, got {value!r:.80}")
+    if len(value) > MAX_ITEMS:
+        raise ConfigError(f"{path}: too many items ({len(value)}, at most {MAX_ITEMS})")
+    item = typing.get_args(tp)[0]
+    return tuple(_check_value(f"{path}[{i}]", item, v) for i, v in enumerate(value))
+
+
+def _check_table(path: str, tp: Any, value: Any) -> Any:
+    """``dict[str, X]``: a TOML table."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: expected a table, got {value!r:.80}")
+    if len(value) > MAX_ITEMS:
+        raise ConfigError(f"{path}: too many entries ({len(value)}, at most {MAX_ITEMS})")
+    item = typing.get_args(tp)[1]
+    return {
+        _check_value(f"{path}", str, k): _check_value(f"{path}.{k:.80}", item, v)
+        for k, v in value.items()
+    }
+
+
+_Check = Callable[[str, Any, Any], Any]
+_SCALAR_CHECKS: dict[Any, _Check] = {
+    bool: _check_bool,
+    int: _check_int,
+    float: _check_float,
+    str: _check_str,
+}
+_GENERIC_CHECKS: dict[Any, _Check] = {
+    Annotated: _check_annotated,
+    typing.Union: _check_optional,
+    types.UnionType: _check_optional,
+    Literal: _check_literal,
+    tuple: _check_array,
+    dict: _check_table,
+}
 
 
 _FIELD_TYPES: dict[type, dict[str, Any]] = {}

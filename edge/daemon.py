@@ -41,6 +41,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from edge.errors import FacegateError
+from edge.publishers import PublisherLike, make_publisher
 from edge.sdnotify import Notifier, watchdog_interval
 from edge.tracker import Tracker
 from edge.types import Decision, Frame, FrameResult
@@ -58,34 +59,6 @@ FRAME_WAIT_S = 0.2
 # How often the fps figure, systemd's STATUS= line and the publisher's copy of
 # the state are refreshed (the publisher sends it once per mqtt.state_interval_s).
 STATUS_EVERY_S = 5.0
-
-
-class PublisherLike(Protocol):
-    """What the daemon needs from :class:`edge.mqtt.Publisher` (and its fake)."""
-
-    on_command: Callable[[str], None] | None
-
-    def start(self) -> None: ...
-
-    def publish_decision(self, decision: Decision) -> dict[str, Any]: ...
-
-    def set_state(self, **fields: Any) -> None: ...
-
-    def set_gallery(self, names: list[str] | tuple[str, ...]) -> None: ...
-
-    def set_presence(self, present: bool) -> None: ...
-
-    def set_ready(self) -> None: ...
-
-    def publish_event(
-        self, kind: str, fields: dict[str, Any], ts: float | None = None
-    ) -> dict[str, Any]: ...
-
-    def publish_status(self, name: str, fields: dict[str, Any]) -> None: ...
-
-    def alive(self) -> bool: ...
-
-    def stop(self, timeout: float) -> None: ...
 
 
 class RecognizerLike(Protocol):
@@ -122,91 +95,6 @@ class CaptureLike(Protocol):
 
     @property
     def finished(self) -> bool: ...
-
-
-class StdoutPublisher:
-    """Each event payload as one JSON line on stdout (or ``out``).
-
-    The publisher when MQTT is off; with ``inner`` (a real :class:`edge.mqtt.Publisher`)
-    it prints and publishes, as ``facegate demo --broker`` does.
-    """
-
-    def __init__(self, cfg: Config, out: Any = None, inner: PublisherLike | None = None) -> None:
-        from edge.mqtt import FakePublisher
-
-        self._fake: Any = inner if inner is not None else FakePublisher(cfg)
-        self._out = out
-
-    @property
-    def on_command(self) -> Callable[[str], None] | None:
-        return self._fake.on_command  # type: ignore[no-any-return]
-
-    @on_command.setter
-    def on_command(self, fn: Callable[[str], None] | None) -> None:
-        # Commands arrive through the wrapped publisher: hand it the callback.
-        self._fake.on_command = fn
-
-    def start(self) -> None:
-        self._fake.start()
-
-    def publish_decision(self, decision: Decision) -> dict[str, Any]:
-        payload: dict[str, Any] = self._fake.publish_decision(decision)
-        from edge.events import encode
-
-        out = self._out or sys.stdout
-        out.write(encode(payload).decode() + "\n")
-        out.flush()
-        return payload
-
-    def set_state(self, **fields: Any) -> None:
-        self._fake.set_state(**fields)
-
-    def set_gallery(self, names: list[str] | tuple[str, ...]) -> None:
-        self._fake.set_gallery(names)
-
-    def set_presence(self, present: bool) -> None:
-        self._fake.set_presence(present)
-
-    def set_ready(self) -> None:
-        self._fake.set_ready()
-
-    @property
-    def on_unlock(self) -> Callable[[bytes], None] | None:
-        return getattr(self._fake, "on_unlock", None)
-
-    @on_unlock.setter
-    def on_unlock(self, fn: Callable[[bytes], None] | None) -> None:
-        self._fake.on_unlock = fn
-
-    def publish_event(
-        self, kind: str, fields: dict[str, Any], ts: float | None = None
-    ) -> dict[str, Any]:
-        payload: dict[str, Any] = self._fake.publish_event(kind, fields, ts)
-        from edge.events import encode
-
-        out = self._out or sys.stdout
-        out.write(encode(payload).decode() + "\n")
-        out.flush()
-        return payload
-
-    def publish_status(self, name: str, fields: dict[str, Any]) -> None:
-        self._fake.publish_status(name, fields)
-
-    def alive(self) -> bool:
-        return bool(self._fake.alive())
-
-    def stop(self, timeout: float) -> None:
-        self._fake.stop(timeout)
-
-
-def make_publisher(cfg: Config) -> PublisherLike:
-    """The real MQTT publisher when ``mqtt.enabled``, else JSON lines on stdout."""
-    if cfg.mqtt.enabled:
-        from edge.mqtt import Publisher
-
-        pub: PublisherLike = Publisher(cfg)
-        return pub
-    return StdoutPublisher(cfg)
 
 
 def make_capture(cfg: Config, stop: threading.Event) -> CaptureLike:
@@ -282,156 +170,207 @@ def run(
     failed at runtime (systemd restarts us). Start-up problems (bad model,
     gallery, camera) raise :class:`FacegateError`.
     """
-    from edge.gallery import reload_for_config
-
     notifier = notifier or Notifier()
     reload = reload or threading.Event()
-    budget = cfg.service.stop_timeout_s
-    started = time.monotonic()
     pub = publisher or make_publisher(cfg)
     # door: built (relay released) before anything else starts; it gets every
     # decision in-process from this loop, never from the broker or the outbox.
     door = _door(cfg, pub, door_factory) if cfg.door.enabled else None
     cap_stop = threading.Event()
     cap: CaptureLike | None = None
-    rc = 0
     notifier.status("starting")
     pub.start()
     try:
-        rec = recognizer
-        if rec is None:
-            from edge.recognizer import Recognizer
-
-            # This also opens the gallery: a bad one fails start-up, before READY.
-            rec = Recognizer.from_config(cfg)
-        model_sha = rec.model_sha256
-
-        def on_command(cmd: str) -> None:
-            # Called on the MQTT thread: only flag it, the loop does the work.
-            if cmd == "reload-gallery":
-                reload.set()
-
-        pub.on_command = on_command
-        if door is not None:  # door: the signed remote unlock (refused unless enabled)
-            pub.on_unlock = door.remote_command  # type: ignore[attr-defined]
-        # A face that jumps identity by more than the open-set threshold is
-        # someone else: it ends its track (edge.tracker.identity_jump).
-        tracker = Tracker(cfg.decision, identity_threshold=rec.threshold)
+        # This also opens the gallery: a bad one fails start-up, before READY.
+        rec = recognizer if recognizer is not None else _load_recognizer(cfg)
+        _wire_commands(pub, reload, door)
         cap = capture_factory(cfg, cap_stop)
         cap.start()
-        health = _Health(notifier, pub, watchdog_interval())
+        return _Loop(cfg, pub, rec, cap, door, notifier, reload).run(stop)
+    except FacegateError:
+        raise
+    except Exception:
+        log.exception("service loop failed")
+        return 1
+    finally:
+        _shutdown(cfg, pub, cap, cap_stop, door, notifier)
+
+
+def _load_recognizer(cfg: Config) -> RecognizerLike:
+    from edge.recognizer import Recognizer
+
+    return Recognizer.from_config(cfg)
+
+
+def _wire_commands(
+    pub: PublisherLike, reload: threading.Event, door: DoorController | None
+) -> None:
+    """Commands from the broker: a gallery reload (flagged for the loop), the door's unlock."""
+
+    def on_command(cmd: str) -> None:
+        # Called on the MQTT thread: only flag it, the loop does the work.
+        if cmd == "reload-gallery":
+            reload.set()
+
+    pub.on_command = on_command
+    if door is not None:  # door: the signed remote unlock (refused unless enabled)
+        pub.on_unlock = door.remote_command
+
+
+class _Loop:
+    """The running service, one frame at a time: reloads, readiness, decisions, status."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        pub: PublisherLike,
+        rec: RecognizerLike,
+        cap: CaptureLike,
+        door: DoorController | None,
+        notifier: Notifier,
+        reload: threading.Event,
+    ) -> None:
+        self.cfg, self.pub, self.rec, self.cap, self.door = cfg, pub, rec, cap, door
+        self.notifier, self.reload = notifier, reload
+        self.model_sha = rec.model_sha256
+        # A face that jumps identity by more than the open-set threshold is
+        # someone else: it ends its track (edge.tracker.identity_jump).
+        self.tracker = Tracker(cfg.decision, identity_threshold=rec.threshold)
+        self.health = _Health(notifier, pub, watchdog_interval())
+        self.started = time.monotonic()
+        self.frames = self.events = 0
+        self.fps = 0.0
+        self.window_start, self.window_frames = self.started, 0
+        self.ready = self.present = False
         log.info(
             "started: device=%s source=%s gallery=%d people model=%s threshold=%.3f",
             cfg.device.id,
             cfg.camera.source,
             len(rec.gallery),
-            model_sha[:12],
+            self.model_sha[:12],
             rec.threshold,
         )
-        frames = events = 0
-        fps = 0.0
-        window_start, window_frames = time.monotonic(), 0
-        ready = present = False
 
-        def publish_state(now: float) -> None:
-            assert cap is not None and rec is not None
-            pub.set_state(
-                status="running",
-                fps=round(fps, 2),
-                frames=frames,
-                dropped=cap.dropped,
-                events=events,
-                gallery_size=len(rec.gallery),
-                uptime_s=round(now - started, 1),
-                model_sha256=model_sha,
-            )
-
+    def run(self, stop: threading.Event) -> int:
+        """Until ``stop``, the end of a replay (0) or a dead source or door (1)."""
         while not stop.is_set():
-            if reload.is_set():
-                reload.clear()
-                if door is not None:  # door: fail-secure on reload
-                    door.release("reload")
-                try:
-                    rec.set_gallery(reload_for_config(cfg, rec.gallery))
-                    log.info("gallery reloaded: %d people", len(rec.gallery))
-                    # The open-set threshold follows the gallery size: so does
-                    # the identity check of the tracks.
-                    tracker.identity_threshold = rec.threshold
-                    publish_state(time.monotonic())
-                    pub.set_gallery(rec.gallery.names)  # re-announced, state sent now
-                except FacegateError as e:
-                    log.error("gallery reload failed, keeping the old one: %s", e)
-            frame = cap.get(timeout=FRAME_WAIT_S)
-            if frame is None:
-                if cap.finished:
-                    log.info("replay finished after %d frames, %d events", frames, events)
-                    break
-                if not cap.alive:
-                    log.error("frame source stopped delivering frames")
-                    rc = 1
-                    break
-            else:
-                result = rec.process(frame)
-                if not ready:
-                    # Models loaded and the camera delivered: only now "online",
-                    # before this frame's decisions go out.
-                    ready = True
-                    publish_state(time.monotonic())
-                    pub.set_gallery(rec.gallery.names)
-                    pub.set_ready()
-                    notifier.ready(f"running, {len(rec.gallery)} people enrolled")
-                    log.info("ready: first frame processed")
-                snapshot = frame.image if cfg.mqtt.snapshot else None
-                for d in tracker.update(result, snapshot):
-                    if door is not None:  # door: every decision, live from the tracker
-                        door.on_decision(d, rec.gallery)
-                    payload = pub.publish_decision(d)
-                    events += 1
-                    log.info("%s", _event_line(d, payload))
-                frames += 1
-                window_frames += 1
-                health.frame_done()
-                if (tracker.active_tracks > 0) != present:
-                    present = not present
-                    pub.set_presence(present)
-            if door is not None and not door.alive():  # door: relay owner died: restart
+            if self.reload.is_set():
+                self.reload.clear()
+                self.reload_gallery()
+            frame = self.cap.get(timeout=FRAME_WAIT_S)
+            if frame is not None:
+                self.on_frame(frame)
+            elif self.cap.finished:
+                log.info("replay finished after %d frames, %d events", self.frames, self.events)
+                return 0
+            elif not self.cap.alive:
+                log.error("frame source stopped delivering frames")
+                return 1
+            if self.door is not None and not self.door.alive():  # door: relay owner died
                 log.error("door controller stopped; exiting for a restart")
-                rc = 1
-                break
-            health.tick()
-            now = time.monotonic()
-            if now - window_start >= STATUS_EVERY_S:
-                fps = window_frames / (now - window_start)
-                window_start, window_frames = now, 0
-                notifier.status(f"{fps:.1f} fps, {frames} frames, {events} events")
-                publish_state(now)
-    except FacegateError:
-        raise
-    except Exception:
-        log.exception("service loop failed")
-        rc = 1
-    finally:
-        if door is not None:  # door: released first, before anything else stops
-            door.stop(timeout=min(2.0, budget * 0.2), why="service stopping")
-        notifier.stopping("stopping")
-        t_stop = time.monotonic()
-        # Reverse start order: capture first (no new frames), then the publisher
-        # (which flushes what it can and keeps the rest in its outbox).
-        cap_stop.set()
-        if cap is not None:
-            cap.join(timeout=budget * 0.4)
-            if cap.alive:
-                log.warning("capture thread did not stop in time")
-        remaining = max(0.5, budget - (time.monotonic() - t_stop) - 0.5)
+                return 1
+            self.health.tick()
+            self.tick_status(time.monotonic())
+        return 0
+
+    def publish_state(self, now: float) -> None:
+        self.pub.set_state(
+            status="running",
+            fps=round(self.fps, 2),
+            frames=self.frames,
+            dropped=self.cap.dropped,
+            events=self.events,
+            gallery_size=len(self.rec.gallery),
+            uptime_s=round(now - self.started, 1),
+            model_sha256=self.model_sha,
+        )
+
+    def reload_gallery(self) -> None:
+        """The gallery file again (SIGHUP, ``reload-gallery``); the old one stays on failure."""
+        from edge.gallery import reload_for_config
+
+        if self.door is not None:  # door: fail-secure on reload
+            self.door.release("reload")
         try:
-            pub.set_state(status="offline")
-            pub.set_presence(False)  # a stopped camera sees nobody (retained)
-        except Exception as e:  # the state is a courtesy; stopping must go on
-            log.debug("final state not published: %s", e)
-        pub.stop(timeout=remaining)
-        notifier.close()
-        log.info("stopped in %.2f s", time.monotonic() - t_stop)
-    return rc
+            self.rec.set_gallery(reload_for_config(self.cfg, self.rec.gallery))
+        except FacegateError as e:
+            log.error("gallery reload failed, keeping the old one: %s", e)
+            return
+        log.info("gallery reloaded: %d people", len(self.rec.gallery))
+        # The open-set threshold follows the gallery size: so does the
+        # identity check of the tracks (the tracks themselves go on).
+        self.tracker.identity_threshold = self.rec.threshold
+        self.publish_state(time.monotonic())
+        self.pub.set_gallery(self.rec.gallery.names)  # re-announced, state sent now
+
+    def on_frame(self, frame: Frame) -> None:
+        """Recognize, decide, hand each decision to the door and the publisher."""
+        result = self.rec.process(frame)
+        if not self.ready:
+            self.become_ready()
+        snapshot = frame.image if self.cfg.mqtt.snapshot else None
+        for d in self.tracker.update(result, snapshot):
+            if self.door is not None:  # door: every decision, live from the tracker
+                self.door.on_decision(d, self.rec.gallery)
+            payload = self.pub.publish_decision(d)
+            self.events += 1
+            log.info("%s", _event_line(d, payload))
+        self.frames += 1
+        self.window_frames += 1
+        self.health.frame_done()
+        if (self.tracker.active_tracks > 0) != self.present:
+            self.present = not self.present
+            self.pub.set_presence(self.present)
+
+    def become_ready(self) -> None:
+        """Models loaded and the camera delivered: only now "online", before any decision."""
+        self.ready = True
+        self.publish_state(time.monotonic())
+        self.pub.set_gallery(self.rec.gallery.names)
+        self.pub.set_ready()
+        self.notifier.ready(f"running, {len(self.rec.gallery)} people enrolled")
+        log.info("ready: first frame processed")
+
+    def tick_status(self, now: float) -> None:
+        """Every :data:`STATUS_EVERY_S`: the fps figure, systemd's STATUS=, the state."""
+        if now - self.window_start < STATUS_EVERY_S:
+            return
+        self.fps = self.window_frames / (now - self.window_start)
+        self.window_start, self.window_frames = now, 0
+        self.notifier.status(f"{self.fps:.1f} fps, {self.frames} frames, {self.events} events")
+        self.publish_state(now)
+
+
+def _shutdown(
+    cfg: Config,
+    pub: PublisherLike,
+    cap: CaptureLike | None,
+    cap_stop: threading.Event,
+    door: DoorController | None,
+    notifier: Notifier,
+) -> None:
+    """Stop in reverse order within ``service.stop_timeout_s``: door, capture, publisher."""
+    budget = cfg.service.stop_timeout_s
+    if door is not None:  # door: released first, before anything else stops
+        door.stop(timeout=min(2.0, budget * 0.2), why="service stopping")
+    notifier.stopping("stopping")
+    t_stop = time.monotonic()
+    # Capture first (no new frames), then the publisher (which flushes what
+    # it can and keeps the rest in its outbox).
+    cap_stop.set()
+    if cap is not None:
+        cap.join(timeout=budget * 0.4)
+        if cap.alive:
+            log.warning("capture thread did not stop in time")
+    remaining = max(0.5, budget - (time.monotonic() - t_stop) - 0.5)
+    try:
+        pub.set_state(status="offline")
+        pub.set_presence(False)  # a stopped camera sees nobody (retained)
+    except Exception as e:  # the state is a courtesy; stopping must go on
+        log.debug("final state not published: %s", e)
+    pub.stop(timeout=remaining)
+    notifier.close()
+    log.info("stopped in %.2f s", time.monotonic() - t_stop)
 
 
 def _door(

@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import os
 import queue
@@ -443,9 +442,11 @@ def verify_unlock(
     accepted command's nonce is remembered, so unsigned junk cannot fill the cache.
     """
     if isinstance(payload, bytes | bytearray):
+        from edge.events import loads_strict
+
         try:
-            doc = json.loads(bytes(payload).decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+            doc = loads_strict(bytes(payload))  # a key given twice is malformed
+        except ValueError:
             return MALFORMED
     else:
         doc = payload

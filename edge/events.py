@@ -48,7 +48,7 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -144,27 +144,37 @@ class _Timex(ctypes.Structure):
 _TIME_ERROR = 5  # adjtimex(2) return value: the clock is not synchronised
 
 
-def clock_synced(now: float | None = None) -> bool:
+def adjtimex_state() -> int | None:
+    """The kernel's clock state, ``adjtimex(2)`` called read-only; None where unavailable.
+
+    0 (``TIME_OK``) to 4 mean synchronised (leap-second states included),
+    5 (``TIME_ERROR``) not synchronised.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        tx = _Timex()
+        return int(libc.adjtimex(ctypes.byref(tx)))
+    except (OSError, AttributeError):
+        return None
+
+
+def clock_synced(
+    now: float | None = None, kernel_state: Callable[[], int | None] = adjtimex_state
+) -> bool:
     """Whether the wall clock can be trusted for event timestamps.
 
     False when the time is implausibly early (no RTC, NTP not yet run), or
-    when the kernel reports the clock as unsynchronised: ``adjtimex(2)``
-    returns ``TIME_ERROR`` (what ``timedatectl``'s "System clock
-    synchronized" shows). Where adjtimex is unavailable only the plausibility
-    check applies.
+    when the kernel reports the clock as unsynchronised: ``kernel_state()``
+    (:func:`adjtimex_state`) is ``TIME_ERROR``, what ``timedatectl``'s
+    "System clock synchronized" shows. Where adjtimex is unavailable (None)
+    only the plausibility check applies.
     """
     t = time.time() if now is None else now
     if t < _PLAUSIBLE_EPOCH:
         return False
-    if not sys.platform.startswith("linux"):
-        return True
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        tx = _Timex()
-        state = int(libc.adjtimex(ctypes.byref(tx)))
-    except (OSError, AttributeError):
-        return True
-    return state != _TIME_ERROR
+    return kernel_state() != _TIME_ERROR
 
 
 def snapshot_jpeg(image: Image, max_side: int = SNAPSHOT_MAX_SIDE) -> bytes:
@@ -333,19 +343,48 @@ def build_last_person(event: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
+class DuplicateKeyError(ValueError):
+    """A JSON object names one key twice."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json`` object hook: an object that names a key twice is refused."""
+    doc: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in doc:
+            raise DuplicateKeyError(f"duplicate key {key!r}")
+        doc[key] = value
+    return doc
+
+
+def loads_strict(payload: bytes) -> Any:
+    """Parse UTF-8 JSON in which no object names a key twice; ValueError otherwise
+    (:class:`DuplicateKeyError` for a repeated key).
+
+    Python's ``json`` keeps the last of two equal keys silently, so
+    ``{"command": "reload-gallery", "command": "x"}`` would be read
+    differently by other parsers; a command that two readers can disagree on
+    is refused.
+    """
+    return json.loads(payload.decode("utf-8"), object_pairs_hook=_unique_keys)
+
+
 def parse_command(payload: bytes) -> str:
     """The command in a ``command`` topic payload, or :class:`CommandError`.
 
     Accepted is exactly a JSON object ``{"command": NAME}`` with NAME in
-    :data:`COMMANDS`, at most :data:`MAX_COMMAND_BYTES` long. Anything else
-    (other keys, other types, invalid UTF-8 or JSON) is rejected: nothing but
-    a gallery reload can be triggered over the network.
+    :data:`COMMANDS`, at most :data:`MAX_COMMAND_BYTES` long, each key once
+    (:func:`loads_strict`). Anything else (other or repeated keys, other
+    types, invalid UTF-8 or JSON) is rejected: nothing but a gallery reload
+    (and the door's signed unlock) can be triggered over the network.
     """
     if len(payload) > MAX_COMMAND_BYTES:
         raise CommandError(f"command: payload of {len(payload)} bytes is too long")
     try:
-        doc = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        doc = loads_strict(payload)
+    except DuplicateKeyError as e:
+        raise CommandError(f"command: {e}") from None
+    except ValueError:  # UnicodeDecodeError too
         raise CommandError("command: payload is not UTF-8 JSON") from None
     if isinstance(doc, dict) and doc.get("command") == UNLOCK:
         return UNLOCK  # door: the signed unlock, verified by edge.door (ts, nonce, hmac)
@@ -668,7 +707,9 @@ __all__ = [
     "STRANGER",
     "UNLOCK",
     "CommandError",
+    "DuplicateKeyError",
     "Topics",
+    "adjtimex_state",
     "build_door_event",
     "build_event",
     "build_ha_discovery",
@@ -683,6 +724,7 @@ __all__ = [
     "ha_static_topics",
     "is_late",
     "iso_utc",
+    "loads_strict",
     "new_event_id",
     "parse_command",
     "snapshot_jpeg",

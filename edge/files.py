@@ -114,13 +114,21 @@ def write_atomic(
 ) -> None:
     """Replace ``path`` with ``data`` atomically (tmp, fsync, rename, folder fsync).
 
-    The file gets ``mode`` whatever the umask; a missing folder is created
-    0700. Every OSError (read-only folder, full disk) becomes one ``error`` line;
-    the old file is then untouched.
+    The file gets ``mode`` whatever the umask (0600 by default: galleries,
+    outbox state; models and manifests pass 0644). A missing folder is
+    created 0700 for a private file, else with the umask's mode. Every
+    OSError (read-only folder, full disk) becomes one ``error`` line; the old
+    file is then untouched.
+
+    This is facegate's one atomic write: the device's files, the tools'
+    models, manifests and reports all go through it.
     """
     path = Path(path)
     try:
-        make_private_dir(path.parent)
+        if mode & 0o077:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            make_private_dir(path.parent)
         remove_stale_tmp(path)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
@@ -146,10 +154,25 @@ def write_atomic(
         raise error(f"{path}: cannot write {what} ({e.strerror or e})") from None
 
 
+def move_aside(path: Path) -> Path:
+    """Rename ``path`` (an SQLite database) and its ``-wal``/``-shm`` to ``<name>.corrupt-<time>``.
+
+    Returns the new name. OSError is the caller's to report.
+    """
+    aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+    os.replace(path, aside)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            os.replace(side, aside.with_name(aside.name + suffix))
+    return aside
+
+
 __all__ = [
     "STALE_TMP_S",
     "exists",
     "make_private_dir",
+    "move_aside",
     "read_bounded",
     "remove_stale_tmp",
     "write_atomic",

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from edge.errors import ManifestMismatch, ModelError
+from edge.files import write_atomic
 from edge.thresholds import RateTable
 
 FORMAT = "facegate-manifest/1"
@@ -209,23 +208,14 @@ def verify_file(manifest: Manifest) -> Path:
     return mp
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file in the same folder, fsync, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        # mkstemp creates 0600; a manifest is public metadata the service user must read.
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def write_json_atomic(path: Path | str, data: Any, what: str = "JSON file") -> None:
+    """``data`` as indented JSON (key order kept), written with :func:`edge.files.write_atomic`.
+
+    0644: manifests and reports are public metadata the service user must
+    read. Any OSError becomes one :class:`~edge.errors.ModelError` line.
+    """
+    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    write_atomic(path, text.encode("utf-8"), what, ModelError, mode=0o644)
 
 
 def save_manifest(manifest: Manifest, path: Path | None = None) -> Path:
@@ -233,5 +223,5 @@ def save_manifest(manifest: Manifest, path: Path | None = None) -> Path:
     target = path or manifest.path
     if target is None:
         raise ModelError("save_manifest: no path given")
-    write_json_atomic(Path(target), manifest.to_dict())
+    write_json_atomic(Path(target), manifest.to_dict(), "manifest")
     return Path(target)

@@ -28,8 +28,13 @@ state is published once per ``mqtt.state_interval_s`` by the drain thread
 (and at once when the gallery changes); :meth:`Publisher.set_state` only
 merges fields.
 
+Commands (``mqtt.commands``) go through a :class:`~edge.commands.CommandGate`:
+checked, rate-limited, counted and logged once per burst.
+
 Every paho callback is wrapped: an exception is logged and counted, never
-propagated into (and never kills) the network thread.
+propagated into (and never kills) the network thread. The network thread is
+paho's (``loop_start``); the publisher learns which thread it is from
+``on_pre_connect``, which paho calls on it before every connection attempt.
 """
 
 from __future__ import annotations
@@ -41,10 +46,12 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from edge import __version__
+from edge.commands import CommandGate, GatedCommands
 from edge.errors import BrokerError, ConfigError, FacegateError
 from edge.events import (
     ABSENT,
@@ -52,11 +59,7 @@ from edge.events import (
     OFFLINE,
     ONLINE,
     PRESENT,
-    UNLOCK,
-    CommandError,
     Topics,
-    build_door_event,
-    build_event,
     build_ha_discovery,
     build_last_person,
     build_state,
@@ -67,13 +70,17 @@ from edge.events import (
     ha_discovery_topic,
     ha_person_object_id,
     ha_static_topics,
-    new_event_id,
-    parse_command,
     snapshot_jpeg,
 )
 from edge.outbox import Outbox, Row
+from edge.publishers import decision_event, door_event
+from edge.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
+    from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage, MQTTMessageInfo
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.reasoncodes import ReasonCode
+
     from edge.config import Config
     from edge.types import Decision
 
@@ -84,8 +91,6 @@ WINDOW = 20
 STALL_S = 30.0
 """Connected this long with unacknowledged events and no PUBACK: send them again."""
 CLOCK_CHECK_S = 10.0
-REJECT_LOG_FIRST = 10
-REJECT_LOG_EVERY = 100
 SNAPSHOTS_KEPT = 16
 """Face crops kept in memory for events not yet sent (never written to disk)."""
 
@@ -102,35 +107,64 @@ def seen_monotonic(decision: Decision, wall_now: float, mono_now: float) -> floa
     return mono_now - max(0.0, wall_now - decision.timestamp)
 
 
-def initial_delivery(
-    payload: dict[str, Any], valid_for_s: float, age_s: float, synced_now: bool
-) -> str:
-    """The ``delivery`` an event gets when it is made (a replay of old frames is late at once)."""
-    return delivery_of(
-        payload, valid_for_s=valid_for_s, age_s=age_s, now=time.time(), synced_now=synced_now
-    )
-
-
 def outbox_path(cfg: Config) -> Path:
     """``mqtt.outbox_path``; a relative path is taken inside ``service.state_dir``."""
     return cfg.outbox_file
 
 
-class Publisher:
+def outbox_state(outbox: Outbox) -> dict[str, Any]:
+    """The outbox's fields of the state message.
+
+    ``outbox_pending``: events waiting; ``outbox_dropped``: events ever
+    dropped (the oldest, for the bound or a full disk, and those never
+    stored); ``outbox_lost``: events that could not be stored at all since
+    start; ``outbox_error``: the last storage error (a full disk says so
+    here), ``null`` while all is well. Nothing when the outbox is closed.
+    """
+    try:
+        return {
+            "outbox_pending": len(outbox),
+            "outbox_dropped": outbox.dropped,
+            "outbox_lost": outbox.lost,
+            "outbox_error": outbox.last_error,
+        }
+    except FacegateError:
+        return {}  # closed while stopping
+
+
+@dataclass
+class _Position:
+    """Where the drain thread stands: how far the outbox was handed to paho, and when.
+
+    ``cursor``: the highest seq handed to paho in this process; ``last_ack``:
+    when the last PUBACK came (or sending was last restarted); ``generation``:
+    the connection those sends went to.
+    """
+
+    generation: int
+    last_ack: float
+    cursor: int = 0
+
+
+class Publisher(GatedCommands):
     """The MQTT side of the daemon: events, availability, state, discovery, commands."""
 
     def __init__(self, cfg: Config, outbox: Outbox | None = None) -> None:
         self.cfg = cfg
         self.topics = Topics.for_device(cfg.mqtt.prefix, cfg.device.id)
-        self.on_command: Callable[[str], None] | None = None
-        self.on_unlock: Callable[[bytes], None] | None = None  # door: signed remote unlock
+        self.commands = CommandGate()
         # Counters, for the state topic and tests.
         self.published = 0  # events handed to paho (including re-sends)
         self.acked = 0  # PUBACKs for events
-        self.rejected_commands = 0
         self.callback_errors = 0
+        self.refused_connections = 0  # CONNACKs with a failure (bad credentials, ...)
+        # Attempts that ended before a CONNACK: broker down, TLS refused (with
+        # TLS 1.3 a missing client certificate closes the connection after the
+        # handshake), or a refusal (which is also counted above).
+        self.failed_connections = 0
         self._outbox = outbox
-        self._client: Any = None
+        self._client: Client | None = None
+        self._net_thread: threading.Thread | None = None  # paho's, seen in on_pre_connect
         self._drain: threading.Thread | None = None
         self._stop = threading.Event()
         self._stopped = False
@@ -138,6 +172,10 @@ class Publisher:
         self._flush_deadline = 0.0
         self._wake = threading.Event()
         self._connected = threading.Event()
+        self.listening = threading.Event()
+        """Set once the broker acknowledged the command subscription (SUBACK) of this
+        connection; cleared on disconnect."""
+        self._command_mid: int | None = None
         self._acks: queue.SimpleQueue[tuple[int, bool]] = queue.SimpleQueue()
         self._inflight: dict[int, int] = {}
         self._state_lock = threading.Lock()
@@ -173,6 +211,27 @@ class Publisher:
         """
         if self._client is not None:
             raise BrokerError("mqtt: publisher already started")
+        m = self.cfg.mqtt
+        if not m.ha_prefix.strip("/") or any(c in m.ha_prefix for c in "+#\0"):
+            raise ConfigError(f"mqtt.ha_prefix: {m.ha_prefix!r} cannot be used in an MQTT topic")
+        client = self._make_client()
+        outbox = self._open_outbox()
+        client.connect_async(m.host, m.port, keepalive=m.keepalive)
+        self._client = client
+        client.loop_start()
+        self._drain = threading.Thread(target=self._drain_main, name="mqtt-drain", daemon=True)
+        self._drain.start()
+        log.info(
+            "mqtt: %s:%d%s, topics %s/#, %d events waiting in the outbox",
+            m.host,
+            m.port,
+            " (TLS)" if m.tls else "",
+            self.topics.base,
+            len(outbox),
+        )
+
+    def _make_client(self) -> Client:
+        """A configured paho client (credentials, TLS, Will, limits, callbacks), not connected."""
         from edge.config import read_secret
 
         try:
@@ -186,9 +245,6 @@ class Publisher:
         )
         if password is not None and not m.username:
             raise ConfigError("mqtt.username: a password is configured but no username")
-        if not m.ha_prefix.strip("/") or any(c in m.ha_prefix for c in "+#\0"):
-            raise ConfigError(f"mqtt.ha_prefix: {m.ha_prefix!r} cannot be used in an MQTT topic")
-        outbox = self._open_outbox()
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=m.client_id or f"facegate-{self.cfg.device.id}",
@@ -206,31 +262,21 @@ class Publisher:
             )
         if m.tls:
             self._configure_tls(client)
+        client.on_pre_connect = self._guarded(self._on_pre_connect)
         client.on_connect = self._guarded(self._on_connect)
         client.on_disconnect = self._guarded(self._on_disconnect)
         client.on_connect_fail = self._guarded(self._on_connect_fail)
         client.on_publish = self._guarded(self._on_publish)
         client.on_message = self._guarded(self._on_message)
-        client.connect_async(m.host, m.port, keepalive=m.keepalive)
-        self._client = client
-        client.loop_start()
-        self._drain = threading.Thread(target=self._drain_main, name="mqtt-drain", daemon=True)
-        self._drain.start()
-        log.info(
-            "mqtt: %s:%d%s, topics %s/#, %d events waiting in the outbox",
-            m.host,
-            m.port,
-            " (TLS)" if m.tls else "",
-            self.topics.base,
-            len(outbox),
-        )
+        client.on_subscribe = self._guarded(self._on_subscribe)
+        return client
 
     def _open_outbox(self) -> Outbox:
         if self._outbox is None:
             self._outbox = Outbox(outbox_path(self.cfg), self.cfg.mqtt.outbox_max)
         return self._outbox
 
-    def _configure_tls(self, client: Any) -> None:
+    def _configure_tls(self, client: Client) -> None:
         import ssl
 
         m = self.cfg.mqtt
@@ -267,27 +313,8 @@ class Publisher:
                 log.warning("mqtt: drain thread did not stop in time")
         client = self._client
         if client is not None:
-            if self._connected.is_set():
-                try:
-                    if self._ready.is_set():
-                        self._publish_state()  # the daemon's last word (status: offline)
-                    info = client.publish(self.topics.availability, OFFLINE, qos=1, retain=True)
-                    info.wait_for_publish(timeout=max(0.05, min(1.0, end - time.monotonic())))
-                except Exception as e:  # best effort: the Will covers us anyway
-                    log.debug("mqtt: offline not confirmed: %s", e)
-            client.disconnect()
-            thread = getattr(client, "_thread", None)
-            if isinstance(thread, threading.Thread):
-                thread.join(timeout=max(0.05, end - time.monotonic()))
-                if thread.is_alive():
-                    # Still in a reconnect back-off: tell it to end without
-                    # connecting again (a late connect under the same client
-                    # id would push the next instance off the broker), but do
-                    # not wait for it: loop_stop() joins without a timeout.
-                    log.warning("mqtt: network thread did not stop in time")
-                    threading.Thread(target=client.loop_stop, name="mqtt-stop", daemon=True).start()
-                else:
-                    client.loop_stop()
+            self._say_offline(client, end)
+            self._stop_network(client, end)
             self._client = None
         if self._drain is None or not self._drain.is_alive():
             self._apply_acks()  # the last PUBACKs, so those events are not sent twice
@@ -296,15 +323,45 @@ class Publisher:
             if left:
                 log.info("mqtt: %d events kept in the outbox for the next start", left)
             self._outbox.close()
+        self.commands.flush_log(force=True)
         self._connected.clear()
+
+    def _say_offline(self, client: Client, end: float) -> None:
+        """The last state (``status: offline``), then ``offline``, confirmed by ``end`` at best."""
+        if not self._connected.is_set():
+            return
+        try:
+            if self._ready.is_set():
+                self._publish_state()  # the daemon's last word (status: offline)
+            info = client.publish(self.topics.availability, OFFLINE, qos=1, retain=True)
+            info.wait_for_publish(timeout=max(0.05, min(1.0, end - time.monotonic())))
+        except Exception as e:  # best effort: the Will covers us anyway
+            log.debug("mqtt: offline not confirmed: %s", e)
+
+    def _stop_network(self, client: Client, end: float) -> None:
+        """Disconnect and end paho's network thread, waiting for it until ``end`` at most."""
+        client.disconnect()
+        thread = self._net_thread
+        if thread is not None:
+            thread.join(timeout=max(0.05, end - time.monotonic()))
+        if thread is not None and not thread.is_alive():
+            client.loop_stop()
+            return
+        # Still in a reconnect back-off (or never started): tell it to end
+        # without connecting again (a late connect under the same client id
+        # would push the next instance off the broker), but do not wait for
+        # it: loop_stop() joins without a timeout.
+        if thread is not None:
+            log.warning("mqtt: network thread did not stop in time")
+        threading.Thread(target=client.loop_stop, name="mqtt-stop", daemon=True).start()
 
     def alive(self) -> bool:
         """Both threads are running (the watchdog's view of MQTT health)."""
-        client = self._client
-        thread = getattr(client, "_thread", None) if client is not None else None
+        thread = self._net_thread
         return (
             not self._stop.is_set()
-            and isinstance(thread, threading.Thread)
+            and self._client is not None
+            and thread is not None
             and thread.is_alive()
             and self._drain is not None
             and self._drain.is_alive()
@@ -329,19 +386,10 @@ class Publisher:
         synced = self._clock_synced()
         wall, mono = time.time(), time.monotonic()
         seen = seen_monotonic(decision, wall, mono)
-        valid_for = self.cfg.events.valid_for_s
         made: list[dict[str, Any]] = []
 
         def build(seq: int) -> tuple[str, bytes]:
-            payload = build_event(
-                decision,
-                device_id=self.cfg.device.id,
-                seq=seq,
-                event_id=new_event_id(),
-                clock_synced=synced,
-                valid_for_s=valid_for,
-            )
-            payload["delivery"] = initial_delivery(payload, valid_for, mono - seen, synced)
+            payload = decision_event(self.cfg, decision, seq, synced, mono - seen)
             made.append(payload)
             return str(payload["id"]), encode(payload)
 
@@ -373,15 +421,7 @@ class Publisher:
         made: list[dict[str, Any]] = []
 
         def build(seq: int) -> tuple[str, bytes]:
-            payload = build_door_event(
-                kind,
-                fields,
-                device_id=self.cfg.device.id,
-                seq=seq,
-                event_id=new_event_id(),
-                clock_synced=synced,
-                ts=t,
-            )
+            payload = door_event(self.cfg, kind, fields, seq, synced, t)
             made.append(payload)
             return str(payload["id"]), encode(payload)
 
@@ -453,20 +493,16 @@ class Publisher:
         with self._state_lock:
             fields = dict(self._state)
         if self._outbox is not None:
-            try:
-                fields["outbox_pending"] = len(self._outbox)
-                fields["outbox_dropped"] = self._outbox.dropped
-            except FacegateError:
-                pass  # closed while stopping
+            fields.update(outbox_state(self._outbox))
         payload = build_state(self.cfg.device.id, **fields)
         self._state_sent = time.monotonic()
         client.publish(self.topics.state, encode(payload), qos=1, retain=True)
 
-    def _publish_presence(self, client: Any) -> None:
+    def _publish_presence(self, client: Client) -> None:
         payload = PRESENT if self._presence else ABSENT
         client.publish(self.topics.presence, payload, qos=1, retain=True)
 
-    def _announce(self, client: Any) -> None:
+    def _announce(self, client: Client) -> None:
         """Discovery, one complete state, presence, then ``online`` (under _announce_lock)."""
         self._publish_discovery(client)
         # Retained discovery configs of this device that it no longer wants (a
@@ -481,7 +517,7 @@ class Publisher:
         self._publish_presence(client)
         client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
 
-    def _publish_discovery(self, client: Any) -> None:
+    def _publish_discovery(self, client: Client) -> None:
         """Publish the wanted discovery configs and clear every other topic this device owns.
 
         With ``mqtt.ha_discovery = false`` nothing is wanted: every config
@@ -534,10 +570,20 @@ class Publisher:
 
         return cast(F, wrapper)
 
+    def _on_pre_connect(self, client: Client, userdata: Any) -> None:
+        # paho calls this on its network thread before each connection attempt.
+        self._net_thread = threading.current_thread()
+
     def _on_connect(
-        self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any
+        self,
+        client: Client,
+        userdata: Any,
+        flags: ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
     ) -> None:
         if reason_code.is_failure:
+            self.refused_connections += 1
             log.error("mqtt: broker refused the connection: %s", reason_code)
             return
         log.info(
@@ -559,7 +605,7 @@ class Publisher:
         for topic, payload in statuses:
             client.publish(topic, payload, qos=1, retain=True)
         if self.cfg.mqtt.commands:
-            client.subscribe(self.topics.command, qos=1)
+            _, self._command_mid = client.subscribe(self.topics.command, qos=1)
         with self._announce_lock:
             self._connected.set()
             if self._ready.is_set():
@@ -569,8 +615,9 @@ class Publisher:
                 client.publish(self.topics.availability, OFFLINE, qos=1, retain=True)
         self._wake.set()
 
-    def _on_connect_fail(self, client: Any, userdata: Any) -> None:
+    def _on_connect_fail(self, client: Client, userdata: Any) -> None:
         # TCP or TLS failure (paho retries with back-off); say so once per outage.
+        self.failed_connections += 1
         self._failures += 1
         if self._failures == 1:
             log.warning(
@@ -580,59 +627,64 @@ class Publisher:
             )
 
     def _on_disconnect(
-        self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any
+        self,
+        client: Client,
+        userdata: Any,
+        flags: DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
     ) -> None:
         was = self._connected.is_set()
         self._connected.clear()
+        self.listening.clear()
+        if not was:
+            self.failed_connections += 1
         if was and not self._stop.is_set():
             log.warning("mqtt: disconnected (%s); reconnecting", reason_code)
 
     def _on_publish(
-        self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any
+        self,
+        client: Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
     ) -> None:
         # Never take a lock here: paho holds its message mutex while calling us,
         # and the drain thread may be inside client.publish() waiting for it.
         self._acks.put((mid, not reason_code.is_failure))
         self._wake.set()
 
-    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+    def _on_subscribe(
+        self,
+        client: Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        if mid != self._command_mid:
+            return  # the discovery subscription
+        if any(rc.is_failure for rc in reason_codes):
+            # An ACL that does not let the device read its command topic.
+            log.error("mqtt: the broker refused the subscription to %s", self.topics.command)
+            return
+        self.listening.set()
+        log.info("mqtt: listening for commands on %s", self.topics.command)
+
+    def _on_message(self, client: Client, userdata: Any, msg: MQTTMessage) -> None:
         if msg.topic != self.topics.command:
             self._on_discovery_config(client, msg)
             return
-        if msg.retain:
-            # A retained command would fire again on every reconnect.
-            self._reject("retained command ignored")
-            return
-        try:
-            cmd = parse_command(bytes(msg.payload))
-        except CommandError as e:
-            self._reject(str(e))
-            return
-        log.info("mqtt: command %r received", cmd)
-        if cmd == UNLOCK:  # door: only the door verifies and acts on it
-            if self.on_unlock is None:
-                self._reject("unlock: no door on this device")
-            else:
-                self.on_unlock(bytes(msg.payload))
-            return
-        callback = self.on_command
-        if callback is not None:
-            callback(cmd)
+        self.commands.handle(bytes(msg.payload), retained=bool(msg.retain))
 
-    def _on_discovery_config(self, client: Any, msg: Any) -> None:
+    def _on_discovery_config(self, client: Client, msg: MQTTMessage) -> None:
         # Only retained configs found on subscribing matter; our own publishes
         # come back without the retain flag.
         if not msg.retain or not msg.payload or msg.topic in self._ha_wanted:
             return
         log.info("mqtt: clearing the stale discovery config %s", msg.topic)
         client.publish(msg.topic, b"", qos=1, retain=True)
-
-    def _reject(self, why: str) -> None:
-        self.rejected_commands += 1
-        n = self.rejected_commands
-        # Rate-limited: a flood of junk must not flood the journal.
-        if n <= REJECT_LOG_FIRST or n % REJECT_LOG_EVERY == 0:
-            log.warning("mqtt: rejected command #%d: %s", n, why)
 
     # -- the drain thread ---------------------------------------------------------------
 
@@ -679,88 +731,107 @@ class Publisher:
             log.exception("mqtt: drain thread failed")
 
     def _drain_loop(self) -> None:
+        """Until stopped and flushed: rewind when needed, periodic messages, send a batch."""
         outbox = self._open_outbox()
         rate = self.cfg.mqtt.drain_rate
-        burst = max(1.0, min(rate, float(WINDOW)))
-        tokens = burst
-        refilled = time.monotonic()
-        inflight = self._inflight  # paho mid -> outbox seq; only this thread writes it
-        cursor = 0  # highest seq handed to paho in this process
-        last_ack = time.monotonic()
-        interval = self.cfg.mqtt.state_interval_s
-        generation = self._generation
+        bucket = TokenBucket(rate, max(1.0, min(rate, float(WINDOW))), time.monotonic())
+        pos = _Position(generation=self._generation, last_ack=time.monotonic())
         wait = 0.5
         while True:
             self._wake.wait(timeout=wait)
             self._wake.clear()
-            wait = 0.5
             now = time.monotonic()
             if self._apply_acks():
-                last_ack = now
+                pos.last_ack = now
             connected = self._connected.is_set()
-            if self._stop.is_set() and (
-                not connected
-                or now >= self._flush_deadline
-                or (not inflight and not outbox.pending(cursor, 1))
-            ):
+            if self._stop.is_set() and self._flushed(outbox, pos, connected, now):
                 return
+            self.commands.flush_log()
+            wait = 0.5
             if not connected:
-                last_ack = now  # a stall is only measured while connected
+                pos.last_ack = now  # a stall is only measured while connected
                 continue
-            if generation != self._generation:
-                # A new connection: paho dropped what was in flight (see
-                # _on_connect); send it again from the outbox.
-                generation = self._generation
-                inflight.clear()
-                cursor = (outbox.oldest_seq() or cursor + 1) - 1
-                last_ack = now
-            if self._ready.is_set() and now - self._state_sent >= interval:
-                # Once per period (set_state only merges). Under the lock, so
-                # an announce in progress (which sends one) is seen.
-                with self._announce_lock:
-                    if time.monotonic() - self._state_sent >= interval:
-                        self._publish_state()
-            clear_at = self._clear_last_person_at
-            if clear_at is not None and now >= clear_at:
-                self._clear_last_person_at = None
-                self._publish_last_person(None)
-            if inflight and now - last_ack > STALL_S:
-                # No PUBACK for a long time: assume paho lost them and re-send.
-                log.warning(
-                    "mqtt: %d events unacknowledged for %.0f s; re-sending", len(inflight), STALL_S
-                )
-                inflight.clear()
-                cursor = (outbox.oldest_seq() or cursor + 1) - 1
-                last_ack = now
-            if not inflight:
-                # Self-healing: stored events at or below the cursor that are
-                # not in flight were lost somewhere; go back for them.
-                oldest = outbox.oldest_seq()
-                if oldest is not None and oldest <= cursor:
-                    cursor = oldest - 1
-            tokens = min(burst, tokens + (now - refilled) * rate)
-            refilled = now
-            free = WINDOW - len(inflight)
-            if free <= 0:
-                continue  # woken again by the next PUBACK
-            n = min(free, int(tokens))
-            if n <= 0:
-                wait = (1.0 - tokens) / rate
-                continue
-            rows = outbox.pending(cursor, n)
-            client = self._client
-            if client is None:
-                continue
-            for row in rows:
-                info = self._send(client, row)
-                inflight[info.mid] = row.seq
-                cursor = row.seq
-                self.published += 1
-                tokens -= 1.0
-            if len(rows) == n and rows:
-                wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) / rate
+            self._rewind(outbox, pos, now)
+            self._periodic(now)
+            wait = self._send_batch(outbox, pos, bucket, now)
 
-    def _send(self, client: Any, row: Row) -> Any:
+    def _flushed(self, outbox: Outbox, pos: _Position, connected: bool, now: float) -> bool:
+        """Stopping: whether the drain thread may end (nothing left to send, or no time)."""
+        return (
+            not connected
+            or now >= self._flush_deadline
+            or (not self._inflight and not outbox.pending(pos.cursor, 1))
+        )
+
+    def _rewind(self, outbox: Outbox, pos: _Position, now: float) -> None:
+        """Move the cursor back when events in flight may be lost: reconnect, stall, a gap."""
+        if pos.generation != self._generation:
+            # A new connection: paho dropped what was in flight (see
+            # _on_connect); send it again from the outbox.
+            pos.generation = self._generation
+            self._resend_all(outbox, pos, now)
+        elif self._inflight and now - pos.last_ack > STALL_S:
+            # No PUBACK for a long time: assume paho lost them and re-send.
+            log.warning(
+                "mqtt: %d events unacknowledged for %.0f s; re-sending",
+                len(self._inflight),
+                STALL_S,
+            )
+            self._resend_all(outbox, pos, now)
+        if not self._inflight:
+            # Self-healing: stored events at or below the cursor that are
+            # not in flight were lost somewhere; go back for them.
+            oldest = outbox.oldest_seq()
+            if oldest is not None and oldest <= pos.cursor:
+                pos.cursor = oldest - 1
+
+    def _resend_all(self, outbox: Outbox, pos: _Position, now: float) -> None:
+        """Forget what is in flight; send again from the oldest stored event."""
+        self._inflight.clear()
+        pos.cursor = (outbox.oldest_seq() or pos.cursor + 1) - 1
+        pos.last_ack = now
+
+    def _periodic(self, now: float) -> None:
+        """The state once per ``mqtt.state_interval_s``; blank ``last_person`` when due."""
+        interval = self.cfg.mqtt.state_interval_s
+        if self._ready.is_set() and now - self._state_sent >= interval:
+            # Once per period (set_state only merges). Under the lock, so
+            # an announce in progress (which sends one) is seen.
+            with self._announce_lock:
+                if time.monotonic() - self._state_sent >= interval:
+                    self._publish_state()
+        clear_at = self._clear_last_person_at
+        if clear_at is not None and now >= clear_at:
+            self._clear_last_person_at = None
+            self._publish_last_person(None)
+
+    def _send_batch(self, outbox: Outbox, pos: _Position, bucket: TokenBucket, now: float) -> float:
+        """Hand the next stored events to paho within the window and the rate; the next wait.
+
+        At most ``WINDOW`` events are unacknowledged and at most
+        ``mqtt.drain_rate`` per second are sent (a token bucket holding up
+        to ``min(rate, WINDOW)``).
+        """
+        free = WINDOW - len(self._inflight)
+        if free <= 0:
+            return 0.5  # woken again by the next PUBACK
+        n = min(free, bucket.available(now))
+        if n <= 0:
+            return bucket.wait_s()
+        client = self._client
+        if client is None:
+            return 0.5
+        rows = outbox.pending(pos.cursor, n)
+        for row in rows:
+            info = self._send(client, row)
+            self._inflight[info.mid] = row.seq
+            pos.cursor = row.seq
+            self.published += 1
+            bucket.spend()
+        # A full batch: more may be waiting, as soon as a token is there.
+        return bucket.wait_s() if rows and len(rows) == n else 0.5
+
+    def _send(self, client: Client, row: Row) -> MQTTMessageInfo:
         """Hand one stored event to paho with its ``delivery`` decided now; paho's info.
 
         A live event is preceded by its snapshot (if any) and followed by the
@@ -806,122 +877,4 @@ class Publisher:
         client.publish(self.topics.last_person, encode(build_last_person(event)), qos=1)
 
 
-class FakePublisher:
-    """The :class:`Publisher` interface without a network: payloads kept in lists.
-
-    Used by tests and by the daemon when MQTT is off (it prints the payloads).
-    Sequence numbers start at 1 per instance; nothing is stored on disk.
-    """
-
-    def __init__(self, cfg: Config | None = None) -> None:
-        from edge.config import Config
-
-        self.cfg = cfg or Config()
-        self.topics = Topics.for_device(self.cfg.mqtt.prefix, self.cfg.device.id)
-        self.on_command: Callable[[str], None] | None = None
-        self.on_unlock: Callable[[bytes], None] | None = None
-        self.payloads: list[dict[str, Any]] = []
-        self.statuses: dict[str, dict[str, Any]] = {}
-        self.states: list[dict[str, Any]] = []
-        self.state: dict[str, Any] = {}
-        self.rejected_commands = 0
-        self.started = False
-        self.stopped = False
-        self.ready = False
-        self.people: tuple[str, ...] = ()
-        self.presence: list[bool] = []
-        self._seq = 0
-        self._lock = threading.Lock()
-
-    def start(self) -> None:
-        self.started = True
-
-    def publish_decision(self, decision: Decision) -> dict[str, Any]:
-        """The event, numbered; ``delivery`` as it would be if published now."""
-        synced = clock_synced()
-        wall = time.time()
-        valid_for = self.cfg.events.valid_for_s
-        with self._lock:
-            self._seq += 1
-            payload = build_event(
-                decision,
-                device_id=self.cfg.device.id,
-                seq=self._seq,
-                event_id=new_event_id(),
-                clock_synced=synced,
-                valid_for_s=valid_for,
-            )
-            age = max(0.0, wall - decision.timestamp)
-            payload["delivery"] = initial_delivery(payload, valid_for, age, synced)
-            self.payloads.append(payload)
-        return payload
-
-    def publish_event(
-        self, kind: str, fields: dict[str, Any], ts: float | None = None
-    ) -> dict[str, Any]:
-        with self._lock:
-            self._seq += 1
-            payload = build_door_event(
-                kind,
-                fields,
-                device_id=self.cfg.device.id,
-                seq=self._seq,
-                event_id=new_event_id(),
-                clock_synced=clock_synced(),
-                ts=time.time() if ts is None else ts,
-            )
-            self.payloads.append(payload)
-        return payload
-
-    def publish_status(self, name: str, fields: dict[str, Any]) -> None:
-        with self._lock:
-            self.statuses[name] = build_state(self.cfg.device.id, **fields)
-
-    def set_state(self, **fields: Any) -> None:
-        with self._lock:
-            self.state.update(fields)
-            self.states.append(build_state(self.cfg.device.id, **self.state))
-
-    def set_ready(self) -> None:
-        self.ready = True
-
-    def set_gallery(self, names: list[str] | tuple[str, ...]) -> None:
-        self.people = tuple(sorted(set(names)))
-
-    def set_presence(self, present: bool) -> None:
-        if not self.presence or self.presence[-1] != present:
-            self.presence.append(present)
-
-    def command(self, payload: bytes) -> bool:
-        """Feed a command payload as if it came from the broker; whether it was accepted."""
-        try:
-            cmd = parse_command(payload)
-        except CommandError as e:
-            self.rejected_commands += 1
-            log.warning("rejected command: %s", e)
-            return False
-        if cmd == UNLOCK:  # door: the signed unlock goes to the door alone
-            if self.on_unlock is None:
-                self.rejected_commands += 1
-                return False
-            self.on_unlock(payload)
-            return True
-        if self.on_command is not None:
-            self.on_command(cmd)
-        return True
-
-    def alive(self) -> bool:
-        return self.started and not self.stopped
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self.stopped = True
-
-
-__all__ = [
-    "WINDOW",
-    "FakePublisher",
-    "Publisher",
-    "initial_delivery",
-    "outbox_path",
-    "seen_monotonic",
-]
+__all__ = ["WINDOW", "Publisher", "outbox_path", "outbox_state", "seen_monotonic"]

@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import FacegateError
-from edge.files import make_private_dir, write_atomic
+from edge.files import make_private_dir, move_aside, write_atomic
 
 log = logging.getLogger("facegate.outbox")
 
@@ -256,13 +256,8 @@ class Outbox:
         """Rename a damaged database (and its -wal/-shm); the number to continue at."""
         self._check_file()  # only ever a regular file that starts like SQLite
         salvaged = self._salvage()
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
         try:
-            os.replace(self.path, aside)
-            for suffix in ("-wal", "-shm"):
-                side = self.path.with_name(self.path.name + suffix)
-                if side.exists():
-                    os.replace(side, aside.with_name(aside.name + suffix))
+            aside = move_aside(self.path)
         except OSError as e:
             raise OutboxError(f"outbox {self.path}: cannot move it aside ({e})") from None
         if self._reserved:

@@ -157,8 +157,10 @@ class Recognizer:
     def set_gallery(self, gallery: Gallery) -> None:
         """Swap the gallery, with the threshold for its size.
 
-        The new matcher is built first and swapped in by reference
-        assignments: frames being processed use the old or the new one whole.
+        The new matcher (and operating point) is built first, then the three
+        attributes are assigned. That is not one atomic step: call it from
+        the thread that calls :meth:`process` (the daemon does, between two
+        frames), never while a frame is being recognized on another thread.
         """
         point = self._choose_point(gallery)
         matcher = Matcher(gallery, point.threshold, self.margin, self._confidence)

@@ -22,6 +22,10 @@ would have continued ends, and the face starts a new one, so a newcomer
 stepping into the spot someone just left gets a decision of their own
 (without this, a stranger could inherit a recognized person's track and never
 be reported as unknown).
+
+A gallery reload keeps the tracks and the cooldowns (a face at the door
+while the gallery changes is not decided twice); only ``identity_threshold``
+follows the new gallery's threshold, which the daemon sets.
 """
 
 from __future__ import annotations
@@ -122,11 +126,6 @@ class Tracker:
     @property
     def active_tracks(self) -> int:
         return len(self._tracks)
-
-    def reset(self) -> None:
-        """Forget every track and cooldown (e.g. after a gallery reload)."""
-        self._tracks.clear()
-        self._last_recognized.clear()
 
     def _associate(self, faces: tuple[FaceResult, ...]) -> list[tuple[FaceResult, _Track | None]]:
         """Greedy IoU matching, best overlaps first; unmatched faces get None.

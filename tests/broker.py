@@ -1,14 +1,11 @@
-"""A real Mosquitto broker for tests, on a free loopback port.
+"""The tests' side of the real Mosquitto broker (:mod:`tools._broker` is the broker).
 
-:class:`Broker` writes a config into a temporary folder, starts
-``mosquitto -c`` and waits until the port accepts connections. It can be
-killed (SIGKILL) or stopped (SIGTERM) and restarted on the *same* port with
-the same persistence file, which is what the chaos test needs.
-
-The config lifts Mosquitto's default limits (``max_queued_messages 1000``
-silently drops messages for a slow or absent subscriber) and turns on
-persistence saved after every change, so a restarted broker still holds the
-sessions and queued QoS 1 messages of persistent subscribers.
+:class:`Broker` is :class:`tools._broker.Broker`; the tests start it with
+``persistent=True``, so one killed and restarted still holds the sessions
+and queued QoS 1 messages of its persistent subscribers. :class:`Collector` is a subscriber
+that records every message; :meth:`Collector.ready` waits until the broker
+acknowledged its subscriptions (SUBACK), so a test never sleeps to wait for
+them. :func:`wait_for` polls a condition with a timeout.
 
 Use the ``mqtt_broker`` fixture (import it into a test module or conftest:
 ``from broker import mqtt_broker``); it skips the test with a clear reason
@@ -17,10 +14,7 @@ when ``mosquitto`` is not installed.
 
 from __future__ import annotations
 
-import getpass
 import os
-import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,130 +23,17 @@ from typing import Any
 
 import pytest
 
-# One copy of the helpers: the benchmark's throwaway broker has them too.
-from tools._broker import HOST, _port_open, free_port, mosquitto_path
+from tools._broker import HOST, Broker, free_port, mosquitto_path, port_open
 
 
-class Broker:
-    """One mosquitto process; restartable on the same port with the same state."""
-
-    def __init__(
-        self,
-        workdir: Path,
-        port: int | None = None,
-        extra_conf: str = "",
-        anonymous: bool = True,
-    ) -> None:
-        """``extra_conf`` is appended after the listener line (TLS, password_file)."""
-        binary = mosquitto_path()
-        if binary is None:
-            raise RuntimeError("mosquitto is not installed")
-        self.binary = binary
-        self.host = HOST
-        self.port = port or free_port()
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.conf = self.workdir / "mosquitto.conf"
-        self.log = self.workdir / "mosquitto.log"
-        self.restarts = 0
-        self._proc: subprocess.Popen[bytes] | None = None
-        data = self.workdir / "data"
-        data.mkdir(exist_ok=True)
-        self.conf.write_text(
-            "\n".join(
-                [
-                    f"listener {self.port} {HOST}",
-                    extra_conf,
-                    f"allow_anonymous {'true' if anonymous else 'false'}",
-                    # Run as root (CI containers), mosquitto would switch to the
-                    # "mosquitto" user and could not write its persistence file.
-                    f"user {getpass.getuser()}",
-                    "persistence true",
-                    f"persistence_location {data}/",
-                    # Save after every change: a SIGKILL loses (almost) nothing.
-                    "autosave_on_changes true",
-                    "autosave_interval 1",
-                    "max_queued_messages 0",
-                    "max_queued_bytes 0",
-                    "max_inflight_messages 0",
-                    "log_dest stderr",
-                    "log_type error",
-                    "log_type warning",
-                    "log_type notice",
-                    "",
-                ]
-            )
-        )
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
-
-    def start(self, timeout: float = 10.0) -> None:
-        """Start mosquitto and wait until it accepts connections."""
-        if self.running:
-            return
-        logf = self.log.open("ab")
-        self._proc = subprocess.Popen(
-            [self.binary, "-c", str(self.conf)],
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        logf.close()
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self._proc.poll() is not None:
-                raise RuntimeError(
-                    f"mosquitto exited with {self._proc.returncode}: {self.log_tail()}"
-                )
-            if _port_open(self.port):
-                return
-            time.sleep(0.02)
-        self.kill()
-        raise RuntimeError(f"mosquitto did not open port {self.port}: {self.log_tail()}")
-
-    def pause(self) -> None:
-        """SIGSTOP: the broker hangs (connections stay open, nothing is read or answered)."""
-        if self.running and self._proc is not None:
-            self._proc.send_signal(signal.SIGSTOP)
-
-    def kill(self) -> None:
-        """SIGKILL: the broker dies without saving or saying goodbye."""
-        self._end(signal.SIGKILL)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM (saves persistence), then SIGKILL after ``timeout``."""
-        self._end(signal.SIGTERM, timeout)
-
-    def _end(self, sig: int, timeout: float = 5.0) -> None:
-        p = self._proc
-        if p is None or p.poll() is not None:
-            return
-        p.send_signal(sig)
-        try:
-            p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout=timeout)
-
-    def restart(self, kill: bool = True, down_s: float = 0.0) -> None:
-        """Kill (or stop) and start again on the same port."""
-        self.kill() if kill else self.stop()
-        if down_s:
-            time.sleep(down_s)
-        self.start()
-        self.restarts += 1
-
-    def log_tail(self, n: int = 2000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` s passed; its last value."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
 
 
 class Collector:
@@ -163,14 +44,21 @@ class Collector:
     """
 
     def __init__(
-        self, broker: Broker, topics: list[str], client_id: str = "", persistent: bool = True
+        self,
+        broker: Broker,
+        topics: list[str],
+        client_id: str = "",
+        persistent: bool = True,
+        auth: tuple[str, str] | None = None,
     ) -> None:
+        """``auth``: (user, password) for a broker without anonymous access."""
         import paho.mqtt.client as paho
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.messages: list[tuple[str, bytes, bool]] = []
         self.arrivals: list[float] = []  # wall-clock time each message arrived
         self.connects = 0
+        self._subacks = 0  # SUBACKs of the current connection
         self._lock = threading.Lock()
         self._topics = topics
         self.client = paho.Client(
@@ -180,16 +68,25 @@ class Collector:
             clean_session=not persistent,
         )
         self.client.reconnect_delay_set(min_delay=1, max_delay=2)
+        if auth is not None:
+            self.client.username_pw_set(*auth)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
         self.client.connect_async(broker.host, broker.port, keepalive=10)
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         if rc.is_failure:
             return
-        self.connects += 1
+        with self._lock:
+            self._subacks = 0
+            self.connects += 1
         for t in self._topics:
             client.subscribe(t, qos=1)
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, codes: Any, props: Any) -> None:
+        with self._lock:
+            self._subacks += 1
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         with self._lock:
@@ -197,8 +94,22 @@ class Collector:
             self.arrivals.append(time.time())
 
     def start(self) -> Collector:
+        """Start the network thread (connecting in the background); see :meth:`ready`."""
         self.client.loop_start()
         return self
+
+    def ready(self, timeout: float = 10.0) -> bool:
+        """Wait until connected and every subscription is acknowledged (SUBACK).
+
+        From then on every message published on the topics reaches this
+        collector (retained ones may still be arriving).
+        """
+
+        def subscribed() -> bool:
+            with self._lock:
+                return self.connects > 0 and self._subacks >= len(self._topics)
+
+        return wait_for(subscribed, timeout)
 
     def stop(self) -> None:
         self.client.disconnect()
@@ -218,12 +129,7 @@ class Collector:
         return [p for t, p, _ in self.snapshot() if t == topic]
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if predicate():
-                return True
-            time.sleep(0.05)
-        return predicate()
+        return wait_for(predicate, timeout)
 
 
 @pytest.fixture
@@ -231,7 +137,7 @@ def mqtt_broker(tmp_path: Path) -> Iterator[Broker]:
     """A running mosquitto on a free loopback port (skips without mosquitto)."""
     if mosquitto_path() is None:
         pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
-    b = Broker(tmp_path / "broker")
+    b = Broker(tmp_path / "broker", persistent=True)
     b.start()
     try:
         yield b
@@ -239,4 +145,13 @@ def mqtt_broker(tmp_path: Path) -> Iterator[Broker]:
         b.stop()
 
 
-__all__ = ["HOST", "Broker", "Collector", "free_port", "mosquitto_path", "mqtt_broker"]
+__all__ = [
+    "HOST",
+    "Broker",
+    "Collector",
+    "free_port",
+    "mosquitto_path",
+    "mqtt_broker",
+    "port_open",
+    "wait_for",
+]

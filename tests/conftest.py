@@ -24,17 +24,51 @@ FACENET = MODELS / "facenet_int8.tflite"
 FACENET_FLOAT = MODELS / "facenet_float32.tflite"
 
 
-def shared_faces_available() -> bool:
-    """True when the shared real photos are there (for skipif marks)."""
-    return (SHARED / "faces").is_dir()
+def shared_missing(*parts: str) -> str | None:
+    """Why the shared test data at ``SHARED/parts`` cannot be used (None when it can).
+
+    The one gate for ../shared: the ``shared`` fixtures and marker skip with
+    this reason, so a run with ``FACEGATE_SHARED`` pointing at an empty folder
+    skips every test that needs the data, saying why.
+    """
+    path = SHARED.joinpath(*parts) if parts else SHARED / "faces"
+    if path.exists():
+        return None
+    return f"{path} is absent: this test needs the shared test data (set FACEGATE_SHARED)"
+
+
+def _need_shared(*parts: str) -> Path:
+    why = shared_missing(*parts)
+    if why is not None:
+        pytest.skip(why)
+    return SHARED.joinpath(*parts)
 
 
 @pytest.fixture(scope="session")
 def shared() -> Path:
-    """The real photos beside the checkout (skip, saying why, when they are absent)."""
-    if not shared_faces_available():
-        pytest.skip(f"{SHARED}/faces is absent: real-photo tests need the shared test data")
+    """The shared test data's folder, with its real photos in ``faces/`` (else skip)."""
+    _need_shared("faces")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def shared_video() -> Path:
+    """The shared street clip, ``video/video.mp4`` (else skip)."""
+    return _need_shared("video", "video.mp4")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that uses a ``shared`` fixture is marked ``shared`` (``-m "not shared"``)."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if "shared" in names or "shared_video" in names:
+            item.add_marker(pytest.mark.shared)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked ``shared`` skips through the same gate as the fixture."""
+    if item.get_closest_marker("shared") is not None:
+        _need_shared("faces")
 
 
 @pytest.fixture(scope="session")

@@ -180,6 +180,7 @@ while True:
 """
 
 
+@pytest.mark.slow  # hundreds of processes killed mid-write
 def test_kill_9_during_writes_never_corrupts_the_log(tmp_path: Path) -> None:
     """120 writers SIGKILLed mid-stream on the same log: every committed row is intact."""
     path = tmp_path / "audit.sqlite"

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pytest
 from broker import Broker, Collector, mqtt_broker
+from conftest import SHARED
 
 from edge.config import Config, parse_config
 from edge.daemon import CaptureLike, run
@@ -274,21 +275,37 @@ def test_watchdog_pings_only_while_healthy(
     assert 1 <= stalled <= 3  # only during the first 0.2 s after start-up
 
 
-def test_stop_event_ends_a_live_loop_quickly(notify_socket: tuple[socket.socket, str]) -> None:
+def test_stop_event_ends_a_live_loop(notify_socket: tuple[socket.socket, str]) -> None:
+    """A live camera that delivers nothing: the loop still sees the stop event and ends."""
     sock, path = notify_socket
     stop = threading.Event()
+    waiting = threading.Event()
+
+    class StalledCapture(ScriptedCapture):
+        def get(self, timeout: float) -> Frame | None:
+            waiting.set()  # the loop is inside its bounded wait for a frame
+            return super().get(timeout)
+
+    cap = StalledCapture([], finite=False)
     result: list[int] = []
     t = threading.Thread(
-        target=lambda: result.append(run_scripted([], notify=path, finite=False, stop=stop)[0])
+        target=lambda: result.append(
+            run(
+                parse_config({}, base_dir=Path.cwd()),
+                stop,
+                RecordingPublisher(),
+                notifier=Notifier(path),
+                recognizer=ScriptedRecognizer(),
+                capture_factory=cap.bind,
+            )
+        )
     )
     t.start()
-    time.sleep(0.5)
-    t0 = time.monotonic()
+    assert waiting.wait(timeout=10)
     stop.set()
-    t.join(timeout=5)
+    t.join(timeout=10)  # every wait in the loop is bounded (FRAME_WAIT_S)
     assert not t.is_alive()
-    assert time.monotonic() - t0 < 1.0
-    assert result == [0]
+    assert result == [0] and cap.joined
     assert any("STOPPING=1" in m for m in drain(sock))
 
 
@@ -382,9 +399,7 @@ def test_main_run_reports_bad_input_in_one_line(
 # -- the real daemon, as a process, on real photos and a real clip ------------------
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-FACES = SHARED / "faces"
-VIDEO = SHARED / "video" / "video.mp4"
+FACES = SHARED / "faces"  # used through the ``shared`` fixture's gate (needs_faces)
 # Enrolled: people with at least 3 single-face photos; all but the last one are
 # enrolled, the last one is replayed at the "door". Strangers: never enrolled.
 # (Kate_Siegel is no stranger here: she resembles Angelina_Jolie closely enough
@@ -411,9 +426,7 @@ needs_pipeline = pytest.mark.skipif(
     not all(p.exists() for p in _models()),
     reason="models not built (python -m tools.models build)",
 )
-needs_faces = pytest.mark.skipif(
-    not FACES.is_dir(), reason="../shared/faces not present (real photos for the replay)"
-)
+needs_faces = pytest.mark.usefixtures("shared")
 
 
 class Enrolled(NamedTuple):
@@ -424,7 +437,7 @@ class Enrolled(NamedTuple):
 
 
 @pytest.fixture(scope="session")
-def enrolled(tmp_path_factory: pytest.TempPathFactory) -> Enrolled:
+def enrolled(tmp_path_factory: pytest.TempPathFactory, shared: Path) -> Enrolled:
     """An encrypted gallery of ENROLLED (and its key) in a folder; each one's held-out photo."""
     from edge.errors import NoFaceError
     from edge.imageio import read_image
@@ -520,6 +533,7 @@ def _events(stdout: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
+@pytest.mark.slow
 @needs_pipeline
 @needs_faces
 def test_daemon_on_a_folder_replay_of_real_photos(
@@ -548,6 +562,7 @@ def test_daemon_on_a_folder_replay_of_real_photos(
     assert "replay finished" in err
 
 
+@pytest.mark.slow
 @needs_pipeline
 @needs_faces
 def test_sigterm_stops_cleanly_within_5_s(
@@ -591,10 +606,10 @@ def test_sigterm_stops_cleanly_within_5_s(
 FULL_RANGE = Config().model_path("face_detection_full_range.tflite")
 
 
+@pytest.mark.slow
 @needs_pipeline
-@pytest.mark.skipif(not VIDEO.is_file(), reason="../shared/video/video.mp4 not present")
 @pytest.mark.skipif(not FULL_RANGE.exists(), reason="full-range detector not built")
-def test_daemon_on_the_real_clip(enrolled: Enrolled) -> None:
+def test_daemon_on_the_real_clip(enrolled: Enrolled, shared_video: Path) -> None:
     """A street crowd in 1080p: nobody enrolled, so every decision must be "unknown".
 
     The faces are far from the camera, so this uses BlazeFace's full-range
@@ -609,7 +624,7 @@ def test_daemon_on_the_real_clip(enrolled: Enrolled) -> None:
     from edge.sources import OpenCVSource, frames
     from edge.tracker import Tracker
 
-    camera: dict[str, object] = {"source": "opencv", "uri": str(VIDEO), "realtime": False}
+    camera: dict[str, object] = {"source": "opencv", "uri": str(shared_video), "realtime": False}
     decision: dict[str, object] = {"k": 3, "n": 4, "cooldown_s": 30.0, "max_track_age_s": 60.0}
     detector: dict[str, object] = {"model": str(FULL_RANGE)}
     config = _write_config(
@@ -626,19 +641,20 @@ def test_daemon_on_the_real_clip(enrolled: Enrolled) -> None:
     tracker = Tracker(cfg.decision, identity_threshold=rec.threshold)  # as the daemon does
     expected = []
     n = 0
-    for frame in frames(OpenCVSource(VIDEO, realtime=False)):
+    for frame in frames(OpenCVSource(shared_video, realtime=False)):
         expected += [(d.kind, d.name, d.track_id) for d in tracker.update(rec.process(frame))]
         n += 1
     assert got == expected, err
     # The clip has faces, and none of them is enrolled: no one may be let in.
     assert got, "no decision at all on a clip with faces"
     assert {kind for kind, _, _ in got} == {"unknown"}
-    cap = cv2.VideoCapture(str(VIDEO))
+    cap = cv2.VideoCapture(str(shared_video))
     assert n == int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     cap.release()
     assert f"replay finished after {n} frames, {len(got)} events" in err
 
 
+@pytest.mark.slow
 @needs_pipeline
 @needs_faces
 @pytest.mark.mqtt
@@ -704,11 +720,16 @@ def test_daemon_over_a_real_broker_with_reload(
     assert sub.payloads(topics.availability)[-1] == b"offline"
 
 
+@pytest.mark.slow
 @needs_pipeline
 @needs_faces
 @pytest.mark.mqtt
 def test_replays_of_real_photos_and_the_clip_reach_the_broker(
-    replay: tuple[Path, list[str | None]], enrolled: Enrolled, tmp_path: Path, mqtt_broker: Broker
+    replay: tuple[Path, list[str | None]],
+    enrolled: Enrolled,
+    tmp_path: Path,
+    mqtt_broker: Broker,
+    shared_video: Path,
 ) -> None:
     """``facegate run`` on the photo replay and on the real clip: the decisions arrive on MQTT."""
     from edge.events import Topics
@@ -742,7 +763,7 @@ def test_replays_of_real_photos_and_the_clip_reach_the_broker(
         clip = run(
             "broker-clip.toml",
             {
-                "camera": {"source": "opencv", "uri": str(VIDEO), "realtime": False},
+                "camera": {"source": "opencv", "uri": str(shared_video), "realtime": False},
                 "detector": {"model": str(FULL_RANGE)},
                 "decision": {"k": 3, "n": 4, "cooldown_s": 30.0, "max_track_age_s": 60.0},
             },
@@ -774,7 +795,7 @@ def test_a_daemon_whose_camera_fails_never_says_online(tmp_path: Path, mqtt_brok
 
     topics = Topics.for_device("facegate", "test-door")
     sub = Collector(mqtt_broker, [topics.availability], persistent=False).start()
-    assert sub.wait_for(lambda: sub.connects > 0, 10)
+    assert sub.ready()
     mqtt: dict[str, Any] = {"enabled": True, "host": mqtt_broker.host, "port": mqtt_broker.port}
     cfg = parse_config(
         {"device": {"id": "test-door"}, "mqtt": mqtt, "service": {"state_dir": str(tmp_path)}},
@@ -904,7 +925,7 @@ def test_a_newcomer_stepping_into_the_box_just_left_is_reported_unknown(
     topics = Topics.for_device("facegate", "test-door")
     sub = Collector(mqtt_broker, [topics.event], persistent=False).start()
     try:
-        assert sub.wait_for(lambda: sub.connects > 0, 10)
+        assert sub.ready()
 
         def capture(c: Config, stop: threading.Event) -> CaptureThread:
             return CaptureThread(FakeSource(frames, fps=10.0, label="replay"), stop, keep_all=True)

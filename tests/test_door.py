@@ -45,7 +45,7 @@ from edge.door import (  # noqa: E402
 )
 from edge.errors import ConfigError  # noqa: E402
 from edge.gallery import Gallery  # noqa: E402
-from edge.mqtt import FakePublisher  # noqa: E402
+from edge.publishers import MemoryPublisher  # noqa: E402
 from edge.types import Box, Decision  # noqa: E402
 
 RELAY, CONTACT, EXIT, TAMPER = 17, 5, 6, 13
@@ -77,7 +77,7 @@ class Rig:
     ctl: DoorController
     factory: MockFactory
     clock: FakeClock
-    pub: FakePublisher
+    pub: MemoryPublisher
     cfg: Config
     gallery: Gallery
     synced: list[bool] = field(default_factory=lambda: [True])
@@ -149,7 +149,7 @@ def make_rig(tmp_path: Path, inputs: bool = False, **door: Any) -> Rig:
     cfg = parse_config(sections, base_dir=tmp_path)
     clock = FakeClock()
     factory = MockFactory()
-    pub = FakePublisher(cfg)
+    pub = MemoryPublisher(cfg)
     synced = [True]
     ctl = DoorController(
         cfg,

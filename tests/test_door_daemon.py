@@ -23,9 +23,10 @@ pytest.importorskip("gpiozero", reason="gpiozero is not installed (the door extr
 from gpiozero.pins.mock import MockFactory
 
 from edge.config import Config, parse_config
-from edge.daemon import StdoutPublisher, run
+from edge.daemon import run
 from edge.door import DoorController
 from edge.gallery import Gallery
+from edge.publishers import StdoutPublisher
 from edge.sdnotify import Notifier
 from edge.types import Box, Decision, Detection, FaceResult, Frame, FrameResult, Match
 

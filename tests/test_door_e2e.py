@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broker import Broker, Collector, mqtt_broker
+from broker import Broker, Collector, mqtt_broker, wait_for
 from test_daemon import (
     ENROLLED,
     REPLAY_FPS,
@@ -30,7 +30,7 @@ from test_daemon import (
     needs_faces,
     needs_pipeline,
 )
-from test_door_process import relay_states, wait_for
+from test_door_process import relay_states
 
 pytest.importorskip("gpiozero", reason="gpiozero is not installed (the door extra)")
 
@@ -103,6 +103,7 @@ def _stop(proc: subprocess.Popen[str]) -> str:
     return err
 
 
+@pytest.mark.slow
 @needs_pipeline
 @needs_faces
 @pytest.mark.mqtt
@@ -117,7 +118,7 @@ def test_grant_and_denials_reach_the_audit_log_and_the_broker_in_order(
     for run, broker_down in (("up", False), ("half-down", True)):
         state = tmp_path / run
         sub = Collector(mqtt_broker, [topics.event], client_id=f"sub-{run}").start()
-        assert sub.wait_for(lambda s=sub: s.connects > 0, 10)
+        assert sub.ready()
         if broker_down:
             mqtt_broker.stop()
         proc = _spawn(_config(tmp_path, run, mqtt_broker), None)
@@ -142,6 +143,7 @@ def test_grant_and_denials_reach_the_audit_log_and_the_broker_in_order(
     assert relays["up"] == relays["half-down"] == [0, 1, 0]
 
 
+@pytest.mark.slow
 @needs_pipeline
 @needs_faces
 def test_sigterm_and_sigkill_of_the_daemon_during_a_pulse(

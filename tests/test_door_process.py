@@ -15,25 +15,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from broker import wait_for
 
 pytest.importorskip("gpiozero", reason="gpiozero is not installed (the door extra)")
 
 ROOT = Path(__file__).resolve().parents[1]
 RELAY = "GPIO17"
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def writes(log: Path, pid: int | None = None) -> list[tuple[int, str, int]]:

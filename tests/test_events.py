@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 
 import cv2
@@ -21,6 +22,7 @@ from edge.events import (
     STRANGER,
     CommandError,
     Topics,
+    adjtimex_state,
     build_event,
     build_ha_discovery,
     build_last_person,
@@ -37,7 +39,7 @@ from edge.events import (
     parse_command,
     snapshot_jpeg,
 )
-from edge.mqtt import FakePublisher
+from edge.publishers import MemoryPublisher
 from edge.types import Box, Decision
 
 
@@ -180,10 +182,28 @@ def test_event_ids_are_unique() -> None:
     assert len(ids) == 1000 and all(len(i) == 32 for i in ids)
 
 
-def test_iso_utc_and_implausible_clock() -> None:
+def test_iso_utc() -> None:
     assert iso_utc(0.0) == "1970-01-01T00:00:00.000Z"
-    assert clock_synced(now=0.0) is False  # a Pi without RTC before NTP
-    assert isinstance(clock_synced(), bool)
+    assert iso_utc(1767323045.678) == "2026-01-02T03:04:05.678Z"
+
+
+def test_clock_synced_follows_the_epoch_and_the_kernel() -> None:
+    now = 1_767_323_045.0  # 2026: plausible
+    synced, unsynced, unknown = (lambda: 0), (lambda: 5), (lambda: None)
+    # A Pi without RTC before NTP: 1970 is never trusted, whatever the kernel says.
+    assert clock_synced(now=0.0, kernel_state=synced) is False
+    assert clock_synced(now=1_700_000_000.0, kernel_state=synced) is False  # before 2025
+    # A plausible time: the kernel decides (TIME_ERROR = 5: not synchronised).
+    assert clock_synced(now=now, kernel_state=synced) is True
+    assert clock_synced(now=now, kernel_state=lambda: 1) is True  # a leap second pending
+    assert clock_synced(now=now, kernel_state=unsynced) is False
+    # No adjtimex (not Linux): only the plausibility check.
+    assert clock_synced(now=now, kernel_state=unknown) is True
+    # On this Linux host the real call answers with a clock state.
+    state = adjtimex_state()
+    if sys.platform.startswith("linux"):
+        assert state is not None and 0 <= state <= 5
+        assert clock_synced(now=now) is (state != 5)
 
 
 def test_encode_refuses_nan() -> None:
@@ -357,7 +377,7 @@ def test_ha_topics_to_clear_cover_every_entity_and_the_old_layout() -> None:
 
 def test_fake_publisher_numbers_events_and_handles_commands() -> None:
     cfg = parse_config({"device": {"id": "door9"}, "mqtt": {"prefix": "x"}})
-    pub = FakePublisher(cfg)
+    pub = MemoryPublisher(cfg)
     got: list[str] = []
     pub.on_command = got.append
     pub.start()

@@ -21,7 +21,10 @@ from tools import edgetpu_ops, models, quantize
 
 keras = pytest.importorskip("keras")
 # Keras 3 internals under numpy 2 (not our code); one line per weight otherwise.
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+pytestmark = [
+    pytest.mark.slow,  # TensorFlow builds, saves and converts the network
+    pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+]
 from tools import facenet_keras  # noqa: E402  (needs keras)
 
 DETECTOR = models.MODELS_DIR / "face_detection_short_range.tflite"

@@ -106,11 +106,11 @@ def test_backlog_after_a_broker_outage_arrives_complete_and_late(
     apply; without, the monotonic age alone.
     """
     monkeypatch.setattr("edge.mqtt.clock_synced", lambda: synced)
-    broker = Broker(tmp_path / "broker")
+    broker = Broker(tmp_path / "broker", persistent=True)
     broker.start()
     col = Collector(broker, [T.event], client_id=f"fresh-{synced}").start()  # persistent
     try:
-        assert col.wait_for(lambda: col.connects > 0, 10)
+        assert col.ready()
         cfg = config(tmp_path, broker, {"events": {"valid_for_s": VALID_FOR_S}})
         pub = start(publishers, cfg)
         assert col.wait_for(lambda: pub.connected, 10)
@@ -170,11 +170,11 @@ def test_resent_in_flight_event_is_decided_again(
     # reconnect: the re-send says late. paho's own copy (still "live") must
     # not be what goes out again.
     monkeypatch.setattr("edge.mqtt.clock_synced", lambda: True)
-    broker = Broker(tmp_path / "broker")
+    broker = Broker(tmp_path / "broker", persistent=True)
     broker.start()
     col = Collector(broker, [T.event], persistent=False).start()
     try:
-        assert col.wait_for(lambda: col.connects > 0, 10)
+        assert col.ready()
         cfg = config(tmp_path, broker, {"events": {"valid_for_s": VALID_FOR_S}})
         pub = start(publishers, cfg)
         assert col.wait_for(lambda: pub.connected, 10)
@@ -202,7 +202,7 @@ def test_events_restored_after_a_restart_are_late_unless_the_wall_clock_vouches(
     # A monotonic clock does not survive the process: only a synchronised wall
     # clock (then and now) can tell the age of an event made by the last run.
     monkeypatch.setattr("edge.mqtt.clock_synced", lambda: synced)
-    broker = Broker(tmp_path / "broker")  # down: the first run delivers nothing
+    broker = Broker(tmp_path / "broker", persistent=True)  # down: the first run delivers nothing
     cfg = config(tmp_path, broker, {"events": {"valid_for_s": 30.0}})
     first = start(publishers, cfg)
     fresh = first.publish_decision(decision())
@@ -212,7 +212,7 @@ def test_events_restored_after_a_restart_are_late_unless_the_wall_clock_vouches(
     broker.start()
     col = Collector(broker, [T.event], persistent=False).start()
     try:
-        assert col.wait_for(lambda: col.connects > 0, 10)
+        assert col.ready()
         start(publishers, cfg)
         assert col.wait_for(lambda: len(col.payloads(T.event)) >= 2, 10)
         got = {e["id"]: e["delivery"] for _, e in events(col)}
@@ -227,7 +227,7 @@ def test_snapshot_and_last_person_follow_live_events_only(
 ) -> None:
     topics = [T.event, T.snapshot, T.last_person]
     col = Collector(mqtt_broker, topics, persistent=False).start()
-    assert col.wait_for(lambda: col.connects > 0, 10)
+    assert col.ready()
     cfg = config(
         tmp_path,
         mqtt_broker,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _hostile import FACEGATE, assert_one_line_error, face_photo, on_full_fs, write_config
-from broker import Broker, mqtt_broker
+from broker import Broker, Collector, mqtt_broker
 
 __all__ = ["mqtt_broker"]
 
@@ -75,7 +75,11 @@ def test_enroll_on_a_full_disk_is_one_line(tmp_path: Path, models: Path) -> None
 def test_daemon_keeps_recognizing_on_a_full_disk(
     tmp_path: Path, models: Path, mqtt_broker: Broker
 ) -> None:
-    """State folder (outbox) on a full disk: the service runs on, says why, stops cleanly."""
+    """State folder (outbox) on a full disk: the service runs on, says why, stops cleanly.
+
+    The retained state message shows it too: events lost or dropped, and the
+    outbox's real error.
+    """
     import cv2
 
     replay = tmp_path / "replay"
@@ -97,10 +101,22 @@ def test_daemon_keeps_recognizing_on_a_full_disk(
             "camera": {"source": "folder", "path": "replay", "fps": 20.0, "loop": True},
             "gallery": {"path": "gallery.fgg"},
             "decision": {"k": 1, "n": 1, "max_track_age_s": 0.1},
-            "mqtt": {"enabled": True, "host": mqtt_broker.host, "port": mqtt_broker.port},
+            "mqtt": {
+                "enabled": True,
+                "host": mqtt_broker.host,
+                "port": mqtt_broker.port,
+                "state_interval_s": 0.5,
+            },
             "service": {"state_dir": str(state), "log_level": "INFO"},
         },
     )
+    sub = Collector(mqtt_broker, ["facegate/full-door/state"], persistent=False).start()
+    assert sub.ready()
+
+    def full_disk_states() -> list[dict[str, object]]:
+        states = [json.loads(p) for p in sub.payloads("facegate/full-door/state")]
+        return [s for s in states if s.get("outbox_error")]
+
     proc = on_full_fs(state, [*FACEGATE, "run", "--config", str(config)], popen=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
@@ -114,6 +130,7 @@ def test_daemon_keeps_recognizing_on_a_full_disk(
         log = "".join(lines)
         assert proc.poll() is None, f"the service exited ({proc.returncode}):\n{log}"
         assert sum("event seq=" in ln for ln in lines) >= 3, log
+        assert sub.wait_for(lambda: full_disk_states() != [], 20), log
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
     finally:
@@ -127,3 +144,8 @@ def test_daemon_keeps_recognizing_on_a_full_disk(
     # The outbox said what was wrong: no space, not a misleading rollback error.
     assert "outbox" in log and ("disk is full" in log or "No space left" in log), log
     assert "cannot rollback" not in log
+    reported = full_disk_states()[-1]
+    error = str(reported["outbox_error"])
+    assert "disk is full" in error or "No space left" in error, reported
+    assert int(str(reported["outbox_lost"])) + int(str(reported["outbox_dropped"])) > 0, reported
+    sub.stop()

@@ -196,6 +196,7 @@ def _start_and_stop(path: Path) -> None:
         run(cfg, stop, notifier=Notifier(""), recognizer=StandInRecognizer())
 
 
+@pytest.mark.slow  # 500 configs through check-config and run
 def test_configs_check_config_and_run_agree(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -33,10 +33,6 @@ MODELS = models.MODELS_DIR
 DETECTOR = MODELS / "face_detection_short_range.tflite"
 STEMS = [t for e in models.EMBEDDERS for t in e.targets]
 
-needs_faces = pytest.mark.skipif(
-    not FACES.is_dir(), reason=f"{FACES} (real face photos) is not available"
-)
-
 
 @pytest.fixture(scope="session")
 def built() -> dict[str, str]:
@@ -136,7 +132,7 @@ def test_report_beside_the_int8_model(built: dict[str, str], spec: models.Embedd
     assert rep["agreement"]["int8_vs_float_calibration"]["mean_cosine"] >= spec.min_int8_cosine
 
 
-@needs_faces
+@pytest.mark.slow  # runs TensorFlow's frozen graph
 @pytest.mark.shared
 def test_float_tflite_matches_the_frozen_graph(
     built: dict[str, str], shared_faces: dict[int, quantize.FaceCrops]
@@ -151,7 +147,6 @@ def test_float_tflite_matches_the_frozen_graph(
     assert cos.min() >= 0.9999, f"min cosine {cos.min():.6f}"
 
 
-@needs_faces
 @pytest.mark.shared
 @pytest.mark.parametrize("spec", models.EMBEDDERS, ids=lambda s: s.name)
 def test_int8_keeps_float_accuracy_on_real_faces(

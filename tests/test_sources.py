@@ -37,8 +37,6 @@ from edge.sources import (
 )
 from edge.types import Frame
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-CLIP = SHARED / "video" / "video.mp4"
 JOIN_S = 5.0  # generous: only a hang would take this long
 
 
@@ -219,10 +217,8 @@ def test_opencv_source_open_errors(tmp_path: Path) -> None:
         OpenCVSource(not_video).open()
 
 
-@pytest.mark.shared
-@pytest.mark.skipif(not CLIP.is_file(), reason="../shared/video/video.mp4 not present")
-def test_opencv_source_on_shared_clip_via_config() -> None:
-    cap = cv2.VideoCapture(str(CLIP))
+def test_opencv_source_on_shared_clip_via_config(shared_video: Path) -> None:
+    cap = cv2.VideoCapture(str(shared_video))
     expected_n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
     ok, first_bgr = cap.read()
@@ -231,7 +227,7 @@ def test_opencv_source_on_shared_clip_via_config() -> None:
     # A relative uri is relative to the config file's folder.
     cfg = parse_config(
         {"camera": {"source": "opencv", "uri": "video/video.mp4", "realtime": False}},
-        base_dir=SHARED,
+        base_dir=shared_video.parents[1],
     )
     src = open_source(cfg)
     assert isinstance(src, OpenCVSource) and src.is_file

