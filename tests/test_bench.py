@@ -31,6 +31,7 @@ from tools.bench import (
     growth_pct,
     id_row,
     load_frames,
+    maybe_same_person,
     median,
     overhead_ratio,
     percentile,
@@ -292,3 +293,11 @@ def test_a_daemon_that_died_or_sent_nothing_fails() -> None:
     assert [t.status for t in targets if t.key in daemon_keys] == ["fail"] * 4
     assert not all_pass(targets)
     assert "never" in format_targets(targets)
+
+
+def test_a_stranger_never_shares_a_surname_with_an_enrolled_person() -> None:
+    assert maybe_same_person("Joseph_Biden", "Joe_Biden")  # one man, two folder names
+    assert maybe_same_person("barack_obama", "Barack_Obama")
+    assert maybe_same_person("Kate Siegel", "Kate_Siegel")
+    assert not maybe_same_person("Jeff_Bezos", "Jeff_Bridges")
+    assert not maybe_same_person("Abdullah", "Abdullah_Gul")
