@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -203,6 +204,12 @@ def test_rates_carry_their_clopper_pearson_bound() -> None:
 
     pooled = evaluate.pool([result(1, 2), result(3, 0)])  # counts summed, bound recomputed
     assert (pooled["fnir"].errors, pooled["fnir"].n) == (4, 20)
+    assert "fnir_enrolled" not in pooled  # not measured in these results
+    with_enrolled = [
+        replace(result(1, 2), fnir_enrolled=evaluate.Rate.of(1, 8)),
+        replace(result(3, 0), fnir_enrolled=evaluate.Rate.of(0, 7)),
+    ]
+    assert evaluate.pool(with_enrolled)["fnir_enrolled"] == evaluate.Rate.of(1, 15)
     assert pooled["fpir"].upper95 == pytest.approx(stats.binomial_upper_bound(200, 2))
 
 
@@ -237,6 +244,10 @@ def test_door_protocol_on_real_faces_uses_the_enrolment_checks(
     assert run["fnir"]["n"] == run["wrong_name"]["n"] == mated
     assert run["fpir"]["n"] == strangers
     assert run["fnir"]["errors"] >= 3  # Obama's three probes at least
+    # Recognition alone: the probes of the people enrolled, without Obama's.
+    obama = min(3, len(people["Barack_Obama"]) - 1)
+    assert run["fnir_enrolled"]["n"] == mated - obama
+    assert run["fnir_enrolled"]["errors"] == run["fnir"]["errors"] - obama
     assert run["embeddings"] == 3 and run["enrolled_people"] == 3
     for key in ("fnir", "wrong_name", "fpir"):
         r = run[key]

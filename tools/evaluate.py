@@ -411,6 +411,9 @@ class DoorResult:
     strangers_undetected: int
     calibration_source: str = ""
     strangers_named_as: dict[str, int] = field(default_factory=dict)  # who strangers became
+    # FNIR over the genuine probes of the people who could be enrolled (their photos were
+    # accepted): recognition alone, without the failures to enrol that ``fnir`` counts.
+    fnir_enrolled: Rate | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -482,6 +485,9 @@ def door_protocol(
         1 for it, n in zip(split.mated, mated_names, strict=True) if n is not None and n != it.label
     )
     fp = sum(1 for n in stranger_names if n is not None)
+    not_enrolled = set(failed)
+    in_gallery = [i for i, it in enumerate(split.mated) if it.label not in not_enrolled]
+    fn_in = sum(1 for i in in_gallery if mated_names[i] != split.mated[i].label)
     named_as: dict[str, int] = {}
     for n in stranger_names:
         if n is not None:
@@ -506,20 +512,28 @@ def door_protocol(
         strangers_undetected=str_und,
         calibration_source=recognizer.calibration.source,
         strangers_named_as=dict(sorted(named_as.items(), key=lambda kv: (-kv[1], kv[0]))),
+        fnir_enrolled=Rate.of(fn_in, len(in_gallery)),
     )
 
 
 def pool(results: Sequence[DoorResult]) -> dict[str, Rate]:
-    """FNIR, wrong-name rate and FPIR over several folds: counts added, bounds recomputed."""
+    """FNIR, wrong-name rate and FPIR (and the FNIR of the enrolled, when every result has
+    it) over several folds: counts added, bounds recomputed."""
 
     def add(get: Callable[[DoorResult], Rate]) -> Rate:
         return Rate.of(sum(get(r).errors for r in results), sum(get(r).n for r in results))
 
-    return {
+    out = {
         "fnir": add(lambda r: r.fnir),
         "wrong_name": add(lambda r: r.wrong_name),
         "fpir": add(lambda r: r.fpir),
     }
+    enrolled = [r.fnir_enrolled for r in results]
+    if all(e is not None for e in enrolled):
+        out["fnir_enrolled"] = Rate.of(
+            sum(e.errors for e in enrolled if e), sum(e.n for e in enrolled if e)
+        )
+    return out
 
 
 def people_folds(people: Sequence[str], k: int) -> list[list[str]]:
@@ -544,6 +558,12 @@ def door_table(rows: Sequence[tuple[str, DoorResult]]) -> str:
         "  (rate (errors/probes, one-sided 95% Clopper-Pearson upper bound); threshold from "
         "the device's gallery-size rule)"
     )
+    for label, r in rows:
+        if r.failed_to_enrol and r.fnir_enrolled is not None:
+            lines.append(
+                f"  {label}: could not enrol {', '.join(r.failed_to_enrol)}; FNIR over the "
+                f"people enrolled: {r.fnir_enrolled.text()}"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -645,9 +665,14 @@ def run_door(a: argparse.Namespace) -> int:
     )
     print(door_table([(label, r) for label, _, r in runs]), end="")
     for size, p in pooled.items():
+        enrolled = (
+            f"  (people enrolled: FNIR {Rate(**p['fnir_enrolled']).text()})"
+            if "fnir_enrolled" in p
+            else ""
+        )
         print(
             f"  pooled N={size}: FNIR {Rate(**p['fnir']).text()}  wrong name "
-            f"{Rate(**p['wrong_name']).text()}  FPIR {Rate(**p['fpir']).text()}"
+            f"{Rate(**p['wrong_name']).text()}  FPIR {Rate(**p['fpir']).text()}{enrolled}"
         )
     refused = sum(len(r.refused_photos) for _, _, r in runs)
     print(f"enrolment photos refused: {refused}; report: {out / 'door.json'}")
