@@ -2,14 +2,16 @@
 
 ``python -m tools.bench`` measures, on the same frames in the same run:
 
-* per stage (medians over repeated runs after a warm-up, ``num_threads`` 1
-  and 2, each installed TFLite runtime): JPEG decode, detection (and the
-  detector's bare invoke), alignment, embedding (float32 and int8, bare
-  invoke), matching against galleries of 10, 100 and 1,000 people, and the
-  whole frame (:meth:`edge.recognizer.Recognizer.process`);
+* per stage, for the device's embedder (SFace, which the targets judge)
+  and FaceNet beside it (medians over repeated runs after a warm-up,
+  ``num_threads`` 1 and 2, each installed TFLite runtime): JPEG decode,
+  detection (and the detector's bare invoke), alignment, embedding (float32
+  and int8, bare invoke), matching against galleries of 10, 100 and 1,000
+  people, and the whole frame (:meth:`edge.recognizer.Recognizer.process`);
 * the peer, ``face_recognition`` (dlib's HOG detector and ResNet embedder,
   its defaults): frames per second on the same frames, and correct
-  identifications of the same labelled faces with the same people enrolled;
+  identifications of the same labelled faces with the same people enrolled
+  (ours with each embedder, at the device's threshold for that gallery);
 * the overhead: whole-frame time / (detector + embedder invoke time);
 * the real daemon as a subprocess (``python -m edge run``) replaying the
   frames to a local mosquitto: peak RSS, RSS and thread count over time,
