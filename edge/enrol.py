@@ -215,11 +215,17 @@ def outlier_distance(cal: Calibration, rules: EnrolmentRules = DEFAULT_RULES) ->
     at most that often (less with more photos: only the nearest counts).
     A manifest without tables: the distance where the calibrated confidence
     ``p(genuine | d)`` falls to 5% (``midpoint + scale ln 19``). Never below
-    the threshold plus the margin: a pair that close would be matched anyway.
+    the calibrated threshold: a pair closer than that is accepted as one
+    person by the matcher, so calling it someone else would contradict it.
+    (Not the threshold plus the margin: the margin is a gap between two
+    enrolled people, it says nothing about whether two photos show one. For
+    SFace on LFW that floor was 0.669, a distance that at most 0.2% of
+    genuine pairs reach and 1% of impostor pairs stay under: it let photos
+    of someone else join a person. docs/calibration.md has the measurements.)
     """
     q = None if cal.frr_table is None else genuine_quantile(cal.frr_table, rules.outlier_frr)
     d = cal.conf_midpoint + cal.conf_scale * math.log(19.0) if q is None else q
-    return float(max(d, cal.threshold + cal.margin))
+    return float(max(d, cal.threshold))
 
 
 @dataclass(frozen=True)

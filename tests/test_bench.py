@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from edge.config import load_config
+from edge.errors import FacegateError
 from tools.bench import (
     STRANGER,
     TARGETS,
@@ -23,6 +24,7 @@ from tools.bench import (
     StageResult,
     Target,
     all_pass,
+    camera_size,
     enrolment_names,
     evaluate_targets,
     fit,
@@ -31,10 +33,13 @@ from tools.bench import (
     growth_pct,
     id_row,
     load_frames,
+    maybe_same_person,
     median,
     overhead_ratio,
     percentile,
     score,
+    stage_table,
+    summarise_daemon,
     target_values,
     write_config,
 )
@@ -292,3 +297,58 @@ def test_a_daemon_that_died_or_sent_nothing_fails() -> None:
     assert [t.status for t in targets if t.key in daemon_keys] == ["fail"] * 4
     assert not all_pass(targets)
     assert "never" in format_targets(targets)
+
+
+def test_a_stranger_never_shares_a_surname_with_an_enrolled_person() -> None:
+    assert maybe_same_person("Joseph_Biden", "Joe_Biden")  # one man, two folder names
+    assert maybe_same_person("barack_obama", "Barack_Obama")
+    assert maybe_same_person("Kate Siegel", "Kate_Siegel")
+    assert not maybe_same_person("Jeff_Bezos", "Jeff_Bridges")
+    assert not maybe_same_person("Abdullah", "Abdullah_Gul")
+
+
+def test_summarise_daemon_from_events_and_samples() -> None:
+    res = DaemonResult(True, seconds=90.0)
+    res.samples = [
+        {"t_s": 2.0, "rss_mb": 90.0, "threads": 7},  # before warm-up (a third of the run)
+        {"t_s": 30.0, "rss_mb": 100.0, "threads": 9},  # the base: first sample at 30 s or later
+        {"t_s": 90.0, "rss_mb": 105.0, "threads": 9},
+    ]
+    t0 = 1000.0
+    # (receive time, event ts_unix): latencies 10, 20, 30, 40 ms; first event 0.5 s in.
+    got = [
+        (t0 + 0.5, t0 + 0.49),
+        (t0 + 1.0, t0 + 0.98),
+        (t0 + 1.5, t0 + 1.47),
+        (t0 + 2.0, t0 + 1.96),
+    ]
+    summarise_daemon(res, got, t0)
+    assert res.events == 4
+    assert res.startup_to_first_event_s == pytest.approx(0.5)
+    assert res.latency_p50_ms == pytest.approx(25.0)
+    assert res.latency_p95_ms == pytest.approx(38.5)
+    assert res.rss_growth_pct == pytest.approx(5.0) and res.thread_growth == 0
+    quiet = DaemonResult(True, seconds=20.0)
+    summarise_daemon(quiet, [], t0)
+    assert quiet.events == 0 and math.isnan(quiet.latency_p95_ms)
+
+
+def test_stage_table_has_a_column_per_embedder_runtime_and_threads() -> None:
+    stages = [_stage("ai_edge_litert", t, 10.0, 4.0) for t in (1, 2)]
+    stages += [_stage("ai_edge_litert", t, 30.0, 8.0) for t in (1, 2)]
+    for s, name in zip(stages, ["sface", "sface", "facenet", "facenet"], strict=True):
+        s.embedder = name
+    text = stage_table(stages, 0.9, {"sface": {1000: 0.07}, "facenet": {1000: 0.14}})
+    header = text.splitlines()[0]
+    assert "sface ai_edge_litert t=1" in header and "facenet ai_edge_litert t=2" in header
+    row = next(line for line in text.splitlines() if line.startswith("matching 1,000"))
+    assert row.split()[-4:] == ["0.070", "0.070", "0.14", "0.14"]
+    speed = next(line for line in text.splitlines() if "speed-up" in line)
+    assert speed.split()[-8:] == ["2.50", "x", "2.50", "x", "3.75", "x", "3.75", "x"]
+
+
+def test_camera_size() -> None:
+    assert camera_size("640x480") == (640, 480)
+    assert camera_size("1280X720") == (1280, 720)
+    with pytest.raises(FacegateError, match="--camera"):
+        camera_size("640")

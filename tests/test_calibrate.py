@@ -241,3 +241,31 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert err.startswith("calibrate: error:") and "\n" not in err
+
+
+# -- the shipped calibration records -------------------------------------------------------
+def test_shipped_records_carry_the_tables_measured_with_the_shipped_settings() -> None:
+    """Every committed record holds the FAR and FRR tables the device reads for its gallery
+    size (without them it falls back to one fixed threshold), measured with the settings
+    tools.evaluate --cross-calibrate reproduces on each fold."""
+    from edge.manifest import calibration_from_dict
+    from edge.thresholds import operating_point
+
+    records = sorted((MODELS / "calibration").glob("*.json"))
+    assert [r.stem for r in records] == [
+        "facenet_float32", "facenet_int8", "sface_float32", "sface_int8"
+    ]  # fmt: skip
+    for path in records:
+        rec = json.loads(path.read_text())
+        cal = calibration_from_dict(rec["calibration"])
+        extra = rec["extra_calibration"]
+        assert cal.far_table is not None and cal.frr_table is not None, path.name
+        assert cal.far_table.n == extra["n_impostor"] and cal.frr_table.n == extra["n_genuine"]
+        assert extra["fpir"] == calibrate.SHIPPED_FPIR
+        shipped_m = calibrate.SHIPPED_GALLERY_SIZE * calibrate.SHIPPED_PER_PERSON
+        assert extra["gallery_comparisons"] == shipped_m
+        # The tables resolve the rates a door needs: FPIR 1% for 1,000 enrolled photos.
+        assert not operating_point(cal.threshold, cal.far_table, cal.frr_table, 1000).clamped
+        # The fixed threshold and the table's for the shipped gallery agree to a table row.
+        table = operating_point(cal.threshold, cal.far_table, cal.frr_table, shipped_m)
+        assert table.source == "table" and abs(table.threshold - cal.threshold) < 0.005

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edge.errors import FacegateError
-from edge.manifest import Calibration
+from edge.manifest import Calibration, load_manifest
+from edge.thresholds import operating_point
 from tools import calibrate, evaluate, stats
 from tools._faces import FaceSet, LabelledImage, list_people
 
@@ -130,14 +132,25 @@ def test_calibration_on_the_same_faces_admits_no_stranger(tmp_path: Path) -> Non
     assert calibrate.main([*argv, "--far", "1e-5"]) == 0
     cal = json.loads((cal_out / "calibration.json").read_text())["result"]
     assert cal["far_at_threshold"] == 0.0
+    argv = [str(FACES), "--model", str(model), "--enrol-first", "1", "--no-cache", "--quiet"]
+    # By default the threshold is the device's for the gallery: the table read for its size.
+    assert evaluate.main([*argv, "--out", str(tmp_path / "dev")]) == 0
+    dev = json.loads((tmp_path / "dev" / "evaluation.json").read_text())["models"][0]
+    op = dev["operating_point"]
+    manifest = load_manifest(model.with_suffix(".json")).calibration
+    assert manifest is not None and manifest.far_table is not None
+    expect = operating_point(
+        manifest.threshold, manifest.far_table, manifest.frr_table, len(dev["enrolled"])
+    )
+    assert op["source"] == "table" and op["comparisons"] == len(dev["enrolled"])
+    assert dev["calibration"]["threshold"] == op["threshold"] == expect.threshold
+    # The in-sample threshold, fixed as [matching] threshold fixes it on the device.
     out = tmp_path / "ev"
-    rc = evaluate.main(
-        [str(FACES), "--model", str(model), "--enrol-first", "1", "--out", str(out),
-         "--no-cache", "--quiet"]
-    )  # fmt: skip
+    rc = evaluate.main([*argv, "--out", str(out), "--threshold", str(cal["threshold"])])
     assert rc == 0
     data = json.loads((out / "evaluation.json").read_text())
     ev = data["models"][0]
+    assert ev["operating_point"]["source"] == "config"
     assert ev["calibration"]["threshold"] == cal["threshold"]
     point = ev["calibrated"]
     assert point["fpir"] == 0.0 and point["nonmated"] > 0
@@ -191,6 +204,12 @@ def test_rates_carry_their_clopper_pearson_bound() -> None:
 
     pooled = evaluate.pool([result(1, 2), result(3, 0)])  # counts summed, bound recomputed
     assert (pooled["fnir"].errors, pooled["fnir"].n) == (4, 20)
+    assert "fnir_enrolled" not in pooled  # not measured in these results
+    with_enrolled = [
+        replace(result(1, 2), fnir_enrolled=evaluate.Rate.of(1, 8)),
+        replace(result(3, 0), fnir_enrolled=evaluate.Rate.of(0, 7)),
+    ]
+    assert evaluate.pool(with_enrolled)["fnir_enrolled"] == evaluate.Rate.of(1, 15)
     assert pooled["fpir"].upper95 == pytest.approx(stats.binomial_upper_bound(200, 2))
 
 
@@ -225,6 +244,10 @@ def test_door_protocol_on_real_faces_uses_the_enrolment_checks(
     assert run["fnir"]["n"] == run["wrong_name"]["n"] == mated
     assert run["fpir"]["n"] == strangers
     assert run["fnir"]["errors"] >= 3  # Obama's three probes at least
+    # Recognition alone: the probes of the people enrolled, without Obama's.
+    obama = min(3, len(people["Barack_Obama"]) - 1)
+    assert run["fnir_enrolled"]["n"] == mated - obama
+    assert run["fnir_enrolled"]["errors"] == run["fnir"]["errors"] - obama
     assert run["embeddings"] == 3 and run["enrolled_people"] == 3
     for key in ("fnir", "wrong_name", "fpir"):
         r = run[key]

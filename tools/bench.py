@@ -2,14 +2,16 @@
 
 ``python -m tools.bench`` measures, on the same frames in the same run:
 
-* per stage (medians over repeated runs after a warm-up, ``num_threads`` 1
-  and 2, each installed TFLite runtime): JPEG decode, detection (and the
-  detector's bare invoke), alignment, embedding (float32 and int8, bare
-  invoke), matching against galleries of 10, 100 and 1,000 people, and the
-  whole frame (:meth:`edge.recognizer.Recognizer.process`);
+* per stage, for the device's embedder (SFace, which the targets judge)
+  and FaceNet beside it (medians over repeated runs after a warm-up,
+  ``num_threads`` 1 and 2, each installed TFLite runtime): JPEG decode,
+  detection (and the detector's bare invoke), alignment, embedding (float32
+  and int8, bare invoke), matching against galleries of 10, 100 and 1,000
+  people, and the whole frame (:meth:`edge.recognizer.Recognizer.process`);
 * the peer, ``face_recognition`` (dlib's HOG detector and ResNet embedder,
   its defaults): frames per second on the same frames, and correct
-  identifications of the same labelled faces with the same people enrolled;
+  identifications of the same labelled faces with the same people enrolled
+  (ours with each embedder, at the device's threshold for that gallery);
 * the overhead: whole-frame time / (detector + embedder invoke time);
 * the real daemon as a subprocess (``python -m edge run``) replaying the
   frames to a local mosquitto: peak RSS, RSS and thread count over time,
@@ -52,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from edge.config import EmbedderConfig
 from edge.errors import FacegateError
 from edge.types import Image
 from tools._common import run_tool
@@ -67,8 +70,11 @@ SHARED = REPO_ROOT.parent / "shared"
 DEFAULT_OUT = REPO_ROOT / "reports" / "bench" / "bench.json"
 MODELS = REPO_ROOT / "models"
 DETECTOR = MODELS / "face_detection_short_range.tflite"
-EMB_INT8 = MODELS / "facenet_int8.tflite"
-EMB_FLOAT = MODELS / "facenet_float32.tflite"
+# The device's default embedder (edge.config: SFace) and, beside it, FaceNet.
+EMB_INT8 = MODELS / EmbedderConfig().model
+EMB_FLOAT = EMB_INT8.with_name(EMB_INT8.name.replace("_int8", "_float32"))
+CMP_INT8 = MODELS / "facenet_int8.tflite"
+CMP_FLOAT = MODELS / "facenet_float32.tflite"
 
 GALLERY_SIZES = (10, 100, 1000)
 EMBEDDINGS_PER_PERSON = 3
@@ -326,6 +332,20 @@ def load_frames(
     return frames, where
 
 
+def maybe_same_person(a: str, b: str) -> bool:
+    """Whether two folder names (``First_Last``) may name one person: the same surname.
+
+    A stranger must certainly be someone else, and a first name is not
+    reliable (LFW's ``Joseph_Biden`` is ``../shared/faces``' ``Joe_Biden``), so
+    a shared last name is enough to leave a stranger out.
+    """
+
+    def surname(n: str) -> str:
+        return n.replace(" ", "_").strip("_").rsplit("_", 1)[-1].lower()
+
+    return surname(a) == surname(b)
+
+
 def load_strangers(
     shared: Path, known: set[str], count: int, max_w: int, max_h: int
 ) -> list[BenchFrame]:
@@ -334,14 +354,19 @@ def load_strangers(
     They are the open-set half of the identification comparison: a stranger
     must come out unknown. Taking every one (the default) leaves no room to
     pick a flattering subset; a smaller ``count`` spreads over the list.
+    People who may be a known person under another name
+    (:func:`maybe_same_person`) are left out.
     """
     from edge.imageio import list_images, read_image
 
     lfw = shared / "lfw"
     if count < 0 or not lfw.is_dir():
         return []
-    norm = {k.lower() for k in known}
-    people = sorted(p for p in lfw.iterdir() if p.is_dir() and p.name.lower() not in norm)
+    people = sorted(
+        p
+        for p in lfw.iterdir()
+        if p.is_dir() and not any(maybe_same_person(p.name, k) for k in known)
+    )
     if not people:
         return []
     n = len(people) if count == 0 else min(count, len(people))
@@ -389,7 +414,7 @@ def bench_decode(frames: Sequence[BenchFrame], repeats: int) -> float:
 
 @dataclass
 class StageResult:
-    """One (runtime, num_threads) configuration's stage medians in ms."""
+    """One (embedder, runtime, num_threads) configuration's stage medians in ms."""
 
     runtime: str
     threads: int
@@ -407,6 +432,7 @@ class StageResult:
     fps: float = float("nan")
     overhead: float = float("nan")
     per_frame_ms: list[float] = field(default_factory=list)
+    embedder: str = ""  # which embedder (Models.label)
 
 
 @dataclass(frozen=True)
@@ -417,6 +443,11 @@ class Models:
     int8: Path = EMB_INT8
     float32: Path = EMB_FLOAT
     edgetpu: bool = False
+
+    @property
+    def label(self) -> str:
+        """The embedder's name for tables: ``sface`` for ``sface_int8.tflite``."""
+        return self.int8.stem.removesuffix("_int8")
 
 
 def build_recognizer(models: Models, runtime: str, threads: int) -> Recognizer:
@@ -462,49 +493,52 @@ def _enrol_gallery(rec: Recognizer, frames: Sequence[BenchFrame]) -> tuple[Galle
     return g, used
 
 
-def bench_stages(
-    frames: Sequence[BenchFrame],
-    runtime: str,
-    threads: int,
-    repeats: int,
-    invokes: int,
-    models: Models = Models(),
-) -> StageResult:
-    """Stage medians for one runtime and thread count (int8 embedder in the whole frame)."""
+def _time_detect_and_align(
+    rec: Recognizer, frames: Sequence[BenchFrame], repeats: int
+) -> tuple[float, float, Image]:
+    """Median detection and per-face alignment ms, and one real aligned crop."""
     from edge.align import align_face
-    from edge.embedder import Embedder
-    from edge.types import Frame
 
-    r = StageResult(runtime, threads)
-    rec = build_recognizer(models, runtime, threads)
-    gallery, _ = _enrol_gallery(rec, frames)
-    rec.set_gallery(gallery)
-    det = rec.cropper.detector
-    femb = Embedder.load(models.float32, runtime=runtime, num_threads=threads)
-
-    r.detect_invoke_ms = median(time_ms(lambda: det.interpreter.run(det._input), invokes, 3))
+    det, cropper = rec.cropper.detector, rec.cropper
     det_samples: list[float] = []
     align_samples: list[float] = []
-    crop = None
+    crop: Image | None = None
     for f in frames:
         det_samples += time_ms(partial(det.detect, f.rgb), repeats)
         for d in det.detect(f.rgb):
-            align_samples += time_ms(partial(align_face, f.rgb, d), repeats)
+            warp = partial(align_face, f.rgb, d, cropper.template, cropper.size)
+            align_samples += time_ms(warp, repeats)
             if crop is None:
-                crop = align_face(f.rgb, d)
-    r.detect_ms, r.align_ms = median(det_samples), median(align_samples)
-    if crop is None:
-        crop = np.full((160, 160, 3), 128, np.uint8)
-    iemb = rec.embedder
-    for name, emb in (("int8", iemb), ("float", femb)):
+                crop = warp()
+    if crop is None:  # no face in any frame: a grey crop still times the embedder
+        crop = np.full((cropper.size, cropper.size, 3), 128, np.uint8)
+    return median(det_samples), median(align_samples), crop
+
+
+def _time_embedders(r: StageResult, rec: Recognizer, float_path: Path, crop: Image, n: int) -> None:
+    """Median embedding ms (whole call and bare invoke) of the int8 and float32 models."""
+    from edge.embedder import Embedder
+
+    femb = Embedder.load(float_path, runtime=r.runtime, num_threads=r.threads)
+    for name, emb in (("int8", rec.embedder), ("float", femb)):
         emb.embed_one(crop)  # fills the input tensor with a real face
-        inv = median(time_ms(partial(emb.interpreter.run, emb._input), invokes, 3))
-        full = median(time_ms(partial(emb.embed_one, crop), invokes, 1))
+        inv = median(time_ms(partial(emb.interpreter.run, emb._input), n, 3))
+        full = median(time_ms(partial(emb.embed_one, crop), n, 1))
         setattr(r, f"embed_{name}_invoke_ms", inv)
         setattr(r, f"embed_{name}_ms", full)
 
-    # The whole frame, and right after it the bare invokes of the same frame's
-    # tensors (still in the input buffers), so that both see the same load.
+
+def _time_whole_frames(
+    r: StageResult, rec: Recognizer, frames: Sequence[BenchFrame], repeats: int
+) -> None:
+    """The whole frame, and right after it the bare invokes of the same frame's tensors.
+
+    Both are timed back to back (still in the input buffers), so that both see
+    the same machine load; their ratio is the overhead.
+    """
+    from edge.types import Frame
+
+    det, iemb = rec.cropper.detector, rec.embedder
     faces: list[int] = []
     models_ms: list[float] = []
     for i, f in enumerate(frames):
@@ -529,6 +563,26 @@ def bench_stages(
     r.frame_total_ms = float(sum(r.per_frame_ms))
     r.fps = 1e3 * len(frames) / r.frame_total_ms if r.frame_total_ms > 0 else float("nan")
     r.overhead = overhead_ratio(r.per_frame_ms, models_ms)
+
+
+def bench_stages(
+    frames: Sequence[BenchFrame],
+    runtime: str,
+    threads: int,
+    repeats: int,
+    invokes: int,
+    models: Models = Models(),
+) -> StageResult:
+    """Stage medians for one runtime and thread count (int8 embedder in the whole frame)."""
+    r = StageResult(runtime, threads, embedder=models.label)
+    rec = build_recognizer(models, runtime, threads)
+    gallery, _ = _enrol_gallery(rec, frames)
+    rec.set_gallery(gallery)
+    det = rec.cropper.detector
+    r.detect_invoke_ms = median(time_ms(lambda: det.interpreter.run(det._input), invokes, 3))
+    r.detect_ms, r.align_ms, crop = _time_detect_and_align(rec, frames, repeats)
+    _time_embedders(r, rec, models.float32, crop, invokes)
+    _time_whole_frames(r, rec, frames, repeats)
     return r
 
 
@@ -572,6 +626,7 @@ class IdResult:
     strangers: int = 0
     strangers_rejected: int = 0
     false_accepts: int = 0
+    rule: str = ""  # the open-set rule it answered with (threshold for its gallery, margin)
 
     @property
     def total_correct(self) -> int:
@@ -603,8 +658,9 @@ def identify_ours(
 
     rec = build_recognizer(models, runtime, threads)
     gallery, used = _enrol_gallery(rec, frames)
-    rec.set_gallery(gallery)
-    r = IdResult(enrolled=len(gallery))
+    rec.set_gallery(gallery)  # the threshold for this gallery's size, as on the device
+    rule = f"{rec.operating_point.describe()}; margin {rec.margin:.3f}"
+    r = IdResult(enrolled=len(gallery), rule=rule)
     for f in frames:
         if f.label is None or f.name in used:
             continue
@@ -748,29 +804,12 @@ def _vm_hwm_mb(pid: int) -> float | None:
     return None
 
 
-def bench_daemon(
-    frames: Sequence[BenchFrame],
-    seconds: float,
-    sample_every: float,
-    fps: float,
-    workdir: Path,
-    models: Models = Models(),
-) -> DaemonResult:
-    """Run ``python -m edge run`` on a looping replay of the frames; sample RSS and threads."""
+def _prepare_daemon_files(frames: Sequence[BenchFrame], workdir: Path, models: Models) -> None:
+    """The replay folder (the frames as JPEGs) and the enrolled gallery, in ``workdir``."""
     import cv2
 
-    try:
-        import psutil
-        from paho.mqtt import client as paho
-        from paho.mqtt.enums import CallbackAPIVersion
-    except ImportError as e:
-        return DaemonResult(False, f"{e.name} not installed")
-    from edge.events import Topics
     from edge.gallery import Gallery
-    from tools._broker import LocalBroker, mosquitto_path
 
-    if mosquitto_path() is None:
-        return DaemonResult(False, "mosquitto not installed")
     replay = workdir / "replay"
     replay.mkdir(parents=True)
     for i, f in enumerate(frames):
@@ -780,127 +819,206 @@ def bench_daemon(
     if len(gallery) == 0:
         gallery = Gallery.for_manifest(rec.embedder.manifest)
     gallery.save(workdir / "gallery.fgg", None)
-    del rec
-    device = "bench-door"
-    topics = Topics.for_device("facegate", device)
-    received: list[tuple[float, float]] = []  # (receive time, event ts_unix)
-    lock = threading.Lock()
 
-    def on_message(client: Any, userdata: Any, msg: Any) -> None:
+
+def daemon_config(
+    workdir: Path, host: str, port: int, fps: float, models: Models, device: str
+) -> Path:
+    """The daemon's config: a looping replay, one event per face frame, MQTT to the broker."""
+    return write_config(
+        workdir / "bench.toml",
+        {
+            "device": {"id": device},
+            "camera": {"source": "folder", "path": "replay", "fps": fps, "loop": True},
+            "detector": {"model": str(models.detector.resolve())},
+            "embedder": {
+                "model": str(models.int8.resolve()),
+                "num_threads": 2,
+                "edgetpu": models.edgetpu,
+            },
+            "gallery": {"path": "gallery.fgg"},
+            "decision": {"single_frame": True, "cooldown_s": 0.0},
+            "mqtt": {
+                "enabled": True,
+                "host": host,
+                "port": port,
+                "outbox_path": "outbox.sqlite",
+            },
+            "service": {"log_level": "WARNING", "state_dir": str(workdir)},
+        },
+    )
+
+
+class EventListener:
+    """A subscriber that records (receive time, event ``ts_unix``) of every event."""
+
+    def __init__(self, host: str, port: int, topic: str) -> None:
+        self.host, self.port, self.topic = host, port, topic
+        self._got: list[tuple[float, float]] = []
+        self._lock = threading.Lock()
+        self._client: Any = None
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         now = time.time()
         try:
             ts = float(json.loads(msg.payload)["ts_unix"])
         except (ValueError, KeyError, TypeError):
             return
-        with lock:
-            received.append((now, ts))
+        with self._lock:
+            self._got.append((now, ts))
 
-    with LocalBroker(workdir / "broker") as broker:
-        config = write_config(
-            workdir / "bench.toml",
-            {
-                "device": {"id": device},
-                "camera": {"source": "folder", "path": "replay", "fps": fps, "loop": True},
-                "detector": {"model": str(models.detector.resolve())},
-                "embedder": {
-                    "model": str(models.int8.resolve()),
-                    "num_threads": 2,
-                    "edgetpu": models.edgetpu,
-                },
-                "gallery": {"path": "gallery.fgg"},
-                "decision": {"single_frame": True, "cooldown_s": 0.0},
-                "mqtt": {
-                    "enabled": True,
-                    "host": broker.host,
-                    "port": broker.port,
-                    "outbox_path": "outbox.sqlite",
-                },
-                "service": {"log_level": "WARNING", "state_dir": str(workdir)},
-            },
+    def __enter__(self) -> EventListener:
+        from paho.mqtt import client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{os.getpid()}")
+        c.on_message = self._on_message
+        c.connect(self.host, self.port, keepalive=30)
+        c.subscribe(self.topic, qos=1)
+        c.loop_start()
+        self._client = c
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._got)
+
+    def received(self) -> list[tuple[float, float]]:
+        with self._lock:
+            return list(self._got)
+
+
+def _start_daemon(config: Path, errlog: Path) -> subprocess.Popen[bytes]:
+    """``python -m edge run`` on the config; stderr to a file (a pipe nobody reads during a
+    long soak would fill up and block the daemon)."""
+    with errlog.open("w") as errf:
+        return subprocess.Popen(
+            [sys.executable, "-m", "edge", "run", "--config", str(config)],
+            cwd=REPO_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=errf,
+            stdin=subprocess.DEVNULL,
         )
-        sub = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{os.getpid()}")
-        sub.on_message = on_message
-        sub.connect(broker.host, broker.port, keepalive=30)
-        sub.subscribe(topics.event, qos=1)
-        sub.loop_start()
-        t_start = time.time()
-        # stderr to a file: a pipe nobody reads during a long soak would fill up
-        # and block the daemon.
-        errlog = workdir / "daemon.stderr"
-        with errlog.open("w") as errf:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "edge", "run", "--config", str(config)],
-                cwd=REPO_ROOT,
-                stdout=subprocess.DEVNULL,
-                stderr=errf,
-                stdin=subprocess.DEVNULL,
-            )
-        res = DaemonResult(True, seconds=seconds)
-        died = False
+
+
+def _sample_daemon(
+    proc: subprocess.Popen[bytes],
+    res: DaemonResult,
+    t_start: float,
+    sample_every: float,
+    events: EventListener,
+) -> bool:
+    """Sample RSS and threads every ``sample_every`` s for ``res.seconds``; True if it died.
+
+    Between samples it waits on the process itself (``wait`` with a timeout),
+    so a daemon that exits is noticed at once.
+    """
+    import psutil
+
+    p = psutil.Process(proc.pid)
+    end = time.monotonic() + res.seconds
+    next_sample = time.monotonic() + sample_every
+    while time.monotonic() < end:
         try:
-            p = psutil.Process(proc.pid)
-            end = time.monotonic() + seconds
-            next_sample = time.monotonic() + sample_every
-            while time.monotonic() < end:
-                if proc.poll() is not None:
-                    died = True
-                    break
-                time.sleep(min(0.05, max(0.0, next_sample - time.monotonic())))
-                if time.monotonic() < next_sample:
-                    continue
-                next_sample += sample_every
-                try:
-                    mem = p.memory_info().rss / 2**20
-                    threads = p.num_threads()
-                except psutil.Error:
-                    continue  # it just ended: the next poll says so
-                res.samples.append(
-                    {
-                        "t_s": round(time.time() - t_start, 1),
-                        "rss_mb": round(mem, 1),
-                        "threads": threads,
-                    }
-                )
-                print(
-                    f"  daemon t={res.samples[-1]['t_s']:6.1f}s rss={mem:6.1f} MB "
-                    f"threads={threads} events={len(received)}",
-                    file=sys.stderr,
-                )
-            res.peak_rss_mb = _vm_hwm_mb(proc.pid) or max(
-                (s["rss_mb"] for s in res.samples), default=float("nan")
-            )
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-            res.exit_code = proc.returncode
-            time.sleep(0.2)
-            sub.loop_stop()
-            sub.disconnect()
-    if died or res.exit_code != 0:
-        tail = errlog.read_text(errors="replace").strip()[-300:]
-        when = "during the run" if died else "on SIGTERM"
-        res.failed = True
-        res.note = f"daemon exited {res.exit_code} {when}: {tail}"
-    with lock:
-        got = list(received)
+            proc.wait(timeout=max(0.0, min(next_sample, end) - time.monotonic()))
+            return True
+        except subprocess.TimeoutExpired:
+            pass
+        if time.monotonic() < next_sample:
+            continue
+        next_sample += sample_every
+        try:
+            mem, threads = p.memory_info().rss / 2**20, p.num_threads()
+        except psutil.Error:
+            continue  # it just ended: the next wait says so
+        res.samples.append(
+            {"t_s": round(time.time() - t_start, 1), "rss_mb": round(mem, 1), "threads": threads}
+        )
+        say(
+            f"  daemon t={res.samples[-1]['t_s']:6.1f}s rss={mem:6.1f} MB "
+            f"threads={threads} events={events.count()}"
+        )
+    return False
+
+
+def _stop_daemon(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM, then SIGKILL after 15 s; the exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        return proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(timeout=5)
+
+
+def summarise_daemon(res: DaemonResult, got: Sequence[tuple[float, float]], t_start: float) -> None:
+    """Fill in the event counts, startup, latency and growth from what was recorded.
+
+    Latency is receive time minus the event's ``ts_unix``; growth runs from the
+    first sample after warm-up (a third of the run, at most a minute in: models,
+    gallery and buffers are all in by then) to the last.
+    """
     res.events = len(got)
     if got:
         res.startup_to_first_event_s = min(r for r, _ in got) - t_start
         lat = [(r - ts) * 1e3 for r, ts in got]
         res.latency_p50_ms, res.latency_p95_ms = percentile(lat, 50), percentile(lat, 95)
-    # Growth from the first sample after warm-up (a third of the run, at most a
-    # minute in) to the last: models, gallery and buffers are all in by then.
     if len(res.samples) >= 2:
-        warm_t = min(60.0, seconds / 3)
+        warm_t = min(60.0, res.seconds / 3)
         base = next((s for s in res.samples if s["t_s"] >= warm_t), res.samples[0])
         last = res.samples[-1]
         res.rss_growth_pct = growth_pct(base["rss_mb"], last["rss_mb"])
         res.thread_growth = last["threads"] - base["threads"]
+
+
+def bench_daemon(
+    frames: Sequence[BenchFrame],
+    seconds: float,
+    sample_every: float,
+    fps: float,
+    workdir: Path,
+    models: Models = Models(),
+) -> DaemonResult:
+    """Run ``python -m edge run`` on a looping replay of the frames; sample RSS and threads."""
+    try:
+        import paho.mqtt.client  # noqa: F401
+        import psutil  # noqa: F401
+    except ImportError as e:
+        return DaemonResult(False, f"{e.name} not installed")
+    from edge.events import Topics
+    from tools._broker import LocalBroker, mosquitto_path
+
+    if mosquitto_path() is None:
+        return DaemonResult(False, "mosquitto not installed")
+    _prepare_daemon_files(frames, workdir, models)
+    device = "bench-door"
+    errlog = workdir / "daemon.stderr"
+    res = DaemonResult(True, seconds=seconds)
+    with LocalBroker(workdir / "broker") as broker:
+        config = daemon_config(workdir, broker.host, broker.port, fps, models, device)
+        topic = Topics.for_device("facegate", device).event
+        with EventListener(broker.host, broker.port, topic) as events:
+            t_start = time.time()
+            proc = _start_daemon(config, errlog)
+            try:
+                died = _sample_daemon(proc, res, t_start, sample_every, events)
+                res.peak_rss_mb = _vm_hwm_mb(proc.pid) or max(
+                    (s["rss_mb"] for s in res.samples), default=float("nan")
+                )
+            finally:
+                res.exit_code = _stop_daemon(proc)
+                time.sleep(0.2)  # a grace period for events already on their way
+    if died or res.exit_code != 0:
+        tail = errlog.read_text(errors="replace").strip()[-300:]
+        when = "during the run" if died else "on SIGTERM"
+        res.failed = True
+        res.note = f"daemon exited {res.exit_code} {when}: {tail}"
+    summarise_daemon(res, events.received(), t_start)
     return res
 
 
@@ -953,29 +1071,65 @@ def _clean(o: Any) -> Any:
     return o
 
 
+def _embedder_values(
+    stages: Sequence[StageResult], vals: dict[str, float | None], notes: dict[str, str]
+) -> None:
+    """``int8_speedup``: every installed runtime must meet it at 2 threads, so the worst is
+    judged; an int8 model slower than float32 at any thread count fails."""
+    two = [s for s in stages if s.threads == 2]
+    if two:
+        vals["int8_speedup"] = min(s.embed_float_invoke_ms / s.embed_int8_invoke_ms for s in two)
+    slow = [s for s in stages if s.embed_int8_invoke_ms > s.embed_float_invoke_ms]
+    if slow:
+        worst = min(slow, key=lambda s: s.embed_float_invoke_ms / s.embed_int8_invoke_ms)
+        vals["int8_speedup"] = worst.embed_float_invoke_ms / worst.embed_int8_invoke_ms
+        notes["int8_speedup"] = f"int8 slower than float32 with {worst.runtime}, t={worst.threads}"
+
+
+DAEMON_KEYS = ("daemon_rss_mb", "rss_growth_pct", "thread_growth", "event_p95_ms")
+
+
+def _daemon_values(
+    daemon: DaemonResult, vals: dict[str, float | None], notes: dict[str, str]
+) -> None:
+    """The daemon's targets; no event at all is an infinite latency, a daemon that died
+    fails what it could not show."""
+    if not daemon.ran:
+        notes.update(dict.fromkeys(DAEMON_KEYS, daemon.note))
+        return
+    vals["daemon_rss_mb"] = _finite(daemon.peak_rss_mb)
+    vals["rss_growth_pct"] = _finite(daemon.rss_growth_pct)
+    vals["thread_growth"] = _finite(daemon.thread_growth)
+    vals["event_p95_ms"] = _finite(daemon.latency_p95_ms)
+    if daemon.events == 0:
+        vals["event_p95_ms"] = math.inf
+        notes["event_p95_ms"] = "no event received"
+    if daemon.failed:
+        for k in DAEMON_KEYS:
+            if vals.get(k) is None:
+                vals[k] = math.inf
+            notes[k] = daemon.note
+
+
 def target_values(
     stages: Sequence[StageResult],
     size_ratio: float,
-    match_ms: dict[int, float],
+    match_ms: Mapping[int, float],
     ours: IdResult | None,
     peer: PeerResult,
     daemon: DaemonResult,
     preferred_runtime: str,
 ) -> tuple[dict[str, float | None], dict[str, str]]:
-    """The numbers the targets are judged on, and notes for the ones not measured."""
+    """The numbers the targets are judged on, and notes for the ones not measured.
+
+    ``stages``, ``size_ratio``, ``match_ms`` and ``ours`` are the device's
+    default embedder's; the other embedder is shown beside it, not judged.
+    """
     vals: dict[str, float | None] = {}
     notes: dict[str, str] = {}
     two = [s for s in stages if s.threads == 2]
     main = next((s for s in two if s.runtime == preferred_runtime), two[0] if two else None)
-    if two:
-        # Every installed runtime must meet it: judge the worst.
-        vals["int8_speedup"] = min(s.embed_float_invoke_ms / s.embed_int8_invoke_ms for s in two)
-    slow = [s for s in stages if s.embed_int8_invoke_ms > s.embed_float_invoke_ms]
-    if slow:
-        # int8 slower than float32 fails at any thread count.
-        worst = min(slow, key=lambda s: s.embed_float_invoke_ms / s.embed_int8_invoke_ms)
-        vals["int8_speedup"] = worst.embed_float_invoke_ms / worst.embed_int8_invoke_ms
-        notes["int8_speedup"] = f"int8 slower than float32 with {worst.runtime}, t={worst.threads}"
+    _embedder_values(stages, vals, notes)
     vals["int8_size_ratio"] = size_ratio
     if main is not None:
         vals["overhead"] = main.overhead
@@ -988,24 +1142,7 @@ def target_values(
             notes["id_vs_peer"] = "no labelled faces (../shared/faces absent)"
         else:
             vals["id_vs_peer"] = float(ours.total_correct - peer.ident.total_correct)
-    if daemon.ran:
-        vals["daemon_rss_mb"] = _finite(daemon.peak_rss_mb)
-        vals["rss_growth_pct"] = _finite(daemon.rss_growth_pct)
-        vals["thread_growth"] = _finite(daemon.thread_growth)
-        vals["event_p95_ms"] = _finite(daemon.latency_p95_ms)
-        if daemon.events == 0:
-            # No event ever arrived: an infinite latency, which fails.
-            vals["event_p95_ms"] = math.inf
-            notes["event_p95_ms"] = "no event received"
-        if daemon.failed:
-            # A daemon that died fails what it could not show.
-            for k in ("daemon_rss_mb", "rss_growth_pct", "thread_growth", "event_p95_ms"):
-                if vals.get(k) is None:
-                    vals[k] = math.inf
-                notes[k] = daemon.note
-    else:
-        for k in ("daemon_rss_mb", "rss_growth_pct", "thread_growth", "event_p95_ms"):
-            notes[k] = daemon.note
+    _daemon_values(daemon, vals, notes)
     return vals, notes
 
 
@@ -1040,13 +1177,23 @@ def id_row(title: str, r: IdResult, fps: float) -> list[str]:
     return [title, *map(str, nums), _fmt_num(fps)]
 
 
-def stage_table(stages: Sequence[StageResult], decode_ms: float, match_ms: dict[int, float]) -> str:
-    """Per-stage medians, one column per (runtime, threads)."""
-    headers = ["stage (median ms)"] + [f"{s.runtime} t={s.threads}" for s in stages]
+def stage_table(
+    stages: Sequence[StageResult], decode_ms: float, match_ms: Mapping[str, Mapping[int, float]]
+) -> str:
+    """Per-stage medians, one column per (embedder, runtime, threads).
+
+    ``match_ms``: per embedder label, the matching medians per gallery size
+    (they depend only on the embedding size).
+    """
+    headers = ["stage (median ms)"] + [
+        f"{s.embedder} {s.runtime} t={s.threads}".strip() for s in stages
+    ]
 
     def row(title: str, attr: str) -> list[str]:
         return [title] + [_fmt_num(getattr(s, attr)) for s in stages]
 
+    sizes = sorted({n for m in match_ms.values() for n in m})
+    nan = float("nan")
     rows = [
         ["decode (640x480 JPEG -> RGB)"] + [_fmt_num(decode_ms)] * len(stages),
         row("detection (letterbox+invoke+NMS)", "detect_ms"),
@@ -1060,8 +1207,9 @@ def stage_table(stages: Sequence[StageResult], decode_ms: float, match_ms: dict[
         + [_fmt_num(s.embed_float_invoke_ms / s.embed_int8_invoke_ms, "x") for s in stages],
     ]
     rows += [
-        [f"matching {n:,} people (1 face)"] + [_fmt_num(match_ms[n])] * len(stages)
-        for n in match_ms
+        [f"matching {n:,} people (1 face)"]
+        + [_fmt_num(match_ms.get(s.embedder, {}).get(n, nan)) for s in stages]
+        for n in sizes
     ]
     rows += [
         row("whole frame, int8 (median)", "frame_ms"),
@@ -1076,9 +1224,10 @@ def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from edge.runtime import RUNTIMES, available_runtimes
+# ----------------------------------------------------------------------------- the run
 
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help="JSON report (default: %(default)s)"
@@ -1107,8 +1256,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--daemon-fps", type=float, default=10.0, help="replay rate for the daemon (camera.fps)"
     )
     ap.add_argument("--detector", type=Path, default=DETECTOR, help="detector model")
-    ap.add_argument("--int8", type=Path, default=EMB_INT8, help="int8 embedder (the device's)")
-    ap.add_argument("--float32", type=Path, default=EMB_FLOAT, help="float32 embedder")
+    ap.add_argument(
+        "--int8", type=Path, default=EMB_INT8, help="int8 embedder (the device's; judged)"
+    )
+    ap.add_argument("--float32", type=Path, default=EMB_FLOAT, help="its float32 model")
+    ap.add_argument(
+        "--compare-int8",
+        type=Path,
+        default=CMP_INT8,
+        help="int8 embedder measured beside it, not judged (default: FaceNet)",
+    )
+    ap.add_argument("--compare-float32", type=Path, default=CMP_FLOAT, help="its float32 model")
+    ap.add_argument("--no-compare", action="store_true", help="measure only the device's embedder")
     ap.add_argument(
         "--edgetpu",
         action="store_true",
@@ -1122,144 +1281,272 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--no-peer", action="store_true", help="skip face_recognition")
     ap.add_argument("--no-daemon", action="store_true", help="skip the daemon subprocess")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return ap
+
+
+def camera_size(text: str) -> tuple[int, int]:
+    """``WxH`` (e.g. ``640x480``) as integers; FacegateError when it is not that."""
     try:
-        max_w, max_h = (int(x) for x in args.camera.lower().split("x"))
+        w, h = (int(x) for x in text.lower().split("x"))
     except ValueError:
-        raise FacegateError(f"--camera: expected WxH like 640x480, got {args.camera!r}") from None
+        raise FacegateError(f"--camera: expected WxH like 640x480, got {text!r}") from None
+    return w, h
+
+
+def models_under_test(args: argparse.Namespace) -> list[Models]:
+    """The device's embedder (judged) first, then the one shown beside it; all files present."""
+    out = [Models(args.detector, args.int8, args.float32, args.edgetpu)]
+    if not args.no_compare:
+        out.append(Models(args.detector, args.compare_int8, args.compare_float32))
+    for m in out:
+        for p in (m.detector, m.int8, m.float32):
+            if not p.is_file():
+                raise FacegateError(
+                    f"{p}: missing; build the models first (python -m tools.models build), "
+                    "or --no-compare"
+                )
+    return out
+
+
+@dataclass
+class Variant:
+    """One embedder's results: stages per runtime and thread count, matching, identification."""
+
+    models: Models
+    stages: list[StageResult]
+    match_ms: dict[int, float]
+    size_ratio: float
+    ident: IdResult | None
+
+    @property
+    def label(self) -> str:
+        return self.models.label
+
+
+def bench_variant(
+    models: Models,
+    frames: Sequence[BenchFrame],
+    strangers: Sequence[BenchFrame],
+    runtimes: Sequence[str],
+    args: argparse.Namespace,
+) -> Variant:
+    """Every per-embedder measurement of one embedder."""
+    from edge.manifest import load_manifest
+
+    stages = []
+    for rt in runtimes:
+        for th in args.threads:
+            say(f"bench: {models.label}: stages, {rt}, {th} thread(s)")
+            stages.append(bench_stages(frames, rt, th, args.repeats, args.invokes, models))
+    say(f"bench: {models.label}: matching, identification")
+    dim = load_manifest(models.int8).embedding_size or 512
+    match_ms = bench_matching(dim, max(200, args.invokes))
+    size_ratio = models.int8.stat().st_size / models.float32.stat().st_size
+    known = any(f.label is not None for f in frames)
+    ident = identify_ours([*frames, *strangers], runtimes[0], 2, models) if known else None
+    return Variant(models, stages, match_ms, size_ratio, ident)
+
+
+def run_peer(
+    args: argparse.Namespace, frames: Sequence[BenchFrame], strangers: Sequence[BenchFrame]
+) -> PeerResult:
+    if args.no_peer:
+        return PeerResult(False, "peer skipped (--no-peer)")
+    say("bench: the peer (face_recognition)")
+    return bench_peer(frames, strangers)
+
+
+def run_daemon(
+    args: argparse.Namespace, frames: Sequence[BenchFrame], models: Models
+) -> DaemonResult:
+    if args.no_daemon:
+        return DaemonResult(False, "daemon skipped (--no-daemon)")
+    seconds = args.soak * 60 if args.soak > 0 else 20.0
+    every = 60.0 if args.soak > 0 else 2.0
+    say(f"bench: daemon for {seconds:.0f} s ({models.label})")
+    with tempfile.TemporaryDirectory(prefix="facegate-bench-") as tmp:
+        return bench_daemon(frames, seconds, every, args.daemon_fps, Path(tmp), models)
+
+
+@dataclass
+class BenchRun:
+    """Everything one run measured, for the text and the JSON report."""
+
+    machine: dict[str, Any]
+    where: str
+    camera: tuple[int, int]
+    frames: int
+    runtimes: list[str]
+    missing: list[str]
+    decode_ms: float
+    variants: list[Variant]
+    peer: PeerResult
+    daemon: DaemonResult
+    targets: list[Target]
+    soak: bool
+    wall_s: float = 0.0
+
+
+def identification_lines(run: BenchRun) -> list[str]:
+    """The identification table: each embedder of ours, then the peer, and the rules used."""
+    peer = run.peer
+    peer_name = f"face_recognition {peer.version} (HOG+ResNet)"
+    fps = {
+        v.label: next((s.fps for s in v.stages if s.threads == 2), v.stages[-1].fps)
+        for v in run.variants
+    }
+    ours = [v for v in run.variants if v.ident is not None]
+    if not ours:
+        peer_line = f"{peer_name} {_fmt_num(peer.fps)} fps" if peer.available else peer.note
+        return [
+            f"identification: n/a (no labelled faces); facegate "
+            f"{_fmt_num(fps[run.variants[0].label])} fps, peer: {peer_line}",
+            "",
+        ]
+    rows = [
+        id_row(f"facegate {v.label} int8, 2 threads", v.ident, fps[v.label])
+        for v in ours
+        if v.ident
+    ]
+    if peer.available:
+        rows.append(id_row(peer_name, peer.ident, peer.fps))
+    else:
+        rows.append([f"face_recognition: {peer.note}"] + ["-"] * (len(ID_HEADERS) - 1))
+    lines = [format_table(ID_HEADERS, rows)]
+    lines += [f"{v.label}: {v.ident.rule}" for v in ours if v.ident]
+    lines += [f"peer: nearest encoding within tolerance {PEER_TOLERANCE}", ""]
+    return lines
+
+
+def daemon_lines(d: DaemonResult, soak: bool) -> list[str]:
+    if not d.ran:
+        return [f"daemon: {d.note}"]
+    lines = [
+        f"daemon: {d.seconds:.0f} s, {d.events} events, startup to first event "
+        f"{_fmt_num(d.startup_to_first_event_s, 's')}, frame->event p50 "
+        f"{_fmt_num(d.latency_p50_ms, 'ms')} p95 {_fmt_num(d.latency_p95_ms, 'ms')}, "
+        f"peak RSS {_fmt_num(d.peak_rss_mb, 'MB')}"
+    ]
+    if soak and d.samples:
+        lines.append(
+            "daemon over time (s: RSS MB / threads): "
+            + ", ".join(f"{s['t_s']:.0f}: {s['rss_mb']:.0f}/{s['threads']:.0f}" for s in d.samples)
+        )
+    return lines
+
+
+def render_text(run: BenchRun) -> str:
+    """The printed report: machine, stage table, identification, daemon, targets, verdict."""
+    m, v0 = run.machine, run.variants[0]
+    stages = [s for v in run.variants for s in v.stages]
+    lines = [
+        f"facegate bench: {m['cpu']}, {m['cores']} cores, Python {m['python']}",
+        f"frames: {run.where}; scaled to fit {run.camera[0]}x{run.camera[1]}; "
+        f"{v0.stages[0].faces if v0.stages else 0} faces",
+        "runtimes: "
+        + ", ".join(run.runtimes)
+        + (f" (not installed: {', '.join(run.missing)})" if run.missing else ""),
+        f"embedders: {', '.join(v.label for v in run.variants)} (the targets judge "
+        f"{v0.label}, the device's)",
+        "",
+        stage_table(stages, run.decode_ms, {v.label: v.match_ms for v in run.variants}),
+        "",
+        *identification_lines(run),
+        *daemon_lines(run.daemon, run.soak),
+        "",
+        format_targets(run.targets),
+        "",
+    ]
+    ok = all_pass(run.targets)
+    lines.append(f"{'ALL TARGETS PASS' if ok else 'SOME TARGETS FAIL'} ({run.wall_s:.0f} s)")
+    return "\n".join(lines)
+
+
+def json_report(run: BenchRun) -> dict[str, Any]:
+    """``bench.json``: every number, the default embedder's first."""
+
+    def variant(v: Variant) -> dict[str, Any]:
+        ident = v.ident
+        return {
+            "embedder": v.label,
+            "int8": v.models.int8.name,
+            "float32": v.models.float32.name,
+            "stages": [
+                {k: x for k, x in asdict(s).items() if k != "per_frame_ms"} for s in v.stages
+            ],
+            "matching_ms": {str(k): x for k, x in v.match_ms.items()},
+            "int8_size_ratio": v.size_ratio,
+            "identification": {**asdict(ident), "total_correct": ident.total_correct}
+            if ident
+            else None,
+        }
+
+    return {
+        "machine": run.machine,
+        "frames": {"source": run.where, "count": run.frames, "camera": list(run.camera)},
+        "runtimes": run.runtimes,
+        "runtimes_missing": run.missing,
+        "decode_ms": run.decode_ms,
+        "embedders": [variant(v) for v in run.variants],
+        "peer": {
+            **asdict(run.peer),
+            "total_correct": run.peer.ident.total_correct,
+            "tolerance": PEER_TOLERANCE,
+        },
+        "daemon": asdict(run.daemon),
+        "targets": [{**asdict(t), "status": t.status} for t in run.targets],
+        "all_pass": all_pass(run.targets),
+        "wall_s": run.wall_s,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from edge.manifest import write_json_atomic
+    from edge.runtime import RUNTIMES, available_runtimes
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    max_w, max_h = camera_size(args.camera)
     if args.repeats < 1 or args.invokes < 1 or min(args.threads) < 1:
         raise FacegateError("--repeats, --invokes and --threads must be at least 1")
-    models = Models(args.detector, args.int8, args.float32, args.edgetpu)
-    for p in (models.detector, models.int8, models.float32):
-        if not p.is_file():
-            raise FacegateError(
-                f"{p}: missing; build the models first (python -m tools.models build)"
-            )
+    variants = models_under_test(args)
     t0 = time.monotonic()
     frames, where = load_frames(args.shared, max_w, max_h, args.video_frames, args.limit)
     say(f"bench: {where}")
     runtimes = available_runtimes()
     if not runtimes:
         raise FacegateError("no TFLite runtime installed: pip install ai-edge-litert")
-    missing = [r for r in RUNTIMES if r not in runtimes]
     say("bench: decode")
     decode = bench_decode(frames, args.repeats)
-    stages = []
-    for rt in runtimes:
-        for th in args.threads:
-            say(f"bench: stages, {rt}, {th} thread(s)")
-            stages.append(bench_stages(frames, rt, th, args.repeats, args.invokes, models))
-    say("bench: matching")
-    from edge.manifest import load_manifest
-    from edge.recognizer import DEFAULT_CALIBRATION
-
-    int8_manifest = load_manifest(models.int8)
-    dim = int8_manifest.embedding_size or 512
-    cal = int8_manifest.calibration or DEFAULT_CALIBRATION
-    match_ms = bench_matching(dim, max(200, args.invokes))
-    size_ratio = models.int8.stat().st_size / models.float32.stat().st_size
-    say("bench: identification (ours)")
     known = {f.label for f in frames if f.label is not None}
     strangers = load_strangers(args.shared, known, args.strangers, max_w, max_h) if known else []
-    ours = identify_ours([*frames, *strangers], runtimes[0], 2, models) if known else None
-    if args.no_peer:
-        peer = PeerResult(False, "peer skipped (--no-peer)")
-    else:
-        say("bench: the peer (face_recognition)")
-        peer = bench_peer(frames, strangers)
-    if args.no_daemon:
-        daemon = DaemonResult(False, "daemon skipped (--no-daemon)")
-    else:
-        seconds = args.soak * 60 if args.soak > 0 else 20.0
-        every = 60.0 if args.soak > 0 else 2.0
-        say(f"bench: daemon for {seconds:.0f} s")
-        with tempfile.TemporaryDirectory(prefix="facegate-bench-") as tmp:
-            daemon = bench_daemon(frames, seconds, every, args.daemon_fps, Path(tmp), models)
-
-    vals, notes = target_values(stages, size_ratio, match_ms, ours, peer, daemon, runtimes[0])
-    targets = evaluate_targets(vals, notes)
-    m = machine()
-    lines = [
-        f"facegate bench: {m['cpu']}, {m['cores']} cores, Python {m['python']}",
-        f"frames: {where}; scaled to fit {max_w}x{max_h}; {stages[0].faces if stages else 0} faces",
-        "runtimes: "
-        + ", ".join(runtimes)
-        + (f" (not installed: {', '.join(missing)})" if missing else ""),
-        "",
-        stage_table(stages, decode, match_ms),
-        "",
-    ]
-    main_stage = next((s for s in stages if s.threads == 2), stages[-1])
-    peer_name = f"face_recognition {peer.version} (HOG+ResNet)"
-    if ours is not None:
-        id_rows = [id_row("facegate (int8, 2 threads)", ours, main_stage.fps)]
-        if peer.available:
-            id_rows.append(id_row(peer_name, peer.ident, peer.fps))
-        else:
-            id_rows.append([f"face_recognition: {peer.note}"] + ["-"] * (len(ID_HEADERS) - 1))
-        lines += [
-            format_table(ID_HEADERS, id_rows),
-            f"open-set rule: threshold {cal.threshold:.3f}, margin {cal.margin:.3f} "
-            f"(calibration: {cal.source}); peer tolerance {PEER_TOLERANCE}",
-            "",
-        ]
-    else:
-        peer_line = f"{peer_name} {_fmt_num(peer.fps)} fps" if peer.available else peer.note
-        lines += [
-            f"identification: n/a (no labelled faces); facegate {_fmt_num(main_stage.fps)} fps, "
-            f"peer: {peer_line}",
-            "",
-        ]
-    if daemon.ran:
-        lines.append(
-            f"daemon: {daemon.seconds:.0f} s, {daemon.events} events, startup to first event "
-            f"{_fmt_num(daemon.startup_to_first_event_s, 's')}, frame->event p50 "
-            f"{_fmt_num(daemon.latency_p50_ms, 'ms')} p95 {_fmt_num(daemon.latency_p95_ms, 'ms')}, "
-            f"peak RSS {_fmt_num(daemon.peak_rss_mb, 'MB')}"
-        )
-        if args.soak > 0 and daemon.samples:
-            lines.append(
-                "daemon over time (s: RSS MB / threads): "
-                + ", ".join(
-                    f"{s['t_s']:.0f}: {s['rss_mb']:.0f}/{s['threads']:.0f}" for s in daemon.samples
-                )
-            )
-    else:
-        lines.append(f"daemon: {daemon.note}")
-    lines += ["", format_targets(targets), ""]
-    ok = all_pass(targets)
-    lines.append(
-        f"{'ALL TARGETS PASS' if ok else 'SOME TARGETS FAIL'} ({time.monotonic() - t0:.0f} s)"
+    measured = [bench_variant(m, frames, strangers, runtimes, args) for m in variants]
+    peer = run_peer(args, frames, strangers)
+    daemon = run_daemon(args, frames, variants[0])
+    v0 = measured[0]
+    vals, notes = target_values(
+        v0.stages, v0.size_ratio, v0.match_ms, v0.ident, peer, daemon, runtimes[0]
     )
-    print("\n".join(lines))
-
-    report = {
-        "machine": m,
-        "frames": {"source": where, "count": len(frames), "camera": [max_w, max_h]},
-        "runtimes": runtimes,
-        "runtimes_missing": missing,
-        "decode_ms": decode,
-        "stages": [{k: v for k, v in asdict(s).items() if k != "per_frame_ms"} for s in stages],
-        "matching_ms": {str(k): v for k, v in match_ms.items()},
-        "int8_size_ratio": size_ratio,
-        "identification": {
-            "ours": {**asdict(ours), "total_correct": ours.total_correct} if ours else None,
-            "peer": {**asdict(peer), "total_correct": peer.ident.total_correct},
-            "peer_tolerance": PEER_TOLERANCE,
-            "calibration": asdict(cal),
-        },
-        "daemon": asdict(daemon),
-        "targets": [{**asdict(t), "status": t.status} for t in targets],
-        "all_pass": ok,
-        "wall_s": time.monotonic() - t0,
-    }
-    from edge.manifest import write_json_atomic
-
+    run = BenchRun(
+        machine(),
+        where,
+        (max_w, max_h),
+        len(frames),
+        runtimes,
+        [r for r in RUNTIMES if r not in runtimes],
+        decode,
+        measured,
+        peer,
+        daemon,
+        evaluate_targets(vals, notes),
+        args.soak > 0,
+    )
+    run.wall_s = time.monotonic() - t0
+    print(render_text(run))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out, _clean(report))
+    write_json_atomic(args.out, _clean(json_report(run)))
     say(f"bench: wrote {args.out}")
-    return 0 if ok else 1
+    return 0 if all_pass(run.targets) else 1
 
 
 if __name__ == "__main__":

@@ -55,6 +55,12 @@ log = logging.getLogger("tools.calibrate")
 
 DEFAULT_OUT = Path("reports/calibration")
 DEFAULT_MARGIN = 0.05  # used when the data have no leave-one-out genuine searches
+# The settings of the shipped calibrations (models/calibration/, docs/calibration.md):
+# the manifest's fixed threshold for a door of 10 people x 2 photos at FPIR 1%.
+# tools.evaluate --cross-calibrate calibrates each fold with them too.
+SHIPPED_FPIR = 0.01
+SHIPPED_GALLERY_SIZE = 10
+SHIPPED_PER_PERSON = 2
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,10 @@
 Every photo goes through the device's detector, alignment and embedder
 (:mod:`tools._faces`); enrolled people go into an :class:`edge.gallery.Gallery`
 and probes are matched with the device's :class:`edge.matcher.Matcher` and
-open-set rule. For a sweep of thresholds, and at the calibrated threshold and
-margin from the model's manifest, we report:
+open-set rule. For a sweep of thresholds, and at the threshold the device
+would use for this gallery (the manifest's tables read for the gallery size
+and ``--target-fpir``, as :mod:`edge.thresholds` does; ``--threshold`` fixes
+it) with the calibrated margin, we report:
 
 * FNIR: mated probes (the person is enrolled) not named correctly; a probe
   whose face was not detected counts as a miss;
@@ -29,7 +31,7 @@ import logging
 import math
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,7 @@ from edge.manifest import Calibration, calibration_from_dict, write_json_atomic
 from edge.matcher import Matcher
 from edge.numerics import Confidence
 from edge.recognizer import Recognizer, calibration_for
+from edge.thresholds import DEFAULT_TARGET_FPIR, operating_point
 from tools import plots, stats
 from tools._common import run_tool
 from tools._faces import (
@@ -178,6 +181,7 @@ class ModelEvaluation:
             "enrol_not_detected": self.enrol_not_detected,
             "probe_not_detected": self.probe_not_detected,
             "mean_confidence_correct": self.mean_confidence_correct,
+            **self.extra,
             "curve": {
                 "threshold": [p.threshold for p in self.curve],
                 "fnir": [p.fnir for p in self.curve],
@@ -278,21 +282,33 @@ def evaluate_model(
     progress: bool = False,
     threshold: float | None = None,
     margin: float | None = None,
+    target_fpir: float = DEFAULT_TARGET_FPIR,
 ) -> ModelEvaluation:
-    """Embed the split with one model and evaluate it at its manifest's calibration."""
+    """Embed the split with one model and evaluate it as the device would decide.
+
+    The threshold is the device's for this gallery
+    (:func:`edge.thresholds.operating_point`: the manifest's FAR table read
+    for ``M`` = the enrolled embeddings and ``target_fpir``; a manifest
+    without tables keeps its fixed threshold); ``threshold`` fixes it, as
+    ``[matching] threshold`` does on the device.
+    """
     fe = FaceEmbedder(model_path, detector, min_face, runtime, threads)
     desc = f"embedding ({Path(model_path).stem})"
     enrol = fe.embed_items(split.enrol, cache_dir, progress, desc)
     probes = fe.embed_items(split.probes, cache_dir, progress, desc)
     cal = calibration_for(fe.embedder, threshold, margin)
-    return evaluate_faces(
+    point = operating_point(
+        cal.threshold, cal.far_table, cal.frr_table, len(enrol.labels), target_fpir, threshold
+    )
+    ev = evaluate_faces(
         Path(model_path).stem,
         enrol,
         probes,
-        cal,
+        replace(cal, threshold=point.threshold),
         [it for it, _ in probes.failed],
         [it for it, _ in enrol.failed],
     )
+    return replace(ev, extra={**ev.extra, "operating_point": asdict(point)})
 
 
 # -- the door protocol -----------------------------------------------------------------------
@@ -395,6 +411,9 @@ class DoorResult:
     strangers_undetected: int
     calibration_source: str = ""
     strangers_named_as: dict[str, int] = field(default_factory=dict)  # who strangers became
+    # FNIR over the genuine probes of the people who could be enrolled (their photos were
+    # accepted): recognition alone, without the failures to enrol that ``fnir`` counts.
+    fnir_enrolled: Rate | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -466,6 +485,9 @@ def door_protocol(
         1 for it, n in zip(split.mated, mated_names, strict=True) if n is not None and n != it.label
     )
     fp = sum(1 for n in stranger_names if n is not None)
+    not_enrolled = set(failed)
+    in_gallery = [i for i, it in enumerate(split.mated) if it.label not in not_enrolled]
+    fn_in = sum(1 for i in in_gallery if mated_names[i] != split.mated[i].label)
     named_as: dict[str, int] = {}
     for n in stranger_names:
         if n is not None:
@@ -490,20 +512,28 @@ def door_protocol(
         strangers_undetected=str_und,
         calibration_source=recognizer.calibration.source,
         strangers_named_as=dict(sorted(named_as.items(), key=lambda kv: (-kv[1], kv[0]))),
+        fnir_enrolled=Rate.of(fn_in, len(in_gallery)),
     )
 
 
 def pool(results: Sequence[DoorResult]) -> dict[str, Rate]:
-    """FNIR, wrong-name rate and FPIR over several folds: counts added, bounds recomputed."""
+    """FNIR, wrong-name rate and FPIR (and the FNIR of the enrolled, when every result has
+    it) over several folds: counts added, bounds recomputed."""
 
     def add(get: Callable[[DoorResult], Rate]) -> Rate:
         return Rate.of(sum(get(r).errors for r in results), sum(get(r).n for r in results))
 
-    return {
+    out = {
         "fnir": add(lambda r: r.fnir),
         "wrong_name": add(lambda r: r.wrong_name),
         "fpir": add(lambda r: r.fpir),
     }
+    enrolled = [r.fnir_enrolled for r in results]
+    if all(e is not None for e in enrolled):
+        out["fnir_enrolled"] = Rate.of(
+            sum(e.errors for e in enrolled if e), sum(e.n for e in enrolled if e)
+        )
+    return out
 
 
 def people_folds(people: Sequence[str], k: int) -> list[list[str]]:
@@ -528,17 +558,26 @@ def door_table(rows: Sequence[tuple[str, DoorResult]]) -> str:
         "  (rate (errors/probes, one-sided 95% Clopper-Pearson upper bound); threshold from "
         "the device's gallery-size rule)"
     )
+    for label, r in rows:
+        if r.failed_to_enrol and r.fnir_enrolled is not None:
+            lines.append(
+                f"  {label}: could not enrol {', '.join(r.failed_to_enrol)}; FNIR over the "
+                f"people enrolled: {r.fnir_enrolled.text()}"
+            )
     return "\n".join(lines) + "\n"
 
 
 def run_door(a: argparse.Namespace) -> int:
     """``--gallery-size``/``--gallery-sizes``: the door protocol, optionally cross-calibrated."""
-    from tools.calibrate import calibrate_faces
+    from tools.calibrate import (
+        SHIPPED_FPIR,
+        SHIPPED_GALLERY_SIZE,
+        SHIPPED_PER_PERSON,
+        calibrate_faces,
+    )
 
     if a.folder is None or a.enrol or a.probe:
         raise FacegateError("the door protocol takes one folder of people (no --enrol/--probe)")
-    if not 0.0 < a.target_fpir < 0.5:
-        raise FacegateError(f"--target-fpir must be in (0, 0.5), got {a.target_fpir}")
     sizes = _sizes(a)
     items = list_people(a.folder)
     cache = None if a.no_cache else DEFAULT_CACHE
@@ -560,7 +599,15 @@ def run_door(a: argparse.Namespace) -> int:
         for j, fold in enumerate(people_folds(people, k)):
             inside = set(fold)
             train = faces.subset([i for i, lab in enumerate(faces.labels) if lab not in inside])
-            res = calibrate_faces(train, margin=a.margin)
+            # The shipped calibration's settings (tools.calibrate.SHIPPED_*): they choose the
+            # fixed threshold, which the margin and the outlier check depend on.
+            res = calibrate_faces(
+                train,
+                fpir=SHIPPED_FPIR,
+                gallery_size=SHIPPED_GALLERY_SIZE,
+                per_person=SHIPPED_PER_PERSON,
+                margin=a.margin,
+            )
             src = (
                 f"tools.calibrate on the {len(set(train.labels))} people outside fold "
                 f"{j + 1}/{k} ({res.n_impostor} impostor pairs)"
@@ -618,9 +665,14 @@ def run_door(a: argparse.Namespace) -> int:
     )
     print(door_table([(label, r) for label, _, r in runs]), end="")
     for size, p in pooled.items():
+        enrolled = (
+            f"  (people enrolled: FNIR {Rate(**p['fnir_enrolled']).text()})"
+            if "fnir_enrolled" in p
+            else ""
+        )
         print(
             f"  pooled N={size}: FNIR {Rate(**p['fnir']).text()}  wrong name "
-            f"{Rate(**p['wrong_name']).text()}  FPIR {Rate(**p['fpir']).text()}"
+            f"{Rate(**p['wrong_name']).text()}  FPIR {Rate(**p['fpir']).text()}{enrolled}"
         )
     refused = sum(len(r.refused_photos) for _, _, r in runs)
     print(f"enrolment photos refused: {refused}; report: {out / 'door.json'}")
@@ -672,6 +724,12 @@ def table(evals: Sequence[ModelEvaluation]) -> str:
             f"not detected: {len(ev.enrol_not_detected)} enrolment, "
             f"{len(ev.probe_not_detected)} probe photos; margin {c.margin:.3f} ({c.source})"
         )
+        op = ev.extra.get("operating_point")
+        if op is not None:
+            lines.append(
+                f"  the device's threshold for {op['comparisons']} enrolled embedding(s): "
+                f"{op['threshold']:.5f} ({op['source']}; target FPIR {100 * op['target_fpir']:g}%)"
+            )
         lines.append("  threshold    FNIR    FPIR  rank-1   FN   FP")
         rows = [(p, False) for p in ev.sweep] + [(ev.calibrated, True)]
         rows.sort(key=lambda r: (r[0].threshold, r[1]))
@@ -681,7 +739,10 @@ def table(evals: Sequence[ModelEvaluation]) -> str:
                 f"{mark} {p.threshold:8.5f}  {_r(p.fnir)}  {_r(p.fpir)}  {_r(p.rank1)}"
                 f"  {p.false_negatives:3d}  {p.false_positives:3d}"
             )
-        lines.append("  (* = calibrated threshold from the manifest, decided by edge.matcher)")
+        lines.append(
+            "  (* = the device's threshold for this gallery from the manifest's calibration, "
+            "decided by edge.matcher)"
+        )
         lines.append("")
     if len(evals) == 2:
         a, b = evals
@@ -743,8 +804,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="photos per stranger (default: P; 0: all of them)",
     )
-    door.add_argument(
-        "--target-fpir", type=float, default=0.01, help="the device's [matching] target_fpir"
+    p.add_argument(
+        "--target-fpir",
+        type=float,
+        default=DEFAULT_TARGET_FPIR,
+        help="the device's [matching] target_fpir (the threshold follows the gallery size)",
     )
     door.add_argument(
         "--cross-calibrate",
@@ -775,6 +839,8 @@ def make_split(a: argparse.Namespace) -> Split:
 
 
 def run(a: argparse.Namespace) -> int:
+    if not 0.0 < a.target_fpir < 0.5:
+        raise FacegateError(f"--target-fpir must be in (0, 0.5), got {a.target_fpir}")
     if a.gallery_size is not None or a.gallery_sizes:
         if a.stranger_photos is None:
             a.stranger_photos = a.probes_per_person
@@ -794,6 +860,7 @@ def run(a: argparse.Namespace) -> int:
             not a.quiet,
             a.threshold,
             a.margin,
+            a.target_fpir,
         )
         for m in models
     ]
