@@ -8,20 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED
 
 from edge.manifest import Calibration, load_manifest, save_manifest
 from tools import calibrate, stats
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 FACES = SHARED / "faces"
 MODELS = REPO / "models"
 INT8 = MODELS / "facenet_int8.tflite"
 DETECTOR = MODELS / "face_detection_short_range.tflite"
 
-needs_faces = pytest.mark.skipif(
-    not FACES.is_dir(), reason="../shared/faces (real face photos) is not available"
-)
+needs_faces = pytest.mark.shared  # the one gate for ../shared (tests/conftest.py)
 needs_models = pytest.mark.skipif(
     not (INT8.is_file() and DETECTOR.is_file()),
     reason="models/facenet_int8.tflite or the detector is missing "

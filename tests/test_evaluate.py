@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED
 
 from edge.errors import FacegateError
 from edge.manifest import Calibration, load_manifest
@@ -17,13 +18,11 @@ from tools import calibrate, evaluate, stats
 from tools._faces import FaceSet, LabelledImage, list_people
 
 REPO = Path(__file__).resolve().parents[1]
-FACES = REPO.parent / "shared" / "faces"
+FACES = SHARED / "faces"
 INT8 = REPO / "models" / "facenet_int8.tflite"
 DETECTOR = REPO / "models" / "face_detection_short_range.tflite"
 
-needs_faces = pytest.mark.skipif(
-    not FACES.is_dir(), reason="../shared/faces (real face photos) is not available"
-)
+needs_faces = pytest.mark.shared  # the one gate for ../shared (tests/conftest.py)
 needs_models = pytest.mark.skipif(
     not (INT8.is_file() and DETECTOR.is_file()),
     reason="models/facenet_int8.tflite or the detector is missing "
