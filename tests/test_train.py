@@ -389,6 +389,31 @@ def test_a_plain_keras_embedder_loads_with_per_layer_blocks(tmp_path: Path) -> N
     assert len(model.blocks(s)) == 2
 
 
+@pytest.mark.slow
+def test_a_facenet_saved_model_starts_with_its_weights(tmp_path: Path) -> None:
+    """A SavedModel of FaceNet: its 490 variables go by name into InceptionResNetV1."""
+    from tools import facenet_keras
+
+    keras.utils.set_random_seed(2)
+    ref = facenet_keras.build_facenet(128)
+    ref.export(str(tmp_path / "sm"), verbose=False)
+    s = model.load_start(
+        str(tmp_path / "sm"), tmp_path, Preprocessing((160, 160), 127.5, 128.0), "facenet160"
+    )
+    order = model.blocks(s)
+    assert s.model.input_shape[0] is None and order[0] == "stem" and order[-1] == "Bottleneck"
+    assert len(order) == 1 + 5 + 1 + 10 + 1 + 6 + 1
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 160, 160, 3)).astype(np.float32)
+    assert np.allclose(s.model(x, training=False), ref(x, training=False), atol=1e-4)
+
+
+def test_a_frozen_graph_cannot_be_fine_tuned(tmp_path: Path) -> None:
+    pb = tmp_path / "graph.pb"
+    pb.write_bytes(b"\x08\x01")
+    with pytest.raises(FacegateError, match="frozen graph has no trainable weights"):
+        model.load_start(str(pb), tmp_path, Preprocessing((160, 160)), "facenet160")
+
+
 # -- bad input on the command line: one line, exit 2, nothing trained -----------------------
 
 

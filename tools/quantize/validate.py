@@ -41,7 +41,9 @@ def pair_scores(emb: F32, labels: Sequence[str]) -> tuple[F32, F32]:
     return stats.pair_distances(e, [labels[i] for i in keep])
 
 
-def verification(genuine: F32, impostor: F32, far: float = FAR_TARGET) -> dict[str, Any]:
+def verification(
+    genuine: stats.FloatArray, impostor: stats.FloatArray, far: float = FAR_TARGET
+) -> dict[str, Any]:
     """Best-threshold accuracy over all pairs, and TAR at a false-accept rate.
 
     From :func:`tools.stats.det_curve` (a pair is accepted when ``d < t``, at

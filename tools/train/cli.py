@@ -169,10 +169,12 @@ def _checkpoint_dir(cfg: TrainConfig) -> Path:
     return d
 
 
-def _before(trainer: Trainer, test: data.Crops, ckpt: Path) -> npt.NDArray[np.float32]:
+def _before(
+    trainer: Trainer, test: data.Crops, ckpt: Path, resumed: bool
+) -> npt.NDArray[np.float32]:
     """The test people's embeddings with the starting weights (kept for a resumed run)."""
     path = ckpt / "before.npy"
-    if path.is_file():
+    if resumed and path.is_file():
         return np.asarray(np.load(path), dtype=np.float32)
     emb = trainer.embed(test)
     np.save(path, emb)
@@ -286,7 +288,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     test = prep.crops.of(prep.split.test, cap)
     trainer = Trainer(prep.start, train, val, cfg.loop, ckpt, digest(settings(cfg, prep)))
     resumed = cfg.resume and trainer.restore()
-    before = _before(trainer, test, ckpt)
+    before = _before(trainer, test, ckpt, resumed)
     state = trainer.run(cfg.show_progress)
     clock.mark("training")
     trainer.load_best()
@@ -345,6 +347,7 @@ def _report(
         "tool_version": TRAIN_VERSION,
         "model": {
             "name": cfg.output_name,
+            "start_name": prep.start.name,
             "start": prep.start.source,
             "trainable_blocks": prep.trainable,
             "preprocessing": asdict(prep.start.preprocessing),

@@ -72,7 +72,8 @@ def plot_curves(rep: dict[str, Any], path: Path) -> Path | None:
     axes[2].set_xlabel("step")
     axes[2].legend(loc="lower right", fontsize=8)
     axes[2].grid(alpha=0.3)
-    fig.suptitle(f"Fine-tuning {rep['model']['start']} ({rep['loop']['mining']} mining)")
+    m = rep["model"]
+    fig.suptitle(f"{m['start_name']} -> {m['name']}: {rep['loop']['mining']} mining")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
