@@ -459,7 +459,7 @@ def test_bad_folders(
     rc, lines = _cli([str(folder), "--out", str(tmp_path / "out"), *extra], capsys)
     assert rc == 2 and len(lines) == 1 and lines[0].startswith("train: error:"), lines
     assert needle in lines[0]
-    assert not (tmp_path / "out" / "checkpoints").exists()
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("kind", ["garbage", "softmax", "missing"])
@@ -480,6 +480,25 @@ def test_bad_models(tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: st
     assert not (tmp_path / "o" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--alignment", "nope"], "--alignment must be one of"),
+        (["--warmup", "10", "--steps", "5"], "--warmup must be in"),
+        (["--lr", "2"], "--lr must be in (0, 1)"),
+        (["--steps", "0"], "--steps must be at least 1"),
+    ],
+)
+def test_bad_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], needle: str
+) -> None:
+    out = ["--out", str(tmp_path / "out")]
+    rc, lines = _cli([str(_people(tmp_path, [2] * 6)), *flags, *out], capsys)
+    assert rc == 2 and len(lines) == 1 and needle in lines[0], lines
+
+
 def test_calibrate_needs_quantize(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc, lines = _cli([str(_people(tmp_path, [2] * 6)), "--calibrate"], capsys)
+    out = ["--out", str(tmp_path / "out")]
+    rc, lines = _cli([str(_people(tmp_path, [2] * 6)), "--calibrate", *out], capsys)
     assert rc == 2 and "--calibrate needs --quantize" in lines[0]
+    assert not (tmp_path / "out").exists()

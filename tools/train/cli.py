@@ -109,12 +109,13 @@ class Prepared:
     trainable: list[str]
 
 
-def prepare(cfg: TrainConfig, clock: Clock) -> Prepared:
-    """Check the photos, load the model, align the faces and split the people.
+def precheck(cfg: TrainConfig) -> dict[str, list[Path]]:
+    """The checks that need no model: the photos, the split, the batch shape, the detector.
 
-    Every bad input raises a one-line :class:`FacegateError` here, before
-    any training.
+    Run before anything is written or TensorFlow is loaded; returns the photos.
     """
+    if cfg.calibrate and not cfg.quantize:
+        raise FacegateError("--calibrate needs --quantize (it calibrates the int8 model)")
     photos = data.list_photos(cfg.folder, 2, cfg.skip_few)
     # Fail fast on a split that cannot work, before the minutes of face detection.
     data.split_people(list(photos), cfg.holdout, cfg.loop.seed, cfg.val_share)
@@ -122,6 +123,16 @@ def prepare(cfg: TrainConfig, clock: Clock) -> Prepared:
         raise FacegateError("--batch-people and --batch-photos must be at least 2")
     if not cfg.detector.is_file():
         raise FacegateError(f"{cfg.detector}: no detector model (python -m tools.models build)")
+    return photos
+
+
+def prepare(cfg: TrainConfig, clock: Clock) -> Prepared:
+    """Check the photos, load the model, align the faces and split the people.
+
+    Every bad input raises a one-line :class:`FacegateError` here, before
+    any training.
+    """
+    photos = precheck(cfg)
     start = load_start(cfg.model, cfg.models_dir, cfg.preprocessing, cfg.alignment, cfg.standardize)
     trainable = set_trainable(start, cfg.trainable_blocks)
     clock.mark("model")
@@ -277,8 +288,6 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     """The whole run; returns the report (also written to ``cfg.out``)."""
     from tools.train import report
 
-    if cfg.calibrate and not cfg.quantize:
-        raise FacegateError("--calibrate needs --quantize (it calibrates the int8 model)")
     clock = Clock()
     prep = prepare(cfg, clock)
     ckpt = _checkpoint_dir(cfg)
@@ -439,6 +448,12 @@ def _check_ranges(a: argparse.Namespace) -> None:
         raise FacegateError("--lr must be in (0, 1) and --alpha positive")
     if not 0.0 < a.val_share < 1.0:
         raise FacegateError(f"--val-share must be between 0 and 1, got {a.val_share}")
+    from edge.align import TEMPLATES
+
+    if a.alignment not in TEMPLATES:
+        raise FacegateError(f"--alignment must be one of {sorted(TEMPLATES)}, not {a.alignment!r}")
+    if not 16 <= a.input_size <= 1024 or a.std <= 0:
+        raise FacegateError("--input-size must be in 16..1024 and --std positive")
 
 
 def config_from_args(a: argparse.Namespace) -> TrainConfig:
@@ -507,6 +522,7 @@ def _run_quietly(cfg: TrainConfig) -> dict[str, Any]:
     (the progress bars and our own messages still reach the terminal)."""
     from tools.models import native_stderr_to
 
+    precheck(cfg)  # bad photos or flags: one line, and nothing written
     cfg.out.mkdir(parents=True, exist_ok=True)
     log_file = cfg.out / "native.log"
     try:
