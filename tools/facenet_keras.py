@@ -123,16 +123,20 @@ def _block(x: Any, scale: float, kind: str, idx: int, activation: str | None = "
 
 
 def build_facenet(
-    embedding_size: int = 512, input_size: int = INPUT_SIZE, l2_normalize: bool = False
+    embedding_size: int = 512,
+    input_size: int = INPUT_SIZE,
+    l2_normalize: bool = False,
+    batch_size: int | None = 1,
 ) -> keras.Model:
     """InceptionResNetV1 with a fixed (1, size, size, 3) input and a (1, D) embedding.
 
     The weights are random until loaded. ``l2_normalize`` appends an L2
     normalisation; by default it is left to the device (``edge.embedder``
     normalises), which keeps int8 precision: a unit vector's 512 components
-    would share an int8 scale of 1/128.
+    would share an int8 scale of 1/128. ``batch_size=None`` builds the same
+    layers for any batch (training, :mod:`tools.train`); conversion wants 1.
     """
-    inputs = keras.Input(shape=(input_size, input_size, 3), batch_size=1, name="input")
+    inputs = keras.Input(shape=(input_size, input_size, 3), batch_size=batch_size, name="input")
     x = conv_bn(inputs, 32, 3, strides=2, padding="valid", name="Conv2d_1a_3x3")
     x = conv_bn(x, 32, 3, padding="valid", name="Conv2d_2a_3x3")
     x = conv_bn(x, 64, 3, name="Conv2d_2b_3x3")
@@ -181,11 +185,100 @@ def build_facenet(
     return keras.Model(inputs, x, name="inception_resnet_v1")
 
 
-def load_facenet_weights(path: Path | str, input_size: int = INPUT_SIZE) -> keras.Model:
-    """Build InceptionResNetV1 and load an ``.h5`` of its weights (512-d, else 128-d)."""
+def _strs(values: Any) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
+def legacy_h5_weights(path: Path | str) -> dict[str, np.ndarray[Any, Any]] | None:
+    """The arrays of a Keras 2 ``.h5`` file, keyed ``"<layer>/<weight>"``; None for another layout.
+
+    Keras 2 wrote a full model (``model.save``: the arrays under
+    ``model_weights``, beside a ``model_config``) or bare weights
+    (``save_weights``) the same way: a group per layer whose ``weight_names``
+    are ``"<layer>/<weight>:0"``. Only the arrays are read, never the config:
+    the widely shared ``facenet_keras.h5`` stores its Lambda layers as
+    compiled Python, which Keras 3 cannot (and should not) execute.
+    """
+    import h5py  # type: ignore[import-untyped]
+
+    try:
+        f = h5py.File(str(path), "r")
+    except OSError as e:
+        raise ValueError(f"not an HDF5 file ({e})") from None
+    with f:
+        g = f.get("model_weights", f)
+        if "layer_names" not in g.attrs:
+            return None
+        out: dict[str, np.ndarray[Any, Any]] = {}
+        for layer in _strs(g.attrs["layer_names"]):
+            lg = g[layer]
+            for wn in _strs(lg.attrs.get("weight_names", [])):
+                out[f"{layer}/{wn.split('/')[-1].split(':')[0]}"] = np.asarray(lg[wn])
+    return out
+
+
+def assign_by_name(model: keras.Model, arrays: dict[str, np.ndarray[Any, Any]]) -> int:
+    """Set every weight of ``model`` from ``arrays["<layer name>/<weight name>"]``.
+
+    Every weight of the model must be there with its shape, and every array
+    must find its place: then the file is this architecture, whatever order
+    it stored its layers in. Returns the number of arrays set; ``ValueError``
+    names the first one that does not fit.
+    """
+    used: set[str] = set()
+    for layer in model.layers:
+        values = []
+        for w in layer.weights:
+            key = f"{layer.name}/{w.name}"
+            if key not in arrays:
+                raise ValueError(f"the file has no array {key!r}")
+            a = arrays[key]
+            if tuple(a.shape) != tuple(w.shape):
+                raise ValueError(f"{key}: {tuple(a.shape)} in the file, {tuple(w.shape)} here")
+            values.append(a)
+            used.add(key)
+        if values:
+            layer.set_weights(values)
+    unused = sorted(set(arrays) - used)
+    if unused:
+        raise ValueError(
+            f"{len(unused)} arrays of the file have no place in InceptionResNetV1 "
+            f"(e.g. {unused[0]!r})"
+        )
+    return len(used)
+
+
+def facenet_from_arrays(
+    arrays: dict[str, np.ndarray[Any, Any]],
+    input_size: int = INPUT_SIZE,
+    batch_size: int | None = 1,
+) -> keras.Model:
+    """:func:`build_facenet` (512-d or 128-d, as the bottleneck says) with ``arrays`` by name."""
+    kernel = arrays.get("Bottleneck/kernel")
+    if kernel is None or kernel.ndim != 2:
+        raise ValueError("no 'Bottleneck/kernel' array: not FaceNet's InceptionResNetV1")
+    model = build_facenet(int(kernel.shape[1]), input_size, batch_size=batch_size)
+    assign_by_name(model, arrays)
+    return model
+
+
+def load_facenet_weights(
+    path: Path | str, input_size: int = INPUT_SIZE, batch_size: int | None = 1
+) -> keras.Model:
+    """InceptionResNetV1 with the weights of an ``.h5`` file (512-d or 128-d).
+
+    A Keras 2 file (``facenet_keras.h5``, or ``save_weights`` of a Keras 2
+    port) is read by layer and weight name (:func:`legacy_h5_weights`,
+    :func:`assign_by_name`); the 128-d ``facenet_keras.h5`` fits with all
+    490 arrays. A Keras 3 ``.weights.h5`` (``model.save_weights`` of
+    :func:`build_facenet`'s model) is loaded by Keras itself.
+    """
+    arrays = legacy_h5_weights(path)
+    if arrays is not None:
+        return facenet_from_arrays(arrays, input_size, batch_size)
     errors = []
     for dim in (512, 128):
-        model = build_facenet(dim, input_size)
+        model = build_facenet(dim, input_size, batch_size=batch_size)
         try:
             model.load_weights(str(path))
         except Exception as e:
@@ -193,6 +286,30 @@ def load_facenet_weights(path: Path | str, input_size: int = INPUT_SIZE) -> kera
             continue
         return model
     raise ValueError("weights do not fit InceptionResNetV1 (" + "; ".join(errors) + ")")
+
+
+def standardize_per_image(x: Any, pixel_std: float = 128.0) -> Any:
+    """FaceNet's per-image standardisation (``prewhiten``) as TensorFlow ops, Edge TPU-safe.
+
+    For each image of the batch, over its ``N = H * W * C`` values::
+
+        y = (x - mean(x)) * rsqrt(max(var(x), 1 / (N * pixel_std^2)))
+
+    which is ``tf.image.per_image_standardization`` of the pixels: ``x`` is
+    ``(pixel - mean) / pixel_std`` (the manifest's preprocessing), the result
+    does not depend on ``mean`` or ``pixel_std``, and the floor is that
+    function's ``1 / sqrt(N)`` on the pixel standard deviation (only a flat
+    image reaches it). Written with ``rsqrt`` and a product: in TFLite this is
+    MEAN, SUB, MUL, MAXIMUM and RSQRT, all on the Edge TPU's list; the usual
+    ``(x - m) / sqrt(v)`` would add SQRT and DIV, which it lacks.
+    """
+    import tensorflow as tf
+
+    n = int(np.prod(x.shape[1:]))
+    mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+    centred = x - mean
+    var = tf.reduce_mean(centred * centred, axis=[1, 2, 3], keepdims=True)
+    return centred * tf.math.rsqrt(tf.maximum(var, 1.0 / (n * pixel_std * pixel_std)))
 
 
 def _graph_scope(layer_name: str) -> str:

@@ -164,91 +164,70 @@ def _bn_fold(consts: dict[str, F32], node: Any) -> tuple[F32, F32]:
 
 
 class _Graph:
-    """The ONNX graph's nodes by the tensors they consume, with the file for errors."""
+    """An ONNX graph's nodes by the tensors they read, for walking SFace's chain of layers."""
 
-    def __init__(self, path: Path | str, nodes: Any) -> None:
-        self.path = path
+    def __init__(self, path: Path | str, g: Any, consts: dict[str, F32]) -> None:
+        self.path, self.g, self.consts = path, g, consts
         self.consumers: dict[str, list[Any]] = {}
-        for node in nodes:
+        for node in g.node:
             for i in node.input:
                 self.consumers.setdefault(i, []).append(node)
 
     def only_consumer(self, tensor: str, op: str) -> Any:
-        """The one node reading ``tensor``, which must be an ``op`` (else ModelError)."""
         nodes = self.consumers.get(tensor, [])
         if len(nodes) != 1 or nodes[0].op_type != op:
             got = [n.op_type for n in nodes]
             raise ModelError(f"{self.path}: {tensor} feeds {got}, expected one {op} (not SFace?)")
         return nodes[0]
 
-
-def read_sface(path: Path | str) -> SFaceWeights:
-    """The SFace ONNX file as folded weights: ``(units, dense kernel, dense bias)``."""
-    g, consts = onnx_constants(path)
-    graph = _Graph(path, g.node)
-    units: list[ConvUnit] = []
-    last = ""
-    for node in g.node:
-        if node.op_type == "Conv":
-            unit, last = _conv_unit(graph, consts, node)
-            units.append(unit)
-    if len(units) != CONV_UNITS:
-        raise ModelError(f"{path}: {len(units)} conv units, SFace has {CONV_UNITS}")
-    strided = tuple(u.name for u in units if u.stride == 2)
-    if strided != STRIDE2:
-        raise ModelError(f"{path}: stride 2 at {strided}, SFace has it at {STRIDE2}")
-    dense, bias = _head(graph, consts, last, channels=units[-1].kernel.shape[-1])
-    return SFaceWeights(tuple(units), dense, bias)
+    def fail(self, what: str) -> ModelError:
+        return ModelError(f"{self.path}: {what} (not SFace?)")
 
 
-def _conv_unit(graph: _Graph, consts: dict[str, F32], node: Any) -> tuple[ConvUnit, str]:
-    """Conv -> BatchNorm -> PReLU, folded into one unit; the unit and its output tensor."""
-    path = graph.path
+def _conv_unit(gr: _Graph, node: Any) -> tuple[ConvUnit, str]:
+    """One Conv -> BatchNorm -> PRelu chain as a folded :class:`ConvUnit`, and its output."""
     a = _attrs(node)
-    w = consts[node.input[1]]  # (out, in / group, kh, kw)
+    w = gr.consts[node.input[1]]  # (out, in / group, kh, kw)
     if len(node.input) > 2 and node.input[2]:
-        raise ModelError(f"{path}: {node.output[0]} has a bias (not SFace?)")
+        raise gr.fail(f"{node.output[0]} has a bias")
     group, stride = int(a.get("group", 1)), int(a.get("strides", [1, 1])[0])
     pads = list(a.get("pads", [0, 0, 0, 0]))
     if pads != [w.shape[2] // 2] * 4:
-        raise ModelError(f"{path}: {node.output[0]} pads {pads} (not SFace?)")
-    bn = graph.only_consumer(node.output[0], "BatchNormalization")
-    prelu = graph.only_consumer(bn.output[0], "PRelu")
-    s, b = _bn_fold(consts, bn)
+        raise gr.fail(f"{node.output[0]} pads {pads}")
+    bn = gr.only_consumer(node.output[0], "BatchNormalization")
+    prelu = gr.only_consumer(bn.output[0], "PRelu")
+    s, b = _bn_fold(gr.consts, bn)
     depthwise = group > 1
-    if depthwise:
-        if group != w.shape[0] or w.shape[1] != 1:
-            raise ModelError(f"{path}: {node.output[0]}: grouped, not depthwise")
-        kernel = (w * s[:, None, None, None]).transpose(2, 3, 0, 1)
-    else:
-        kernel = (w * s[:, None, None, None]).transpose(2, 3, 1, 0)
+    if depthwise and (group != w.shape[0] or w.shape[1] != 1):
+        raise gr.fail(f"{node.output[0]}: grouped, not depthwise")
+    order = (2, 3, 0, 1) if depthwise else (2, 3, 1, 0)
+    kernel = (w * s[:, None, None, None]).transpose(order)
     name = node.output[0].removesuffix("_conv2d")
-    alpha = consts[prelu.input[1]].reshape(-1)
+    alpha = gr.consts[prelu.input[1]].reshape(-1)
     unit = ConvUnit(name, depthwise, kernel.astype(np.float32), b, stride, alpha)
     return unit, str(prelu.output[0])
 
 
-def _head(graph: _Graph, consts: dict[str, F32], last: str, channels: int) -> tuple[F32, F32]:
-    """BN -> Dropout (inference: identity) -> Flatten -> Gemm -> BN as one dense layer."""
-    path = graph.path
-    bn1 = graph.only_consumer(last, "BatchNormalization")
-    s1, b1 = _bn_fold(consts, bn1)
-    nxt = graph.consumers[bn1.output[0]][0]
+def _dense_head(gr: _Graph, last: str, channels: int) -> tuple[F32, F32]:
+    """BN -> Dropout (inference: identity) -> Flatten -> Gemm -> BN, folded into one dense
+    layer whose rows are in Keras' NHWC flatten order: (kernel, bias)."""
+    bn1 = gr.only_consumer(last, "BatchNormalization")
+    s1, b1 = _bn_fold(gr.consts, bn1)
+    nxt = gr.consumers[bn1.output[0]][0]
     if nxt.op_type == "Dropout":
-        nxt = graph.consumers[nxt.output[0]][0]
+        nxt = gr.consumers[nxt.output[0]][0]
     if nxt.op_type != "Flatten":
-        raise ModelError(f"{path}: expected Flatten after the last batch norm, got {nxt.op_type}")
-    gemm = graph.only_consumer(nxt.output[0], "Gemm")
+        raise gr.fail(f"expected Flatten after the last batch norm, got {nxt.op_type}")
+    gemm = gr.only_consumer(nxt.output[0], "Gemm")
     ga = _attrs(gemm)
-    w = consts[gemm.input[1]]
+    w = gr.consts[gemm.input[1]]
     if int(ga.get("transB", 0)) == 0:
         w = w.T
     w = w * np.float32(ga.get("alpha", 1.0))  # (128, C*H*W), NCHW flatten order
-    bias = consts[gemm.input[2]] * np.float32(ga.get("beta", 1.0))
-    fc = graph.only_consumer(gemm.output[0], "BatchNormalization")
-    s2, b2 = _bn_fold(consts, fc)
-    hw = w.shape[1] // channels
-    side = round(hw**0.5)
+    bias = gr.consts[gemm.input[2]] * np.float32(ga.get("beta", 1.0))
+    fc = gr.only_consumer(gemm.output[0], "BatchNormalization")
+    s2, b2 = _bn_fold(gr.consts, fc)
+    side = round((w.shape[1] // channels) ** 0.5)
     w4 = w.reshape(w.shape[0], channels, side, side)
     # Fold the BN before the flatten (per channel), then the BN after the dense.
     bias = bias + np.einsum("ochw,c->o", w4, b1)
@@ -258,6 +237,24 @@ def _head(graph: _Graph, consts: dict[str, F32], last: str, channels: int) -> tu
     # Keras flattens (H, W, C): row h*W*C + w*C + c.
     dense = w4.transpose(2, 3, 1, 0).reshape(-1, w4.shape[0])
     return dense.astype(np.float32), bias.astype(np.float32)
+
+
+def read_sface(path: Path | str) -> SFaceWeights:
+    """The SFace ONNX file as folded weights: ``(units, dense kernel, dense bias)``."""
+    gr = _Graph(path, *onnx_constants(path))
+    units: list[ConvUnit] = []
+    last = ""
+    for node in gr.g.node:
+        if node.op_type == "Conv":
+            unit, last = _conv_unit(gr, node)
+            units.append(unit)
+    if len(units) != CONV_UNITS:
+        raise ModelError(f"{path}: {len(units)} conv units, SFace has {CONV_UNITS}")
+    strided = tuple(u.name for u in units if u.stride == 2)
+    if strided != STRIDE2:
+        raise ModelError(f"{path}: stride 2 at {strided}, SFace has it at {STRIDE2}")
+    dense, bias = _dense_head(gr, last, units[-1].kernel.shape[-1])
+    return SFaceWeights(tuple(units), dense, bias)
 
 
 def fold_large_alphas(weights: SFaceWeights) -> SFaceWeights:
@@ -294,13 +291,19 @@ def fold_large_alphas(weights: SFaceWeights) -> SFaceWeights:
     return SFaceWeights(tuple(units), dense, weights.dense_bias)
 
 
-def build_keras(weights: SFaceWeights, input_size: int = INPUT_SIZE) -> Any:
-    """The Keras model: (1, 112, 112, 3) ``(rgb - 127.5) / 128`` -> (1, 128), not normalised."""
+def build_keras(
+    weights: SFaceWeights, input_size: int = INPUT_SIZE, batch_size: int | None = 1
+) -> Any:
+    """The Keras model: (1, 112, 112, 3) ``(rgb - 127.5) / 128`` -> (1, 128), not normalised.
+
+    ``batch_size=None`` builds the same layers (same names, same weights) for
+    any batch, for training (:mod:`tools.train`); conversion wants 1.
+    """
     import keras
     from keras import layers
 
     w = fold_large_alphas(weights)
-    inputs = keras.Input(shape=(input_size, input_size, 3), batch_size=1, name="input")
+    inputs = keras.Input(shape=(input_size, input_size, 3), batch_size=batch_size, name="input")
     x = inputs
     for u in w.units:
         k = u.kernel.shape[0]
@@ -325,9 +328,9 @@ def build_keras(weights: SFaceWeights, input_size: int = INPUT_SIZE) -> Any:
     return keras.Model(inputs, x, name="sface")
 
 
-def build_sface(onnx_path: Path | str) -> Any:
+def build_sface(onnx_path: Path | str, batch_size: int | None = 1) -> Any:
     """SFace from its ONNX file as a Keras model (see :func:`build_keras`)."""
-    return build_keras(read_sface(onnx_path))
+    return build_keras(read_sface(onnx_path), batch_size=batch_size)
 
 
 def onnx_reference(onnx_path: Path | str, crops: npt.NDArray[np.uint8]) -> F32:
