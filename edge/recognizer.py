@@ -302,6 +302,17 @@ def calibration_for(
     cal = embedder.manifest.calibration or DEFAULT_CALIBRATION
     if cal is DEFAULT_CALIBRATION:
         log.warning("model manifest has no calibration; using built-in defaults")
+    if threshold is not None and cal.far_table is None and threshold > cal.threshold:
+        # With tables the operating point estimates (and warns about) the FPIR a
+        # config threshold gives; without them all that is known is the
+        # calibrated threshold, and a looser one names more strangers.
+        log.warning(
+            "[matching] threshold %.5f is looser than the model's calibrated %.5f (%s), and "
+            "its manifest has no tables to say how many strangers that names; remove it",
+            threshold,
+            cal.threshold,
+            cal.source,
+        )
     return Calibration(
         threshold=cal.threshold if threshold is None else threshold,
         margin=cal.margin if margin is None else margin,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import replace
+from types import SimpleNamespace
 from typing import Any, cast
 
 import numpy as np
@@ -263,3 +264,17 @@ def test_a_loose_config_threshold_is_a_warning_from_the_daemons_recognizer(
     with caplog.at_level(logging.WARNING, logger="edge.recognizer"):
         Recognizer(none, none, _gallery(2, 1), cal, 0.01, threshold_override=0.25)
     assert not caplog.records
+
+
+def test_a_loose_config_threshold_is_warned_about_without_tables(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from edge.recognizer import calibration_for
+
+    plain = Calibration(0.33, 0.05, 0.5, 0.03, "test")  # an old manifest: no tables
+    emb = cast(Any, SimpleNamespace(manifest=SimpleNamespace(calibration=plain)))
+    with caplog.at_level(logging.WARNING, logger="edge.recognizer"):
+        assert calibration_for(emb, 0.30).threshold == 0.30  # stricter: no warning
+        assert "looser" not in caplog.text
+        assert calibration_for(emb, 0.45).threshold == 0.45
+    assert "0.45000 is looser than the model's calibrated 0.33000" in caplog.text
