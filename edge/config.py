@@ -205,6 +205,9 @@ IoU = Annotated[float, Range(gt=0, le=1)]
 
 # -- secrets -----------------------------------------------------------------------
 
+KEY_MIN_BYTES = 16
+"""The shortest gallery key, event signing key or remote unlock key accepted."""
+
 
 @dataclass(frozen=True)
 class SecretRef:
@@ -214,15 +217,24 @@ class SecretRef:
     """The key path for messages, e.g. ``gallery.key``."""
     file: str = ""
     credential: str = ""
+    min_bytes: int = 0
+    """A shorter secret is refused (keys: 16 bytes, so a guessable one never starts)."""
 
     @property
     def configured(self) -> bool:
         return bool(self.file or self.credential)
 
     def read(self, base_dir: Path | None = None) -> bytes | None:
-        """The secret's bytes (trailing newlines stripped), or None when unset."""
+        """The secret's bytes (trailing newlines stripped), or None when unset.
+
+        ConfigError when it cannot be read or is shorter than ``min_bytes``;
+        ``check-config`` reads it the same way, so a key it accepts starts.
+        """
         what = f"{self.key}_file" if self.file else f"{self.key}_credential"
-        return read_secret(self.file, self.credential, what, base_dir)
+        data = read_secret(self.file, self.credential, what, base_dir)
+        if data is not None and len(data) < self.min_bytes:
+            raise ConfigError(f"{self.key}: too short ({len(data)} bytes, need {self.min_bytes}+)")
+        return data
 
 
 class Secret:
@@ -230,8 +242,11 @@ class Secret:
 
     ``key = Secret()`` in :class:`GalleryConfig` makes ``cfg.gallery.key`` a
     :class:`SecretRef` built from ``key_file`` and ``key_credential``; giving
-    both is an error.
+    both is an error. ``min_bytes``: the shortest secret accepted.
     """
+
+    def __init__(self, min_bytes: int = 0) -> None:
+        self.min_bytes = min_bytes
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
@@ -250,6 +265,7 @@ class Secret:
             f"{section}.{self.name}",
             getattr(obj, f"{self.name}_file"),
             getattr(obj, f"{self.name}_credential"),
+            self.min_bytes,
         )
 
 
@@ -540,7 +556,7 @@ class GalleryConfig(Section):
     path: Annotated[str, FilePath()] = "gallery.fgg"
     key_file: OptionalFile = ""
     key_credential: Credential = ""
-    key = Secret()
+    key = Secret(min_bytes=KEY_MIN_BYTES)
 
 
 @dataclass(frozen=True)
@@ -605,11 +621,18 @@ class EventsConfig(Section):
 
     ``valid_for_s``: an event expires this long after the face was seen
     (``expires_at = ts + valid_for_s``); one published later says
-    ``delivery: "late"`` and must not open a door.
+    ``delivery: "late"`` and must not open a door. ``sign_key_file`` /
+    ``sign_key_credential``: a shared key (16+ bytes) with which every
+    payload on the event topic is signed (:func:`edge.events.sign_payload`).
     """
 
     SECTION = "events"
     valid_for_s: Annotated[float, Range(gt=0, le=3600)] = 5.0
+    # With a key, every payload on the event topic carries an HMAC ("sig"),
+    # so consumers can refuse events other broker clients wrote.
+    sign_key_file: OptionalFile = ""
+    sign_key_credential: Credential = ""
+    sign_key = Secret(min_bytes=KEY_MIN_BYTES)
 
 
 @dataclass(frozen=True)
@@ -658,7 +681,7 @@ class DoorConfig(Section):
     remote_unlock: bool = False
     remote_key_file: OptionalFile = ""
     remote_key_credential: Credential = ""
-    remote_key = Secret()
+    remote_key = Secret(min_bytes=KEY_MIN_BYTES)
     audit_path: Annotated[str, FilePath()] = "audit.sqlite"
     audit_max_age_days: Annotated[float, Range(gt=0, le=36500)] = 365.0
     audit_max_rows: Annotated[int, Range(ge=1, le=100_000_000)] = 100000
@@ -716,6 +739,7 @@ class Config:
         for key in (
             "gallery.key_file",
             "door.remote_key_file",
+            "events.sign_key_file",
             "mqtt.password_file",
             "camera.password_file",
             "mqtt.tls_ca_file",
@@ -832,6 +856,8 @@ def _check_secrets(cfg: Config) -> None:
         used.append(cfg.mqtt.password)
     if cfg.camera.password.configured:
         used.append(cfg.camera.password)
+    if cfg.events.sign_key.configured:
+        used.append(cfg.events.sign_key)
     for ref in used:
         if ref.file:
             warn_if_exposed(cfg.resolve(ref.file), f"{ref.key}_file")

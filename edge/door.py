@@ -109,7 +109,6 @@ NONCE_KEEP_S = 600.0
 """Nonces are remembered at least this long (monotonic), whatever the wall clock does."""
 NONCE_MAX = 4096
 """More remembered nonces than this: further commands are refused (``busy``)."""
-MIN_KEY_BYTES = 16
 FUTURE_SLACK_S = 0.25
 """A decision stamped further than this in the future (the clock stepped back) is stale."""
 FORCED_GRACE_S = 2.0
@@ -637,13 +636,7 @@ def audit_path(cfg: Config) -> Path:
 
 def remote_key(cfg: Config) -> bytes | None:
     """The remote unlock key from ``door.remote_key_file`` / ``remote_key_credential``."""
-    from edge.config import read_secret
-
-    d = cfg.door
-    key = read_secret(d.remote_key_file, d.remote_key_credential, "door.remote_key", cfg.base_dir)
-    if key is not None and len(key) < MIN_KEY_BYTES:
-        raise ConfigError(f"door.remote_key: too short ({len(key)} bytes, need {MIN_KEY_BYTES}+)")
-    return key
+    return cfg.door.remote_key.read(cfg.base_dir)  # 16+ bytes (ConfigError otherwise)
 
 
 class DoorController:

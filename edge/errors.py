@@ -45,5 +45,12 @@ class SourceError(FacegateError):
     """A frame source cannot be opened or has stopped delivering frames."""
 
 
+class SignatureError(FacegateError):
+    """A signed event's signature is missing, malformed or wrong.
+
+    Raised by :func:`edge.events.verify_payload`.
+    """
+
+
 class BrokerError(FacegateError):
     """The MQTT broker cannot be reached or refused us."""

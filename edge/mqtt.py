@@ -73,7 +73,7 @@ from edge.events import (
     snapshot_jpeg,
 )
 from edge.outbox import Outbox, Row
-from edge.publishers import decision_event, door_event
+from edge.publishers import decision_event, door_event, sign_key, wire_event
 from edge.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
@@ -163,6 +163,7 @@ class Publisher(GatedCommands):
         # handshake), or a refusal (which is also counted above).
         self.failed_connections = 0
         self._outbox = outbox
+        self._sign_key = sign_key(cfg)
         self._client: Client | None = None
         self._net_thread: threading.Thread | None = None  # paho's, seen in on_pre_connect
         self._drain: threading.Thread | None = None
@@ -843,9 +844,12 @@ class Publisher(GatedCommands):
             doc = json.loads(payload)
         except ValueError:
             doc = None
-        if not isinstance(doc, dict) or "expires_at_unix" not in doc:
-            # Not a v2 event (an older version's, left in the outbox): as it is.
-            return client.publish(row.topic, payload, qos=1)
+        if not isinstance(doc, dict):
+            return client.publish(row.topic, payload, qos=1)  # not ours to interpret: as it is
+        if "expires_at_unix" not in doc:
+            # A door record, or an older version's event left in the outbox:
+            # as stored, signed now (the key may be newer than the row).
+            return client.publish(row.topic, wire_event(doc, self._sign_key), qos=1)
         with self._extra_lock:
             seen = self._seen.get(row.seq)
             jpeg = self._snapshots.pop(row.seq, None)
@@ -856,9 +860,9 @@ class Publisher(GatedCommands):
             now=time.time(),
             synced_now=self._clock_synced(),
         )
-        if doc.get("delivery") != delivery:
-            doc["delivery"] = delivery
-            payload = encode(doc)
+        doc["delivery"] = delivery
+        # Signed at each send: the signature covers the delivery decided now.
+        payload = wire_event(doc, self._sign_key)
         live = delivery == LIVE
         if live and jpeg is not None:
             client.publish(self.topics.snapshot, jpeg, qos=1)

@@ -30,6 +30,7 @@ from edge.events import (
     delivery_of,
     encode,
     new_event_id,
+    sign_payload,
 )
 
 if TYPE_CHECKING:
@@ -64,6 +65,21 @@ class PublisherLike(Protocol):
     def alive(self) -> bool: ...
 
     def stop(self, timeout: float) -> None: ...
+
+
+def sign_key(cfg: Config) -> bytes | None:
+    """The event signing key (``events.sign_key_file`` / ``sign_key_credential``), or None.
+
+    Read once when a publisher is made, so a missing or short key stops the
+    start, not the first event.
+    """
+    return cfg.events.sign_key.read(cfg.base_dir)  # 16+ bytes (ConfigError otherwise)
+
+
+def wire_event(payload: dict[str, Any], key: bytes | None) -> bytes:
+    """The bytes of an event as they go out: :func:`encode`, signed when there is a key."""
+    body = encode(payload)
+    return sign_payload(body, key) if key is not None else body
 
 
 def initial_delivery(
@@ -201,6 +217,7 @@ class StdoutPublisher:
     ) -> None:
         self._inner: PublisherLike = inner if inner is not None else MemoryPublisher(cfg)
         self._out = out
+        self._key = sign_key(cfg)
 
     @property
     def on_command(self) -> Callable[[str], None] | None:
@@ -221,7 +238,8 @@ class StdoutPublisher:
 
     def _print(self, payload: dict[str, Any]) -> dict[str, Any]:
         out = self._out or sys.stdout
-        out.write(encode(payload).decode() + "\n")
+        # The line is the payload as the broker would carry it, signature included.
+        out.write(wire_event(payload, self._key).decode() + "\n")
         out.flush()
         return payload
 
@@ -275,4 +293,6 @@ __all__ = [
     "door_event",
     "initial_delivery",
     "make_publisher",
+    "sign_key",
+    "wire_event",
 ]
