@@ -17,7 +17,10 @@ event after a newer one), an expired event, or a reconnect (availability
 offline -> online, which restores the last event, and does fire a naive
 state trigger). Also: "Last person" says Alice, then Stranger, and clears;
 the snapshot image and "Person at door" update; the "Reload gallery" button
-reaches the device as a command.
+reaches the device as a command. The door (on gpiozero's mock pins): the lock
+entity follows the relay through a granted recognition, the door and tamper
+sensors follow their inputs, and Home Assistant's own unsigned "unlock" never
+moves the relay.
 
 Run it alone with ``pytest -m homeassistant``.
 """
@@ -130,6 +133,15 @@ TEST_AUTOMATIONS = """
       data:
         topic: test/ha/started
         payload: "1"
+- id: test_door_unlock
+  alias: "Ask the device's door lock to unlock when the test asks"
+  trigger:
+    - platform: mqtt
+      topic: test/ha/door_unlock
+  action:
+    - service: lock.unlock
+      target:
+        entity_id: lock.front_door_door_lock
 - id: test_press
   alias: "Press the reload button when the test asks"
   trigger:
@@ -281,7 +293,7 @@ def home_assistant(tmp_path: Path, mqtt_broker: Broker) -> Iterator[HomeAssistan
         ha.stop()
 
 
-def device_config(tmp: Path, broker: Broker) -> Config:
+def device_config(tmp: Path, broker: Broker, door: dict[str, Any] | None = None) -> Config:
     doc: dict[str, Any] = {
         "device": {"id": DEVICE, "name": "Front door"},
         "mqtt": {
@@ -299,6 +311,8 @@ def device_config(tmp: Path, broker: Broker) -> Config:
         "homeassistant": {"last_person_clear_s": 2.0},
         "service": {"state_dir": str(tmp)},
     }
+    if door is not None:
+        doc["door"] = door
     return parse_config(doc, base_dir=tmp)
 
 
@@ -456,3 +470,87 @@ def test_home_assistant_runs_the_readme_unlock_automation_safely(
     assert ha.log.stat().st_size > 0
     assert not problems, "\n".join(problems)
     print(f"unlocks={ha.count(UNLOCKS)} naive={ha.count(NAIVE)} log={ha.log.stat().st_size} B")
+
+
+RELAY, CONTACT, TAMPER = 17, 27, 22
+LOCK = "lock/front_door_door_lock"
+DOOR = "binary_sensor/front_door_door"
+TAMPERED = "binary_sensor/front_door_tamper"
+
+
+def test_home_assistant_shows_the_door_and_cannot_open_it(
+    home_assistant: HomeAssistant,
+    mqtt_broker: Broker,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The door's entities in a real Home Assistant, on gpiozero's mock pins.
+
+    The lock follows the relay (a granted recognition unlocks, then locks
+    again), the door and tamper sensors follow their inputs, and Home
+    Assistant's own "unlock" (which has no signature) never moves the relay.
+    """
+    pytest.importorskip("gpiozero", reason="gpiozero is not installed (the door extra)")
+    from gpiozero.pins.mock import MockFactory
+
+    from edge.door import DoorController
+
+    ha = home_assistant
+    monkeypatch.setattr("edge.mqtt.clock_synced", lambda: True)
+    door = {
+        "enabled": True,
+        "pin_factory": "mock",
+        "relay_pin": RELAY,
+        "contact_pin": CONTACT,
+        "tamper_pin": TAMPER,
+        "allow": ["Alice"],
+        "unlock_s": 1.5,
+    }
+    device = tmp_path / "device"
+    device.mkdir()
+    cfg = device_config(device, mqtt_broker, door)
+    pub = online(cfg)
+    factory = MockFactory()
+    ctl = DoorController(cfg, events=pub, factory=factory)
+    set_topic = f"{T.base}/door/set"
+    asked = Collector(mqtt_broker, [set_topic], persistent=False).start()
+    try:
+        # The inputs' MockPins start pulled up (switches open): a shut door and
+        # an intact cover close both, as on a healthy installation.
+        factory.pin(CONTACT).drive_low()
+        factory.pin(TAMPER).drive_low()
+        assert asked.ready() and ctl.sync()
+        ha.wait(lambda: ha.last(LOCK) == "locked", 60, "the lock entity, locked")
+        ha.wait(lambda: ha.last(DOOR) == "off" and ha.last(TAMPERED) == "off", 30, "sensors")
+
+        # A live recognition of an allowed person: the relay pulses, and the
+        # lock shows it unlocked, then locked again.
+        verdict = ctl.on_decision(face("Alice"))
+        assert verdict.granted, verdict
+        ha.wait(lambda: "unlocked" in ha.values(LOCK), why="unlocked during the pulse")
+        ha.wait(lambda: ha.last(LOCK) == "locked", why="locked after unlock_s")
+        pulses = [e for e in ctl.relay_log if e[1]]
+        assert len(pulses) == 1
+
+        factory.pin(CONTACT).drive_high()  # the door opens
+        ha.wait(lambda: ha.last(DOOR) == "on", why="door open")
+        factory.pin(CONTACT).drive_low()
+        ha.wait(lambda: ha.last(DOOR) == "off", why="door shut")
+        factory.pin(TAMPER).drive_high()  # the cover comes off
+        ha.wait(lambda: ha.last(TAMPERED) == "on", why="tamper")
+
+        # Home Assistant's unlock reaches the broker, unsigned: the relay stays off.
+        unlocked_before = len([v for v in ha.values(LOCK) if v == "unlocked"])
+        raw(mqtt_broker, "test/ha/door_unlock", b"1")
+        assert asked.wait_for(lambda: asked.payloads(set_topic) == [b"UNLOCK"], 30), ha.log_tail()
+        time.sleep(1.0)
+        assert ctl.sync()
+        assert not ctl.energised and [e for e in ctl.relay_log if e[1]] == pulses
+        assert len([v for v in ha.values(LOCK) if v == "unlocked"]) == unlocked_before
+        assert ha.last(LOCK) == "locked"
+    finally:
+        asked.stop()
+        ctl.stop()
+        pub.stop(timeout=3.0)
+    problems = ha.problems()
+    assert not problems, "\n".join(problems)
