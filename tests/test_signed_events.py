@@ -22,6 +22,7 @@ import paho.mqtt.client as paho
 import pytest
 from broker import Broker, Collector, mosquitto_path, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
+from test_mqtt import decision
 
 from edge.cli import main
 from edge.config import Config, parse_config
@@ -37,7 +38,6 @@ from edge.events import (
 )
 from edge.mqtt import Publisher
 from edge.publishers import StdoutPublisher, sign_key
-from edge.types import Box, Decision
 
 KEY = b"0123456789abcdef-device-key"
 T = Topics.for_device("test", "door1")
@@ -61,19 +61,6 @@ def event(**over: Any) -> dict[str, Any]:
     }
     doc.update(over)
     return doc
-
-
-def decision(i: int, ts: float | None = None) -> Decision:
-    return Decision(
-        kind="recognized",
-        name="Alice",
-        distance=0.2,
-        confidence=0.9,
-        track_id=i,
-        track_length=3,
-        timestamp=time.time() if ts is None else ts,
-        box=Box(0, 0, 50, 60),
-    )
 
 
 def key_config(tmp: Path, key: bytes = KEY, **mqtt: Any) -> Config:
