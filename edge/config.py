@@ -158,8 +158,8 @@ def _check_path(value: str) -> None:
 
 
 @dataclass(frozen=True)
-class FilePath(Constraint):
-    """A path naming a file (relative to the config's folder unless absolute)."""
+class DirPath(Constraint):
+    """A path naming a folder (relative to the config's folder unless absolute)."""
 
     required: bool = True
 
@@ -169,22 +169,16 @@ class FilePath(Constraint):
                 raise Invalid("must not be empty")
             return
         _check_path(value)
-        if value.endswith("/") or Path(value).name in ("", ".", ".."):
-            raise Invalid(f"{value!r} names a folder, not a file")
 
 
 @dataclass(frozen=True)
-class DirPath(Constraint):
-    """A path naming a folder."""
-
-    required: bool = True
+class FilePath(DirPath):
+    """A path naming a file: a folder's checks, and a last component that is a name."""
 
     def check(self, value: Any) -> None:
-        if not value:
-            if self.required:
-                raise Invalid("must not be empty")
-            return
-        _check_path(value)
+        super().check(value)
+        if value and (value.endswith("/") or Path(value).name in ("", ".", "..")):
+            raise Invalid(f"{value!r} names a folder, not a file")
 
 
 @dataclass(frozen=True)
