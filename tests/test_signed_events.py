@@ -13,6 +13,8 @@ import hmac
 import io
 import json
 import random
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -332,3 +334,32 @@ def test_mutated_signed_payloads_never_pass_or_crash() -> None:
         assert bytes(b).rstrip(b"\n") == signed, i
         passed += 1
     assert passed <= 3
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_the_documented_node_verifier_agrees(tmp_path: Path) -> None:
+    """docs/examples/verify_event.js: another language checks the bytes, no canonical JSON."""
+    key_config(tmp_path)
+    payloads = [
+        sign_payload(encode(event(seq=1)), KEY),
+        sign_payload(encode(event(seq=2, name='Ørjan "the" 😀', distance=1e-07)), KEY),
+        sign_payload(encode(event(seq=3)), KEY).replace(b'"live"', b'"late"'),
+        encode(event(seq=4)),
+        sign_payload(encode(event(seq=5)), b"some other key of 16+ bytes"),
+    ]
+    script = Path(__file__).resolve().parents[1] / "docs" / "examples" / "verify_event.js"
+    p = subprocess.run(
+        ["node", str(script), str(tmp_path / "event.key")],
+        input=b"\n".join(payloads) + b"\n",
+        capture_output=True,
+        timeout=60,
+    )
+    assert p.returncode == 1
+    assert [json.loads(ln) for ln in p.stdout.splitlines()] == [
+        verify_payload(x, KEY) for x in payloads[:2]
+    ]
+    assert p.stderr.decode().splitlines() == [
+        "refused: bad signature: not signed with this key, or altered",
+        'refused: unsigned: no "sig" member at the end of the payload',
+        "refused: bad signature: not signed with this key, or altered",
+    ]
