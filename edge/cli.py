@@ -96,9 +96,10 @@ def _skip(path: Path | str, why: str) -> None:
 # -- commands -----------------------------------------------------------------
 def cmd_enroll(args: argparse.Namespace) -> int:
     from edge.enrol import PhotoMeasure, lookalike_message, plan_enrolment
-    from edge.gallery import gallery_key
+    from edge.gallery import check_new_name, gallery_key
     from edge.imageio import read_image
 
+    check_new_name(args.name)  # before any photo is read
     cfg = _config(args)
     rec = _recognizer(cfg)
     gallery = rec.gallery

@@ -272,9 +272,14 @@ class Verdict:
 
 
 def is_allowed(name: str, groups: Iterable[str], allow: Iterable[str]) -> bool:
-    """Whether ``name`` (or one of its ``groups``, as ``group:NAME``) is in ``allow``."""
+    """Whether ``name`` (or one of its ``groups``, as ``group:NAME``) is in ``allow``.
+
+    A name is matched only against the entries that are names: a person
+    somehow called ``group:staff`` is not in group staff.
+    """
     allowed = set(allow)
-    return name in allowed or any(f"group:{g}" in allowed for g in groups)
+    direct = not name.lower().startswith("group:")
+    return (direct and name in allowed) or any(f"group:{g}" in allowed for g in groups)
 
 
 def windows_for(

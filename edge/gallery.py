@@ -140,10 +140,30 @@ class Person:
     groups: tuple[str, ...] = ()  # person metadata: the door's allow list names groups
 
 
+GROUP_PREFIX = "group:"
+"""How the door's allow list names a group; a person's name never starts with it."""
+
+
 def _check_name(name: str) -> str:
     name = name.strip()
     if not name or len(name) > 128 or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
         raise GalleryError(f"invalid person name {name[:40]!r}")
+    return name
+
+
+def check_new_name(name: str) -> str:
+    """The name of a person about to be enrolled (stripped), or GalleryError.
+
+    1-128 characters, no control characters, and not starting with
+    ``group:``, which would read as a group in the door's allow list.
+    (Galleries already holding such a name still load: the door never
+    matches a person's name against a ``group:`` entry.)
+    """
+    name = _check_name(name)
+    if name.lower().startswith(GROUP_PREFIX):
+        raise GalleryError(
+            f"invalid person name {name[:40]!r}: {GROUP_PREFIX!r} names a group in door.allow"
+        )
     return name
 
 
@@ -198,7 +218,7 @@ class Gallery:
 
     def add(self, name: str, embeddings: npt.NDArray[np.float32]) -> None:
         """Add embeddings (N, D) to a person, creating them if new."""
-        name = _check_name(name)
+        name = check_new_name(name)
         raw = np.atleast_2d(np.asarray(embeddings, dtype=np.float32))
         if raw.ndim != 2 or not np.all(np.isfinite(raw)):
             raise GalleryError(f"{name!r}: embeddings must be finite (N, D) vectors")

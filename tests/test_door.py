@@ -39,6 +39,7 @@ from edge.door import (  # noqa: E402
     NonceCache,
     Window,
     in_schedule,
+    is_allowed,
     parse_window,
     sign_unlock,
     verify_unlock,
@@ -825,3 +826,15 @@ def test_door_test_pulses_once_and_reads_the_inputs(tmp_path: Path) -> None:
     assert any("door open (GPIO5)" in ln for ln in lines)
     [entry] = aud.AuditLog(tmp_path / "audit.sqlite").entries()
     assert entry.kind == "door_test"
+
+
+def test_a_name_is_never_matched_against_a_group_entry() -> None:
+    allow = ["Alice", "group:staff"]
+    assert is_allowed("Alice", (), allow)
+    assert is_allowed("Carol", ("staff",), allow)
+    assert not is_allowed("Bob", ("night",), allow)
+    # A person named like the group entry (an older gallery; enrolment now refuses
+    # such names) is not thereby in the group.
+    assert not is_allowed("group:staff", (), allow)
+    assert not is_allowed("GROUP:staff", (), [*allow, "GROUP:staff"])
+    assert is_allowed("group:staff", ("staff",), allow)

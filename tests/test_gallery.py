@@ -395,3 +395,27 @@ def test_reload_with_the_gallery_missing_keeps_the_old_one(
     assert "gallery file is missing" in log
     assert "gallery reloaded" not in log
     assert None not in names()  # no face became "unknown"
+
+
+def test_a_person_name_never_reads_as_a_group_or_a_control_sequence(tmp_path: Path) -> None:
+    from edge.gallery import check_new_name
+
+    assert check_new_name("  Zoë O'Brien 😀 ") == "Zoë O'Brien 😀"
+    assert check_new_name("groups: Ann") == "groups: Ann"  # only the exact prefix is a group
+    bad_names = ("group:staff", "Group:staff", " group:x", "", "   ", "a\nb", "a\x1b[2J", "x" * 129)
+    for bad in bad_names:
+        with pytest.raises(GalleryError, match="invalid person name"):
+            check_new_name(bad)
+    g = Gallery("sha", 4)
+    with pytest.raises(GalleryError, match=r"names a group in door\.allow"):
+        g.add("group:staff", np.eye(4, dtype=np.float32)[:1])
+    assert g.names == []
+    # The CLI says so before it reads a photo (this one does not exist).
+    p = subprocess.run(
+        [*FACEGATE, "enroll", "--gallery", str(tmp_path / "g.fgg"), "--name", "group:staff",
+         str(tmp_path / "missing.jpg")],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert p.returncode == 2
+    assert_one_line_error(p.stderr, "invalid person name 'group:staff'")
+    assert not (tmp_path / "g.fgg").exists()
