@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
+from _standins import ScriptedRecognizer
 from broker import Broker, Collector, mqtt_broker
 from conftest import SHARED
 
@@ -29,7 +30,7 @@ from edge.config import Config, parse_config
 from edge.daemon import CaptureLike, run
 from edge.gallery import Gallery
 from edge.sdnotify import Notifier
-from edge.types import Box, Decision, Detection, FaceResult, Frame, FrameResult, Match
+from edge.types import Box, Decision, Frame
 
 __all__ = ["mqtt_broker"]  # the fixture, re-exported for pytest
 
@@ -84,37 +85,9 @@ class ScriptedCapture:
         return self.finite and self.captured >= len(self.names)
 
 
-class ScriptedRecognizer:
-    """One face per frame whose identity is ``frame.source`` ("" = no face, "?" = unknown)."""
-
-    def __init__(self) -> None:
-        self._gallery = Gallery("sha-test", manifest_sha256=MANIFEST_TEST)
-        self.swaps = 0
-
-    @property
-    def gallery(self) -> Gallery:
-        return self._gallery
-
-    @property
-    def model_sha256(self) -> str:
-        return "sha-test"
-
-    @property
-    def threshold(self) -> float:
-        return 0.4
-
-    def set_gallery(self, gallery: Gallery) -> None:
-        self._gallery = gallery
-        self.swaps += 1
-
-    def process(self, frame: Frame) -> FrameResult:
-        if not frame.source:
-            return FrameResult(frame.index, frame.timestamp, ())
-        name = None if frame.source == "?" else frame.source
-        d = 0.2 if name else 0.7
-        det = Detection(Box(10, 10, 20, 20), 0.9, np.zeros((6, 2), np.float32))
-        face = FaceResult(det, Match(name, d, d + 0.2, 1 - d))
-        return FrameResult(frame.index, frame.timestamp, (face,))
+def scripted() -> ScriptedRecognizer:
+    """A scripted recognizer with an empty gallery of the test manifest."""
+    return ScriptedRecognizer(Gallery("sha-test", manifest_sha256=MANIFEST_TEST))
 
 
 class RecordingPublisher:
@@ -191,7 +164,7 @@ def run_scripted(
         stop or threading.Event(),
         pub,
         notifier=Notifier(notify or ""),
-        recognizer=ScriptedRecognizer(),
+        recognizer=scripted(),
         capture_factory=cap.bind,
     )
     return rc, pub, cap
@@ -248,7 +221,7 @@ def test_watchdog_pings_only_while_healthy(
     def replay(publisher: RecordingPublisher) -> int:
         cfg = parse_config({}, base_dir=Path.cwd())
         cap = ScriptedCapture(["alice"] * 30, period=0.02)
-        rec = ScriptedRecognizer()
+        rec = scripted()
         run(
             cfg,
             threading.Event(),
@@ -295,7 +268,7 @@ def test_stop_event_ends_a_live_loop(notify_socket: tuple[socket.socket, str]) -
                 stop,
                 RecordingPublisher(),
                 notifier=Notifier(path),
-                recognizer=ScriptedRecognizer(),
+                recognizer=scripted(),
                 capture_factory=cap.bind,
             )
         )
@@ -314,7 +287,7 @@ def test_reload_gallery_command_swaps_the_gallery(tmp_path: Path) -> None:
     g.add("carol", np.ones((1, 8), np.float32))
     g.save(tmp_path / "gallery.fgg")
     cfg = parse_config({"gallery": {"path": "gallery.fgg"}}, base_dir=tmp_path)
-    rec = ScriptedRecognizer()
+    rec = scripted()
     pub = RecordingPublisher()
     stop = threading.Event()
 
@@ -336,7 +309,7 @@ def test_reload_gallery_command_swaps_the_gallery(tmp_path: Path) -> None:
 def test_failed_reload_keeps_the_old_gallery(tmp_path: Path) -> None:
     (tmp_path / "gallery.fgg").write_bytes(b"not a gallery")
     cfg = parse_config({"gallery": {"path": "gallery.fgg"}}, base_dir=tmp_path)
-    rec = ScriptedRecognizer()
+    rec = scripted()
     reload = threading.Event()
     reload.set()
     cap = ScriptedCapture(["alice"] * 4)
@@ -370,7 +343,7 @@ def test_dead_source_exits_1_for_a_restart() -> None:
         threading.Event(),
         RecordingPublisher(),
         notifier=Notifier(""),
-        recognizer=ScriptedRecognizer(),
+        recognizer=scripted(),
         capture_factory=cap.bind,
     )
     assert rc == 1
@@ -833,12 +806,12 @@ def test_a_daemon_whose_camera_fails_never_says_online(tmp_path: Path, mqtt_brok
         camera = failing_camera(pub, dies=attempt == 1)
         if attempt == 1:
             rc = run(cfg, threading.Event(), pub, notifier=Notifier(""),
-                     recognizer=ScriptedRecognizer(), capture_factory=camera)  # fmt: skip
+                     recognizer=scripted(), capture_factory=camera)  # fmt: skip
             assert rc == 1
         else:
             with pytest.raises(SourceError):
                 run(cfg, threading.Event(), pub, notifier=Notifier(""),
-                    recognizer=ScriptedRecognizer(), capture_factory=camera)  # fmt: skip
+                    recognizer=scripted(), capture_factory=camera)  # fmt: skip
     assert connected == 3
     assert sub.wait_for(lambda: len(sub.payloads(topics.availability)) >= 3, 5)
     assert set(sub.payloads(topics.availability)) == {b"offline"}

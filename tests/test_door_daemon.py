@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _standins import ScriptedRecognizer
 from broker import Broker, Collector, mqtt_broker
 
 pytest.importorskip("gpiozero", reason="gpiozero is not installed (the door extra)")
@@ -28,7 +29,7 @@ from edge.door import DoorController
 from edge.gallery import Gallery
 from edge.publishers import StdoutPublisher
 from edge.sdnotify import Notifier
-from edge.types import Box, Decision, Detection, FaceResult, Frame, FrameResult, Match
+from edge.types import Box, Decision, Frame
 
 __all__ = ["mqtt_broker"]
 
@@ -83,40 +84,12 @@ class Capture:
         return self.captured >= len(self.names)
 
 
-class Recognizer:
-    def __init__(self) -> None:
-        self._gallery = Gallery("sha-test", 4)
-        for name in ("Alice", "Bob"):
-            self._gallery.add(name, np.ones((1, 4), np.float32))
-
-    @property
-    def gallery(self) -> Gallery:
-        return self._gallery
-
-    @property
-    def model_sha256(self) -> str:
-        return "sha-test"
-
-    @property
-    def threshold(self) -> float:
-        return 0.4
-
-    def set_gallery(self, gallery: Gallery) -> None:
-        self._gallery = gallery
-
-    def process(self, frame: Frame) -> FrameResult:
-        if frame.source == "!":
-            raise RuntimeError("the pipeline failed")
-        if not frame.source:
-            return FrameResult(frame.index, frame.timestamp, ())
-        name = None if frame.source == "?" else frame.source
-        d = 0.2 if name else 0.7
-        # Each person stands somewhere else: a new face never continues an old track.
-        x = 10 + 100 * sum(map(ord, frame.source))
-        det = Detection(Box(x, 10, 20, 20), 0.9, np.zeros((6, 2), np.float32))
-        return FrameResult(
-            frame.index, frame.timestamp, (FaceResult(det, Match(name, d, d + 0.2, 1 - d)),)
-        )
+def door_recognizer() -> ScriptedRecognizer:
+    """Alice and Bob enrolled; each person stands elsewhere, so tracks never mix."""
+    gallery = Gallery("sha-test", 4)
+    for name in ("Alice", "Bob"):
+        gallery.add(name, np.ones((1, 4), np.float32))
+    return ScriptedRecognizer(gallery, spread=True)
 
 
 class Doors:
@@ -210,7 +183,7 @@ def test_an_exception_in_the_pipeline_releases_at_once(tmp_path: Path) -> None:
         threading.Event(),
         pub,  # type: ignore[arg-type]
         notifier=Notifier(""),
-        recognizer=Recognizer(),
+        recognizer=door_recognizer(),
         capture_factory=cap.bind,
         door_factory=doors,
     )
@@ -233,7 +206,7 @@ def test_the_door_works_with_mqtt_disabled(tmp_path: Path) -> None:
         threading.Event(),
         StdoutPublisher(cfg, out=out),
         notifier=Notifier(""),
-        recognizer=Recognizer(),
+        recognizer=door_recognizer(),
         capture_factory=Capture(people("Alice", "?", "Bob")).bind,
         door_factory=doors,
     )
@@ -270,7 +243,7 @@ def test_a_reload_releases_the_relay(tmp_path: Path) -> None:
         threading.Event(),
         pub,  # type: ignore[arg-type]
         notifier=Notifier(""),
-        recognizer=Recognizer(),
+        recognizer=door_recognizer(),
         capture_factory=Capture(names, on_frame=on_frame).bind,
         door_factory=doors,
     )
@@ -345,7 +318,7 @@ def test_outbox_redelivery_and_reconnects_never_open_the_door(
             threading.Event(),
             pub,
             notifier=Notifier(""),
-            recognizer=Recognizer(),
+            recognizer=door_recognizer(),
             capture_factory=cap.bind,
             door_factory=doors,
         )

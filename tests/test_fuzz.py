@@ -40,11 +40,11 @@ from typing import Any
 import numpy as np
 import pytest
 from _hostile import ROOT, toml_value
+from _standins import StandInRecognizer
 
 from edge.config import Config, ConfigError, load_config
 from edge.errors import FacegateError, GalleryError
 from edge.gallery import MAGIC, MODE_PLAIN, Gallery
-from edge.types import Frame, FrameResult
 
 SEED = 20261130
 N_CONFIGS = 500
@@ -147,31 +147,6 @@ def configs(rng: random.Random, d: Path) -> Iterator[tuple[str, str | bytes]]:
         yield f"config {i}", text
 
 
-class StandInRecognizer:
-    """The recognizer's interface without models: one empty frame result per frame."""
-
-    def __init__(self) -> None:
-        self._gallery = Gallery("fuzz", manifest_sha256="fuzz")
-
-    @property
-    def gallery(self) -> Gallery:
-        return self._gallery
-
-    @property
-    def model_sha256(self) -> str:
-        return "fuzz"
-
-    @property
-    def threshold(self) -> float:
-        return 0.4
-
-    def set_gallery(self, gallery: Gallery) -> None:
-        self._gallery = gallery
-
-    def process(self, frame: Frame) -> FrameResult:
-        return FrameResult(frame.index, frame.timestamp, ())
-
-
 def _cli(args: list[str]) -> tuple[int, str, str]:
     from edge.cli import main
 
@@ -193,7 +168,12 @@ def _start_and_stop(path: Path) -> None:
     stop.set()
     out = io.StringIO()
     with redirect_stdout(out):
-        run(cfg, stop, notifier=Notifier(""), recognizer=StandInRecognizer())
+        run(
+            cfg,
+            stop,
+            notifier=Notifier(""),
+            recognizer=StandInRecognizer(Gallery("fuzz", manifest_sha256="fuzz")),
+        )
 
 
 @pytest.mark.slow  # 500 configs through check-config and run
