@@ -1,7 +1,7 @@
 """The ``facegate`` command line (also ``python -m edge``).
 
 Sub-commands: ``enroll``, ``gallery list|stats|remove|set-groups|rebind``,
-``identify``, ``demo``, ``check-config``, ``run``, ``audit``,
+``identify``, ``liveness``, ``demo``, ``check-config``, ``run``, ``audit``,
 ``door test|sign-unlock``, ``events verify``. Bad input never produces a traceback: every
 :class:`~edge.errors.FacegateError` becomes one ``facegate: error: ...``
 line on stderr and exit code 2; per-image problems are reported as
@@ -385,6 +385,13 @@ def cmd_events(args: argparse.Namespace) -> int:
     return 1 if refused else 0
 
 
+def cmd_liveness(args: argparse.Namespace) -> int:
+    """liveness (issue 24): one JSON line per clip (edge.liveness.clip)."""
+    from edge.liveness.clip import main_clips
+
+    return main_clips(_config(args), args.clips, args.fps)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from edge.daemon import main_run
 
@@ -443,6 +450,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a TOML config")
     p.add_argument("path", type=Path)
     p.set_defaults(func=cmd_check_config)
+
+    # liveness (issue 24)
+    p = sub.add_parser(
+        "liveness",
+        help="is the face in each clip (a video file or a folder of frames) a live person? "
+        "one JSON line per clip",
+    )
+    p.add_argument("clips", nargs="+", metavar="CLIP")
+    p.add_argument("--config", type=Path, help="TOML config (detector, [liveness], camera)")
+    p.add_argument("--fps", type=float, help="frame rate of folders of frames (camera.fps)")
+    p.set_defaults(func=cmd_liveness)
 
     p = sub.add_parser("run", help="run the recognition service")
     p.add_argument("--config", type=Path, required=True)

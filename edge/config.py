@@ -467,6 +467,10 @@ class CameraConfig(Section):
     # Replay sources (folder, video file): deliver every frame instead of
     # dropping stale ones the way a live camera must.
     realtime: bool = True
+    # liveness (issue 24): the camera is fixed to a wall, so the room behind a
+    # face stands still; a held or moving camera turns the liveness stage's
+    # prop cue off (edge.liveness.decide).
+    mounted: bool = True
 
     def check(self) -> None:
         if self.source == "folder" and not self.path:
@@ -681,6 +685,38 @@ class DoorConfig(Section):
     audit_max_rows: Annotated[int, Range(ge=1, le=100_000_000)] = 100000
 
 
+# -- liveness (issue 24) --------------------------------------------------------------
+# One block for the merge with the config split: the [liveness] section.
+
+LivenessMode = Literal["off", "report", "require"]
+
+
+@dataclass(frozen=True)
+class LivenessConfig(Section):
+    """Presentation-attack detection per track (:mod:`edge.liveness`).
+
+    ``mode``: ``off``; ``report`` (events carry the verdict, the door ignores
+    it); ``require`` (the door opens only for a track that passed). A track
+    without a verdict after ``max_wait_s`` is denied ``no_liveness``. The
+    thresholds are physical: ``min_turn_deg`` the smallest out-of-plane turn
+    of the face whose parallax counts, ``min_z`` its significance on each side
+    of the face, ``min_prop_points`` how many points beyond the head moving
+    exactly with the face mark a prop (see docs/liveness.md).
+    """
+
+    SECTION = "liveness"
+    mode: LivenessMode = "report"
+    model: ModelPath = "face_landmark.tflite"
+    max_wait_s: Annotated[float, Range(gt=0, le=60)] = 3.0
+    min_turn_deg: Annotated[float, Range(gt=0, le=45)] = 1.5
+    min_z: Annotated[float, Range(gt=0, le=100)] = 4.0
+    min_prop_points: Annotated[int, Range(ge=1, le=10000)] = 12
+    blinks: bool = True
+
+
+# -- end of liveness -----------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class ServiceConfig(Section):
     """Process-level settings."""
@@ -707,6 +743,7 @@ class Config:
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     door: DoorConfig = field(default_factory=DoorConfig)
+    liveness: LivenessConfig = field(default_factory=LivenessConfig)  # issue 24
     base_dir: Path = field(default_factory=Path.cwd, compare=False)
 
     def __post_init__(self) -> None:
