@@ -55,7 +55,7 @@ T = np.array([0.0, 0.0, DISTANCE])
 def test_homography_of_a_plane_is_exact_and_recovered() -> None:
     pts = face_points(flat=True)
     a = project(pts, np.eye(3), T)
-    b = project(pts, rot(0.1, 0.2, 0.05), [*T, 10, -5, 30])
+    b = project(pts, rot(0.1, 0.2, 0.05), T + np.array([10.0, -5.0, 30.0]))
     h = fit_homography(a, b)
     assert np.abs(apply_homography(h, a) - b).max() < 1e-6
     assert homography_residuals(a, b, h).max() < 1e-6
@@ -91,7 +91,7 @@ def test_plane_parallax_measures_the_turn_of_a_head_and_nothing_on_a_print() -> 
     angles, z = [], []
     for _ in range(200):
         a = project(flat, np.eye(3), T) + rng.normal(0, 0.2, (len(flat), 2))
-        b = project(flat, rot(0.05, math.radians(5), 0.02), [*T, 5, 3, 0])
+        b = project(flat, rot(0.05, math.radians(5), 0.02), T + np.array([5.0, 3.0, 0.0]))
         p = plane_parallax(a, b + rng.normal(0, 0.2, b.shape), depth_px)
         angles.append(math.degrees(p.angle))
         z.append(p.z_both)
@@ -139,9 +139,9 @@ def _eye_mesh(gap: float, tilt: float = 0.0) -> np.ndarray:
     for e, cx in ((RIGHT_EYE, -40.0), (LEFT_EYE, 40.0)):
         outer = cx - 15 if cx < 0 else cx + 15
         inner = cx + 15 if cx < 0 else cx - 15
-        pts[e["outer"], :2] = (outer, 0)  # type: ignore[index]
-        pts[e["inner"], :2] = (inner, 0)  # type: ignore[index]
-        for k, (u, lo) in enumerate(zip(e["upper"], e["lower"], strict=True)):  # type: ignore[call-overload]
+        pts[e.outer, :2] = (outer, 0)
+        pts[e.inner, :2] = (inner, 0)
+        for k, (u, lo) in enumerate(zip(e.upper, e.lower, strict=True)):
             x = cx - 7.5 + 7.5 * k
             pts[u, :2] = (x, -gap / 2)
             pts[lo, :2] = (x, gap / 2)

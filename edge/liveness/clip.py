@@ -69,8 +69,9 @@ class Follower:
                 used.add(tid)
         out = []
         for i, det in enumerate(dets):
-            tid = got.get(i)
-            if tid is None:
+            if i in got:
+                tid = got[i]
+            else:
                 tid, self._next = self._next, self._next + 1
             self._last[tid] = (det.box, index)
             out.append((tid, det))
@@ -135,8 +136,14 @@ def make_stage(cfg: object) -> LivenessStage:
     mesh = FaceMesh.load(cfg.model_path(lv.model), runtime=cfg.embedder.runtime,
                          num_threads=cfg.embedder.num_threads)  # fmt: skip
     params = LivenessParams(lv.min_turn_deg, lv.min_z, lv.min_prop_points, lv.blinks,
-                            cfg.camera.mounted)  # fmt: skip
-    return LivenessStage(mesh, params)
+                            cfg.camera.mounted, lv.texture_min)  # fmt: skip
+    texture = None
+    if lv.texture_model:
+        from edge.liveness.texture import TextureModel
+
+        texture = TextureModel.load(cfg.model_path(lv.texture_model), runtime=cfg.embedder.runtime,
+                                    num_threads=cfg.embedder.num_threads)  # fmt: skip
+    return LivenessStage(mesh, params, texture=texture)
 
 
 def main_clips(cfg: object, clips: list[str], fps: float | None = None) -> int:

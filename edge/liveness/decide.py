@@ -3,24 +3,40 @@
 Evidence, each piece measured over one track (see :mod:`edge.liveness.motion`
 and :mod:`edge.liveness.blink`):
 
-* **parallax** (live): a KLT window whose face motion shows an out-of-plane
-  turn of at least ``min_turn_deg`` with significance at least ``min_z`` on
-  *both* sides of the face's best plane (nose and cheeks), from at least
-  :data:`MIN_FACE_POINTS` face points. A flat prop has no parallax whatever
-  it does;
+* **turn** (live): a KLT window (0.5 s) in which the face turned out of its
+  plane, seen twice, independently:
+
+  - by the face mesh: its landmarks, fitted with a homography plus planar
+    parallax against their own depth, imply a turn of at least
+    ``min_turn_deg``. The mesh's learned 3-D prior is robust on small and
+    blurred faces, but it reads part of a tilting photo's perspective as a
+    turn (up to ~10 degrees for a print swung by 20);
+  - by the face's texture (KLT corners): the same fit implies a turn of at
+    least half ``min_turn_deg`` with significance ``sqrt(t2) >= min_z``.
+    A flat prop has no parallax whatever the mesh believes; this
+    measurement is exact physics but noisy on small faces and disturbed by
+    glare and blur;
+  - and both parallax directions agree within 60 degrees
+    (:data:`MAX_DIRECTION_DEG`): one rigid turn moves both the same way,
+    while the two measurements' failures (perspective read as a turn, a
+    glare dragging corners) point anywhere;
+
 * **blink** (live): both eyes dip and reopen together;
 * **prop** (spoof, mounted camera only): a KLT window in which at least
   ``min_prop_points`` points beyond the head move exactly with the face (within
   3 noise standard deviations of the face's homography, where that and
-  standing still differ by at least 6): the edge or the background of a
-  photo, a phone's bezel. Nothing of a live person but a hat does that.
+  standing still differ by at least 6): the border or background of a photo,
+  a phone's bezel. Nothing of a live person but a hat does that;
+* **texture model** (spoof, optional): a user-supplied anti-spoofing CNN whose
+  mean live probability over the track stays under ``texture_min``.
 
-The verdict: a prop seen means ``False`` (a spoof) whatever else was seen;
-otherwise parallax or a blink means ``True``; otherwise ``None``: not
-enough evidence, never a pass. The score (0-1) grows with the strongest live
-evidence: ``1 - 2^-s`` where ``s`` is the best window's ``min(z/min_z,
-turn/min_turn)`` (a blink counts as ``s = 2``), 0 when a prop was seen, so
-0.5 is the pass mark.
+The verdict: a prop (or the texture model's refusal) means ``False`` (a
+spoof) whatever else was seen; otherwise a turn or a blink means ``True``;
+otherwise ``None``: not enough evidence, never a pass. The score (0-1) grows
+with the strongest live evidence: ``1 - 2^-s`` where ``s`` is the best
+window's ``min(mesh turn / min_turn_deg, texture turn / (min_turn_deg / 2),
+sqrt(t2) / min_z)`` (0 when the directions disagree; a blink counts as
+``s = 2``), and 0 when a prop was seen: 0.5 is the pass mark.
 """
 
 from __future__ import annotations
@@ -33,7 +49,9 @@ from edge.liveness.blink import Blink
 from edge.liveness.motion import Window
 
 MIN_FACE_POINTS = 20
-"""Fewer face points than this make a window's parallax test too noisy to count."""
+"""Fewer face points than this make a window's texture parallax too noisy to count."""
+MAX_DIRECTION_DEG = 60.0
+"""The mesh's and the texture's parallax directions must agree this well."""
 BLINK_STRENGTH = 2.0
 
 
@@ -41,11 +59,12 @@ BLINK_STRENGTH = 2.0
 class LivenessParams:
     """The decision's thresholds (``[liveness]`` in the config)."""
 
-    min_turn_deg: float = 1.5
-    min_z: float = 4.0
+    min_turn_deg: float = 6.0
+    min_z: float = 4.5
     min_prop_points: int = 12
     blinks: bool = True
     mounted: bool = True  # [camera] mounted: the background stands still
+    texture_min: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -77,12 +96,17 @@ class Verdict:
                 "evidence": list(self.evidence)}  # fmt: skip
 
 
-def parallax_strength(w: Window, p: LivenessParams) -> float:
-    """How far a window's parallax is past both thresholds: ``min(z/min_z, turn/min_turn)``."""
-    if w.parallax.n < MIN_FACE_POINTS:
+def turn_strength(w: Window, p: LivenessParams) -> float:
+    """How far a window's turn is past its thresholds (>= 1: live evidence; see the docstring)."""
+    k, m = w.parallax, w.mesh
+    if k.n < MIN_FACE_POINTS:
         return 0.0
-    turn = math.degrees(w.parallax.angle)
-    return max(0.0, min(w.parallax.z_both / p.min_z, turn / p.min_turn_deg))
+    cos = k.direction[0] * m.direction[0] + k.direction[1] * m.direction[1]
+    if cos < math.cos(math.radians(MAX_DIRECTION_DEG)):
+        return 0.0
+    turn = p.min_turn_deg
+    return max(0.0, min(math.degrees(m.angle) / turn, math.degrees(k.angle) / (turn / 2),
+                        math.sqrt(max(k.t2, 0.0)) / p.min_z))  # fmt: skip
 
 
 def is_prop(w: Window, p: LivenessParams) -> bool:
@@ -91,11 +115,16 @@ def is_prop(w: Window, p: LivenessParams) -> bool:
 
 
 def decide(
-    windows: Sequence[Window], blinks: Sequence[Blink], p: LivenessParams, t0: float = 0.0
+    windows: Sequence[Window],
+    blinks: Sequence[Blink],
+    p: LivenessParams,
+    t0: float = 0.0,
+    texture: float | None = None,
 ) -> Verdict:
     """The verdict of a track from its windows and blinks (see the module docstring).
 
     ``t0``: the track's first frame time (evidence times are reported from it).
+    ``texture``: the texture model's mean live probability, None without one.
     """
     props = [w for w in windows if is_prop(w, p)]
     if props:
@@ -106,14 +135,17 @@ def decide(
              f"at {w.t1 - t0:.1f}s",),
             w.t1 - t0,
         )  # fmt: skip
+    if texture is not None and texture < p.texture_min:
+        return Verdict(False, 0.0, (f"texture model: live probability {texture:.2f}",))
     evidence: list[str] = []
     best, when = 0.0, None
     for w in windows:
-        s = parallax_strength(w, p)
+        s = turn_strength(w, p)
         if s >= 1.0:
             evidence.append(
-                f"parallax {math.degrees(w.parallax.angle):.1f}deg "
-                f"z={w.parallax.z_both:.1f} at {w.t1 - t0:.1f}s"
+                f"turn {math.degrees(w.mesh.angle):.0f}deg (texture "
+                f"{math.degrees(w.parallax.angle):.0f}deg, z={math.sqrt(w.parallax.t2):.0f}) "
+                f"at {w.t1 - t0:.1f}s"
             )
             when = w.t1 - t0 if when is None else when
         best = max(best, s)
@@ -128,5 +160,5 @@ def decide(
     return Verdict(None, score, tuple(evidence))
 
 
-__all__ = ["MIN_FACE_POINTS", "LivenessParams", "Verdict", "decide", "is_prop",
-           "parallax_strength"]  # fmt: skip
+__all__ = ["MAX_DIRECTION_DEG", "MIN_FACE_POINTS", "LivenessParams", "Verdict", "decide",
+           "is_prop", "turn_strength"]  # fmt: skip

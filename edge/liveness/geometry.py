@@ -103,6 +103,8 @@ class Parallax:
     against it). ``t2``: its squared significance against the residual noise
     (chi-square with 2 degrees of freedom for a flat face). ``z_front`` and
     ``z_back``: the significance of the parallax along the fitted direction
+    (``direction``: the unit vector of ``v``; points behind the plane move along
+    it, nearer ones against it)
     measured from the points in front of the plane alone and from those
     behind it alone: a turning head moves both (nose and cheeks, in opposite
     senses), while something local (a glare, a smudge of moire) shows on one
@@ -116,6 +118,7 @@ class Parallax:
     z_back: float
     noise: float
     n: int
+    direction: tuple[float, float] = (0.0, 0.0)  # unit vector of v, in image axes
 
     @property
     def z_both(self) -> float:
@@ -193,7 +196,7 @@ def plane_parallax(
     norm = float(np.linalg.norm(v))
     u = v / norm if norm > 0 else np.array([1.0, 0.0])
     zs = _split_test(s[keep], d[keep], g[keep], u, sigma)
-    return Parallax(norm, t2, zs[0], zs[1], sigma, int(keep.sum()))
+    return Parallax(norm, t2, zs[0], zs[1], sigma, int(keep.sum()), (float(u[0]), float(u[1])))
 
 
 def _split_test(s: F64, d: F64, g: F64, u: F64, sigma: float) -> tuple[float, float]:
@@ -227,14 +230,25 @@ def _split_test(s: F64, d: F64, g: F64, u: F64, sigma: float) -> tuple[float, fl
 
 # -- eyes ---------------------------------------------------------------------------------
 
-# MediaPipe face mesh indices (the subject's right eye is on the image's left).
-RIGHT_EYE = {"outer": 33, "inner": 133, "upper": (160, 159, 158), "lower": (144, 145, 153)}
-LEFT_EYE = {"outer": 263, "inner": 362, "upper": (385, 386, 387), "lower": (380, 374, 373)}
+
+@dataclass(frozen=True)
+class Eye:
+    """An eye's MediaPipe face mesh indices: its corners and three upper/lower lid pairs."""
+
+    outer: int
+    inner: int
+    upper: tuple[int, int, int]
+    lower: tuple[int, int, int]
+
+
+# The subject's right eye is on the image's left.
+RIGHT_EYE = Eye(33, 133, (160, 159, 158), (144, 145, 153))
+LEFT_EYE = Eye(263, 362, (385, 386, 387), (380, 374, 373))
 # A vertical reference that no blink moves: the eyes' corners to the mouth's corners.
 MOUTH_CORNERS = (61, 291)
 
 
-def eye_aspect_ratio(points: ArrayLike, eye: dict[str, object] | None = None) -> float:
+def eye_aspect_ratio(points: ArrayLike, eye: Eye = RIGHT_EYE) -> float:
     """Soukupova and Cech's eye aspect ratio from mesh landmarks.
 
     ``EAR = (|p2 - p6| + |p3 - p5| + |p4 - p7|) / (3 |p1 - p4|)`` generalised
@@ -244,11 +258,9 @@ def eye_aspect_ratio(points: ArrayLike, eye: dict[str, object] | None = None) ->
     print: turning a photo about its horizontal axis shrinks the lid
     distances by ``cos(tilt)`` and leaves the eye's width.
     """
-    e = RIGHT_EYE if eye is None else eye
     p = np.asarray(points, dtype=np.float64)[:, :2]
-    up = p[list(e["upper"])]  # type: ignore[call-overload]
-    lo = p[list(e["lower"])]  # type: ignore[call-overload]
-    width = float(np.linalg.norm(p[e["outer"]] - p[e["inner"]]))  # type: ignore[call-overload]
+    up, lo = p[list(eye.upper)], p[list(eye.lower)]
+    width = float(np.linalg.norm(p[eye.outer] - p[eye.inner]))
     if width <= 0:
         return 0.0
     return float(np.linalg.norm(up - lo, axis=1).mean() / width)
@@ -266,7 +278,7 @@ def eye_opening(points: ArrayLike) -> tuple[float, float]:
     tilts (unlike :func:`eye_aspect_ratio`). Returns ``(right, left)``.
     """
     p = np.asarray(points, dtype=np.float64)[:, :2]
-    axis = p[LEFT_EYE["outer"]] - p[RIGHT_EYE["outer"]]  # type: ignore[call-overload]
+    axis = p[LEFT_EYE.outer] - p[RIGHT_EYE.outer]
     norm = float(np.linalg.norm(axis))
     if norm <= 0:
         return 0.0, 0.0
@@ -274,8 +286,8 @@ def eye_opening(points: ArrayLike) -> tuple[float, float]:
     mouth = p[list(MOUTH_CORNERS)].mean(0)
     out = []
     for e in (RIGHT_EYE, LEFT_EYE):
-        gap = np.abs((p[list(e["upper"])] - p[list(e["lower"])]) @ n).mean()  # type: ignore[call-overload]
-        centre = (p[e["outer"]] + p[e["inner"]]) / 2  # type: ignore[call-overload]
+        gap = float(np.abs((p[list(e.upper)] - p[list(e.lower)]) @ n).mean())
+        centre = (p[e.outer] + p[e.inner]) / 2
         height = abs(float((mouth - centre) @ n))
         out.append(float(gap / height) if height > 0 else 0.0)
     return out[0], out[1]
@@ -284,6 +296,7 @@ def eye_opening(points: ArrayLike) -> tuple[float, float]:
 __all__ = [
     "LEFT_EYE",
     "RIGHT_EYE",
+    "Eye",
     "Parallax",
     "apply_homography",
     "eye_aspect_ratio",

@@ -29,7 +29,13 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from edge.liveness.geometry import Parallax, apply_homography, fit_homography, plane_parallax
+from edge.liveness.geometry import (
+    NO_PARALLAX,
+    Parallax,
+    apply_homography,
+    fit_homography,
+    plane_parallax,
+)
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -88,6 +94,7 @@ class Window:
     parallax: Parallax
     beyond: ContextCount  # beyond the head
     near: ContextCount  # around the head, above the chin
+    mesh: Parallax = NO_PARALLAX  # the same test on the mesh's own landmarks, first to last frame
 
     @property
     def seconds(self) -> float:
@@ -147,7 +154,7 @@ class PointWindow:
         self.box = (x0, y0, x1, y1)
         crop = gray[y0:y1, x0:x1]
         face_mask = np.zeros(crop.shape, np.uint8)
-        hull = cv2.convexHull((mesh[:, :2] - np.float32([x0, y0])).astype(np.float32))
+        hull = cv2.convexHull(np.asarray(mesh[:, :2] - np.array([x0, y0], np.float32), np.float32))
         cv2.fillConvexPoly(face_mask, hull.astype(np.int32), 255)
         spacing = max(3, round(width / 25))
         block = 5 if width < 150 else 7
@@ -160,7 +167,7 @@ class PointWindow:
                                      blockSize=block)  # fmt: skip
         pf = np.zeros((0, 2), np.float32) if pf is None else pf.reshape(-1, 2)
         pc = np.zeros((0, 2), np.float32) if pc is None else pc.reshape(-1, 2)
-        off = np.float32([x0, y0])
+        off = np.array([x0, y0], dtype=np.float32)
         self.p0 = np.concatenate([pf, pc]).astype(np.float32) + off
         self.is_face = np.r_[np.ones(len(pf), bool), np.zeros(len(pc), bool)]
         self.p = self.p0.copy()
@@ -174,6 +181,8 @@ class PointWindow:
         self.beyond, self.near = zones(rel)
         self.gray = gray
         self.steps = 0
+        self.mesh0 = mesh
+        self.mesh1 = mesh
 
     @property
     def face_alive(self) -> int:
@@ -183,10 +192,16 @@ class PointWindow:
     def face_total(self) -> int:
         return int(self.is_face.sum())
 
-    def step(self, gray: Gray, t: float) -> None:
-        """Move the live points from the previous frame to ``gray`` (forward-backward checked)."""
+    def step(self, gray: Gray, t: float, mesh: F32 | None = None) -> None:
+        """Move the live points from the previous frame to ``gray`` (forward-backward checked).
+
+        ``mesh``: this frame's landmarks (the window's mesh test compares the
+        first and the last).
+        """
         import cv2
 
+        if mesh is not None:
+            self.mesh1 = mesh
         idx = np.flatnonzero(self.alive)
         self.t1 = t
         self.steps += 1
@@ -195,7 +210,7 @@ class PointWindow:
             return
         prev, pts = self.gray, self.p[idx].reshape(-1, 1, 2)
         crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03)
-        lk = {"winSize": (LK_WIN, LK_WIN), "maxLevel": LK_LEVELS, "criteria": crit}
+        win = (LK_WIN, LK_WIN)
         # Both frames cropped to the points' neighbourhood: pyramids of a small
         # image, not of the whole frame, for every face.
         h, w = gray.shape[:2]
@@ -203,11 +218,18 @@ class PointWindow:
         hi = np.ceil(pts.reshape(-1, 2).max(0)) + 4 * LK_WIN * 2
         x0, y0 = int(max(0, lo[0])), int(max(0, lo[1]))
         x1, y1 = int(min(w, hi[0])), int(min(h, hi[1]))
-        off = np.float32([x0, y0])
+        off = np.array([x0, y0], dtype=np.float32)
         a, b = prev[y0:y1, x0:x1], gray[y0:y1, x0:x1]
-        fwd, st1, _ = cv2.calcOpticalFlowPyrLK(a, b, pts - off, None, **lk)
-        back, st2, _ = cv2.calcOpticalFlowPyrLK(b, a, fwd, None, **lk)
-        fb = np.linalg.norm((back - (pts - off)).reshape(-1, 2), axis=1)
+        start = np.asarray(pts - off, dtype=np.float32)
+        fwd, st1, _ = cv2.calcOpticalFlowPyrLK(
+            a, b, start, None, winSize=win, maxLevel=LK_LEVELS, criteria=crit
+        )
+        back, st2, _ = cv2.calcOpticalFlowPyrLK(
+            b, a, fwd, None, winSize=win, maxLevel=LK_LEVELS, criteria=crit
+        )
+        fwd, back = np.asarray(fwd, dtype=np.float32), np.asarray(back, dtype=np.float32)
+        st1, st2 = np.asarray(st1), np.asarray(st2)
+        fb = np.linalg.norm((back - start).reshape(-1, 2), axis=1)
         ok = (st1.reshape(-1) == 1) & (st2.reshape(-1) == 1) & (fb <= FB_MAX_PX)
         self.p[idx] = (fwd.reshape(-1, 2) + off).astype(np.float32)
         self.alive[idx[~ok]] = False
@@ -226,9 +248,11 @@ class PointWindow:
         moved = float(np.linalg.norm(apply_homography(h, p0[f]) - p0[f], axis=1).mean())
         par = plane_parallax(p0[f], p1[f], self.depth[f])
         c = self.alive & ~self.is_face
+        m0, m1 = self.mesh0.astype(np.float64), self.mesh1.astype(np.float64)
+        mesh_par = plane_parallax(m0[:, :2], m1[:, :2], m0[:, 2]) if self.steps else NO_PARALLAX
         return Window(
             self.t0, self.t1, self.width, int(f.sum()), moved / max(self.width, 1e-6), par,
-            _count(h, p0, p1, c & self.beyond), _count(h, p0, p1, c & self.near),
+            _count(h, p0, p1, c & self.beyond), _count(h, p0, p1, c & self.near), mesh_par,
         )  # fmt: skip
 
 

@@ -72,7 +72,7 @@ class LivenessTrack:
     def _step(self, gray: Gray, points: npt.NDArray[np.float32], t: float) -> None:
         w = self._window
         if w is not None:
-            w.step(gray, t)
+            w.step(gray, t, points)
             if not window_due(w, t, self.window_s):
                 return
             got = w.measure()
