@@ -699,19 +699,24 @@ class LivenessConfig(Section):
     it); ``require`` (the door opens only for a track that passed). A track
     without a verdict after ``max_wait_s`` is denied ``no_liveness``. The
     thresholds are physical: ``min_turn_deg`` the smallest out-of-plane turn
-    of the face whose parallax counts, ``min_z`` its significance on each side
-    of the face, ``min_prop_points`` how many points beyond the head moving
-    exactly with the face mark a prop (see docs/liveness.md).
+    of the face (seen by the mesh; its texture must show half of it),
+    ``min_z`` the texture parallax's significance, ``min_prop_points`` how
+    many points beyond the head moving exactly with the face mark a prop.
+    ``texture_model``: an optional anti-spoofing model (tools.quantize
+    --antispoof); a track whose mean live probability is under
+    ``texture_min`` is a spoof (see docs/liveness.md).
     """
 
     SECTION = "liveness"
     mode: LivenessMode = "report"
     model: ModelPath = "face_landmark.tflite"
     max_wait_s: Annotated[float, Range(gt=0, le=60)] = 3.0
-    min_turn_deg: Annotated[float, Range(gt=0, le=45)] = 1.5
-    min_z: Annotated[float, Range(gt=0, le=100)] = 4.0
+    min_turn_deg: Annotated[float, Range(gt=0, le=45)] = 6.0
+    min_z: Annotated[float, Range(gt=0, le=100)] = 4.5
     min_prop_points: Annotated[int, Range(ge=1, le=10000)] = 12
     blinks: bool = True
+    texture_model: OptionalFile = ""
+    texture_min: Annotated[float, Range(gt=0, lt=1)] = 0.5
 
 
 # -- end of liveness -----------------------------------------------------------------
