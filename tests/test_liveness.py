@@ -252,3 +252,26 @@ def test_cli_on_the_real_clip(shared_video: Path, tmp_path: Path) -> None:
     (got,) = _lines(r.stdout)
     assert got["frames"] == 105
     assert got["live"] is True and got["reason"] == "live" and got["evidence"]
+
+
+@needs_mesh
+def test_stage_a_photo_held_still_is_not_enough_evidence_and_old_tracks_go() -> None:
+    """Three seconds of a still photo (sensor noise only): null, never a pass."""
+    from edge.demo import demo_photos
+    from edge.detector import FaceDetector
+    from edge.imageio import read_image
+    from edge.liveness.stage import LivenessStage
+
+    img = read_image(demo_photos()["grace_hopper"])
+    det = FaceDetector.load(DETECTOR).detect(img)[0]
+    stage = LivenessStage(FaceMesh.load(MESH), max_age_s=1.0)
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        noisy = np.clip(img + rng.normal(0, 2.0, img.shape), 0, 255).astype(np.uint8)
+        stage.update(noisy, i / 10, [(7, det)])
+    v = stage.finish(7)
+    assert v.passed is None and v.reason == "no_liveness" and v.score < 0.5
+    assert stage.frames(7) == 30
+    # A track not fed for max_age_s is forgotten; an unknown one is undecided.
+    stage.update(img, 5.0, [])
+    assert stage.tracks == [] and stage.verdict(7).passed is None

@@ -21,6 +21,7 @@ DIP = 0.5
 RECOVER = 0.8
 MAX_CLOSED_S = 0.5
 MIN_FRAMES_BEFORE = 3
+BASELINE_FRAMES = 40  # the open level: the median of at most this many earlier frames
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,8 @@ def find_blinks(
     """Blinks in an eye-opening series (see the module docstring).
 
     The open level of each eye at frame ``i`` is the median of its openings
-    before ``i`` (at least :data:`MIN_FRAMES_BEFORE` of them). A blink starts at
+    in the (at most :data:`BASELINE_FRAMES`) frames before ``i``, at least
+    :data:`MIN_FRAMES_BEFORE` of them. A blink starts at
     the first frame where ``right < dip * open_r`` and ``left < dip * open_l``
     and ends at the first later frame, within ``max_closed_s``, where both are
     back above ``recover`` times their open levels; ``depth`` is the lower of
@@ -54,9 +56,12 @@ def find_blinks(
     le = np.asarray(left, dtype=np.float64)
     out: list[Blink] = []
     n = len(t)
-    # The open levels before each frame (running medians; a track is short).
-    base = [(float(np.median(r[:i])), float(np.median(le[:i]))) if i else (0.0, 0.0)
-            for i in range(n)]  # fmt: skip
+    # The open levels before each frame (running medians over a bounded window).
+    base = [
+        (float(np.median(r[max(0, i - BASELINE_FRAMES) : i])),
+         float(np.median(le[max(0, i - BASELINE_FRAMES) : i]))) if i else (0.0, 0.0)
+        for i in range(n)
+    ]  # fmt: skip
     i = MIN_FRAMES_BEFORE
     while i < n:
         base_r, base_l = base[i]

@@ -19,6 +19,7 @@ from edge.liveness.mesh import PRESENCE_THRESHOLD, FaceMesh, MeshResult, roi_fro
 from edge.liveness.motion import Gray, PointWindow, Window, window_due
 from edge.types import Detection, Image
 
+MAX_SERIES = 300  # eye-opening samples kept per track (30 s at 10 fps)
 WINDOW_S = 0.5
 """A KLT window's length: long enough for a turning head's parallax to build
 up over the KLT noise (a 5 degree/s turn gives ~0.5% of the face's width in
@@ -58,6 +59,8 @@ class LivenessTrack:
         self.times.append(t)
         self.right.append(r)
         self.left.append(le)
+        if len(self.times) > MAX_SERIES:  # a long track: the recent eye opening is enough
+            del self.times[0], self.right[0], self.left[0]
         self._step(gray, res.points, t)
 
     def flush(self) -> None:
@@ -81,4 +84,4 @@ class LivenessTrack:
         self._window = PointWindow(gray, points, t)
 
 
-__all__ = ["WINDOW_S", "LivenessTrack"]
+__all__ = ["MAX_SERIES", "WINDOW_S", "LivenessTrack"]

@@ -481,16 +481,16 @@ def render(scene: Scene, times: Sequence[float], region: Region) -> npt.NDArray[
                 src, shift, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
                 borderMode=cv2.BORDER_CONSTANT)  # fmt: skip
     layer *= np.float32(1.0 / len(times))
-    alpha = np.minimum(layer[..., 3:4], 1.0)
-    out = np.asarray(
-        scene.background[ry0:ry1, rx0:rx1] * (1.0 - alpha) + layer[..., :3], np.float32
-    )
-    add_effects(scene, out, float(np.mean(times)), region)
+    alpha = np.minimum(layer[..., 3], 1.0)
+    out = scene.background[ry0:ry1, rx0:rx1] * (1.0 - alpha[..., None]) + layer[..., :3]
+    out = np.asarray(out, np.float32)
+    add_effects(scene, out, alpha, float(np.mean(times)), region)
     return out
 
 
-def add_effects(scene: Scene, img: npt.NDArray[np.float32], t: float, region: Region) -> None:
-    """Glare, pixel grid and hand at the pose of time ``t`` on a rendered region (in place)."""
+def add_effects(scene: Scene, img: npt.NDArray[np.float32], coverage: npt.NDArray[np.float32],
+                t: float, region: Region) -> None:  # fmt: skip
+    """Glare and pixel grid at the pose of time ``t`` on a rendered region (in place)."""
     spec, prop = scene.spec, scene.prop
     ss = SUPERSAMPLE
     w, h = spec.size[0] * ss, spec.size[1] * ss
@@ -506,14 +506,14 @@ def add_effects(scene: Scene, img: npt.NDArray[np.float32], t: float, region: Re
     box = (max(box[0], region[0]), max(box[1], region[1]), min(box[2], region[2]),
            min(box[3], region[3]))  # fmt: skip
     if box[2] > box[0] and box[3] > box[1]:
-        _surface_effects(scene, img, k, r, tv, pose, box, region[:2])
+        _surface_effects(scene, img, coverage, k, r, tv, pose, box, region[:2])
 
 
-def _prop_coords(k: F64, r: F64, t: F64, box: tuple[int, int, int, int]) -> tuple[F64, F64]:
-    """Prop millimetres ``(u, v)`` seen at each pixel of ``box`` (the flat prop's inverse map)."""
+def _prop_coords(k: F64, r: F64, t: F64, box: Region, step: int = 1) -> tuple[F64, F64]:
+    """Prop millimetres ``(u, v)`` seen at every ``step``-th pixel of ``box`` (the flat prop)."""
     x0, y0, x1, y1 = box
     hinv = np.linalg.inv(plane_homography(k, r, t)).astype(np.float32)
-    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    yy, xx = np.mgrid[y0:y1:step, x0:x1:step].astype(np.float32)
     den = hinv[2, 0] * xx + hinv[2, 1] * yy + hinv[2, 2]
     u = (hinv[0, 0] * xx + hinv[0, 1] * yy + hinv[0, 2]) / den
     v = (hinv[1, 0] * xx + hinv[1, 1] * yy + hinv[1, 2]) / den
@@ -521,35 +521,32 @@ def _prop_coords(k: F64, r: F64, t: F64, box: tuple[int, int, int, int]) -> tupl
 
 
 def _surface_effects(
-    scene: Scene, img: npt.NDArray[np.float32], k: F64, r: F64, t: F64, pose: Pose,
-    box: Region, origin: tuple[int, int],
+    scene: Scene, img: npt.NDArray[np.float32], coverage: npt.NDArray[np.float32], k: F64,
+    r: F64, t: F64, pose: Pose, box: Region, origin: tuple[int, int],
 ) -> None:  # fmt: skip
-    """Glare on the prop, a screen's pixel grid, and the hand that holds the prop (in place).
+    """Glare on the prop and a screen's pixel grid (in place; the hand is in the texture).
 
-    ``box``: supersampled image pixels; ``img`` holds the region starting at ``origin``.
+    ``box``: supersampled image pixels; ``img`` (and ``coverage``, the prop's
+    share of each pixel) hold the region starting at ``origin``. The glare is smooth: it is computed on every 4th pixel and interpolated.
     """
+    import cv2
+
     prop = scene.prop
-    if not (prop.glossy > 0 or prop.screen_pitch_mm > 0 or scene.holder[2] > 0):
-        return
     x0, y0, x1, y1 = box
     sub = img[y0 - origin[1] : y1 - origin[1], x0 - origin[0] : x1 - origin[0]]
-    u, v = _prop_coords(k, r, t, box)
-    tex_w = prop.texture.shape[1] * prop.mm_per_px
-    tex_h = prop.texture.shape[0] * prop.mm_per_px
-    u_lo, v_lo = -prop.origin[0] * prop.mm_per_px, -prop.origin[1] * prop.mm_per_px
-    on = ((u >= u_lo) & (u <= u_lo + tex_w) & (v >= v_lo) & (v <= v_lo + tex_h))[..., None]
+    alpha = coverage[y0 - origin[1] : y1 - origin[1], x0 - origin[0] : x1 - origin[0]]
     base = scene.motion.base
     if prop.screen_pitch_mm > 0:
         # The display's pixel grid (dark gaps between subpixel columns and rows),
         # with the contrast that survives the lens and the pixel at its frequency:
         # sampled at the pixels, what survives aliases into moire.
         dist = math.hypot(*pose.t)
-        cycles = dist / scene.spec.focal / prop.screen_pitch_mm
-        c = grid_contrast(cycles, scene.lens_sigma)
+        c = grid_contrast(dist / scene.spec.focal / prop.screen_pitch_mm, scene.lens_sigma)
         if c > 1e-3:
+            u, v = _prop_coords(k, r, t, box)
             f = np.float32(2 * math.pi / prop.screen_pitch_mm)
             grid = (1 - 0.25 * c * (1 - np.cos(f * u))) * (1 - 0.15 * c * (1 - np.cos(f * v)))
-            np.copyto(sub, sub * grid[..., None], where=on)
+            sub *= 1 - alpha[..., None] * (1 - grid[..., None])
     if prop.glossy > 0:
         # A mirror reflection turns twice as fast as the mirror: the glare
         # moves over the prop by 2 * (turn) * distance.
@@ -557,13 +554,11 @@ def _surface_effects(
         gu = scene.glare_mm[0] + 2 * (pose.yaw - base.yaw) * dz
         gv = scene.glare_mm[1] - 2 * (pose.pitch - base.pitch) * dz
         radius = 0.25 * prop.face_mm
-        glare = prop.glossy * np.exp(-((u - gu) ** 2 + (v - gv) ** 2) / np.float32(2 * radius**2))
-        np.copyto(sub, sub + glare[..., None], where=on)
-    hx, hy, hr = scene.holder
-    if hr > 0:  # fingers and thumb over the prop's edge, moving with it
-        hand = (((u - hx) ** 2 + ((v - hy) / 1.8) ** 2) < hr**2)[..., None]
-        skin = np.array([190, 140, 115], np.float32)
-        np.copyto(sub, skin * (0.85 + 0.15 * np.cos(u / 3.0))[..., None], where=hand)
+        step = 4
+        u, v = _prop_coords(k, r, t, box, step)
+        g = prop.glossy * np.exp(-((u - gu) ** 2 + (v - gv) ** 2) / np.float32(2 * radius**2))
+        glare = cv2.resize(g.astype(np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+        sub += (glare * alpha)[..., None]
 
 
 def _camera(scene: Scene, img: npt.NDArray[np.float32], t: float,
@@ -574,14 +569,33 @@ def _camera(scene: Scene, img: npt.NDArray[np.float32], t: float,
     img = np.asarray(cv2.GaussianBlur(img, (0, 0), scene.lens_sigma), dtype=np.float32)
     img = img * np.float32(1.0 + scene.exposure_drift(t))
     a, b = scene.noise
-    img = img + rng.standard_normal(img.shape).astype(np.float32) * np.sqrt(
-        np.maximum(a * img + b, 0)).astype(np.float32)  # fmt: skip
+    noise = rng.standard_normal(img.shape, dtype=np.float32)
+    img = img + noise * np.sqrt(np.maximum(np.float32(a) * img + np.float32(b), 0))
     out = np.clip(img, 0, 255).astype(np.uint8)
     ok, enc = cv2.imencode(".jpg", out[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, scene.jpeg_quality])
     if not ok:
         return out
     dec = np.asarray(cv2.imdecode(enc, cv2.IMREAD_COLOR), dtype=np.uint8)
     return np.ascontiguousarray(dec[..., ::-1])
+
+
+def _with_hand(prop: Prop, holder: tuple[float, float, float]) -> Prop:
+    """Fingers and a thumb over the prop's edge: painted on its texture, so they move with it.
+
+    ``holder``: the hand's centre in prop millimetres and its radius (an ellipse
+    1.8 times taller than wide); skin with the shading of fingers across it.
+    """
+    hx, hy, hr = holder
+    tex = prop.texture.copy()
+    h, w = tex.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    u = (xx - prop.origin[0]) * prop.mm_per_px
+    v = (yy - prop.origin[1]) * prop.mm_per_px
+    hand = ((u - hx) ** 2 + ((v - hy) / 1.8) ** 2) < hr**2
+    shade = 0.85 + 0.15 * np.cos(u / 3.0)
+    skin = np.array([190, 140, 115], np.float32)
+    tex[hand, :3] = skin * shade[hand][:, None]
+    return replace(prop, texture=tex)
 
 
 def _prefiltered(prop: Prop, mm_per_pixel: float) -> Prop:
@@ -649,6 +663,7 @@ def make_scene(
         hx = u_lo + tex_w * (rng.uniform(0.3, 0.7) if side == 0 else (0.0 if side == 1 else 1.0))
         hy = v_lo + tex_h * (1.0 if side == 0 else rng.uniform(0.6, 0.9))
         holder = (hx, hy, rng.uniform(0.08, 0.15) * max(tex_w, tex_h))
+        prop = _with_hand(prop, holder)
     return Scene(
         spec=spec, prop=prop, motion=motion, background=bg,
         background_small=np.asarray(cv2.resize(bg, spec.size, interpolation=cv2.INTER_AREA),

@@ -40,7 +40,7 @@ from edge.liveness.track import LivenessTrack
 from edge.types import Box, Detection, Image
 from tools.liveness.attacks import AttackSpec, frames, make_scene
 
-CACHE_VERSION = "liveness-evidence/3"
+CACHE_VERSION = "liveness-evidence/4"
 ATTACK_TYPES: dict[str, tuple[AttackSpec, ...]] = {
     # An attack type's clips alternate between its variants.
     "print moved": (AttackSpec("print", "moved"),),
