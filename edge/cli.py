@@ -23,8 +23,8 @@ from edge.errors import FacegateError
 
 if TYPE_CHECKING:
     from edge.config import Config
-    from edge.manifest import Manifest
-    from edge.recognizer import Recognizer
+    from edge.decide.recognizer import Recognizer
+    from edge.vision.manifest import Manifest
 
 log = logging.getLogger("facegate")
 
@@ -63,7 +63,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _recognizer(cfg: Config) -> Recognizer:
-    from edge.recognizer import Recognizer
+    from edge.decide.recognizer import Recognizer
 
     return Recognizer.from_config(cfg)
 
@@ -95,8 +95,8 @@ def _skip(path: Path | str, why: str) -> None:
 
 # -- commands -----------------------------------------------------------------
 def cmd_enroll(args: argparse.Namespace) -> int:
-    from edge.enrol import PhotoMeasure, lookalike_message, plan_enrolment
-    from edge.gallery import check_new_name, gallery_key
+    from edge.identity.enrol import PhotoMeasure, lookalike_message, plan_enrolment
+    from edge.identity.gallery import check_new_name, gallery_key
     from edge.imageio import read_image
 
     check_new_name(args.name)  # before any photo is read
@@ -151,7 +151,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 def _gallery_report(rec: Recognizer) -> dict[str, object]:
     """The gallery's operating point and look-alike pairs (``gallery list`` / ``stats``)."""
-    from edge.enrol import lookalike_message, lookalikes
+    from edge.identity.enrol import lookalike_message, lookalikes
 
     names, emb, starts = rec.gallery.matrix()
     point = rec.operating_point
@@ -173,9 +173,9 @@ def _gallery_report(rec: Recognizer) -> dict[str, object]:
 
 
 def cmd_gallery(args: argparse.Namespace) -> int:
-    from edge.embedder import Embedder
     from edge.files import exists
-    from edge.gallery import gallery_key, open_for_config
+    from edge.identity.gallery import gallery_key, open_for_config
+    from edge.vision.embedder import Embedder
 
     cfg = _config(args)
     path = cfg.resolve(cfg.gallery.path)
@@ -186,7 +186,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
         return _gallery_rebind(cfg, path, emb.manifest, args.allow_rollback)
     gallery = open_for_config(cfg, emb.sha256, emb.manifest, allow_rollback=args.allow_rollback)
     if args.action in ("list", "stats"):
-        from edge.recognizer import Recognizer
+        from edge.decide.recognizer import Recognizer
 
         rec = Recognizer.from_config(cfg, gallery=gallery)
         if args.action == "list":
@@ -215,7 +215,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
 
 def _gallery_rebind(cfg: Config, path: Path, manifest: Manifest, allow_rollback: bool) -> int:
     """``gallery rebind``: accept the current embedder manifest (and an old copy, if allowed)."""
-    from edge.gallery import gallery_key, rebind
+    from edge.identity.gallery import gallery_key, rebind
 
     g = rebind(path, gallery_key(cfg), manifest, allow_rollback=allow_rollback)
     print(
@@ -267,13 +267,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from edge.audit import parse_since, read_entries, to_csv
     from edge.config import load_config
-    from edge.door import audit_path
+    from edge.door.audit import parse_since, read_entries, to_csv
 
     cfg = load_config(args.config)
     since = parse_since(args.since) if args.since else None
-    entries = read_entries(audit_path(cfg), since)
+    entries = read_entries(cfg.audit_file, since)
     if args.csv:
         sys.stdout.write(to_csv(entries))
     else:
@@ -287,7 +286,8 @@ def cmd_door(args: argparse.Namespace) -> int:
     import threading
 
     from edge.config import load_config
-    from edge.door import door_test, remote_key, sign_unlock
+    from edge.door.remote import remote_key, sign_unlock
+    from edge.door.selftest import door_test
 
     cfg = load_config(args.config)
     if args.action == "sign-unlock":
@@ -319,7 +319,7 @@ def _event_key(args: argparse.Namespace) -> tuple[bytes, str | None]:
     from dataclasses import replace
 
     from edge.config import load_config, warn_if_exposed
-    from edge.publishers import sign_key
+    from edge.delivery.signing import sign_key
 
     if args.config is not None:
         cfg = load_config(args.config, environment=False)
@@ -347,8 +347,9 @@ def cmd_events(args: argparse.Namespace) -> int:
     """
     import time
 
+    from edge.delivery.codec import encode
+    from edge.delivery.signing import verify_payload, why_not_act
     from edge.errors import SignatureError
-    from edge.events import encode, verify_payload, why_not_act
 
     key, device = _event_key(args)
     stdin = sys.stdin.buffer

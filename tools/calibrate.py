@@ -36,8 +36,14 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.errors import FacegateError
-from edge.manifest import Calibration, load_manifest, save_manifest, write_json_atomic
-from edge.thresholds import DEFAULT_TARGET_FPIR, OperatingPoint, RateTable, operating_point
+from edge.identity.thresholds import DEFAULT_TARGET_FPIR, OperatingPoint, operating_point
+from edge.vision.manifest import (
+    Calibration,
+    RateTable,
+    load_manifest,
+    save_manifest,
+    write_json_atomic,
+)
 from tools import plots, stats
 from tools._common import run_tool
 from tools._faces import (

@@ -6,11 +6,11 @@
     python -m tools.evaluate --enrol enrol/ --probe probes/ --compare-float
 
 Every photo goes through the device's detector, alignment and embedder
-(:mod:`tools._faces`); enrolled people go into an :class:`edge.gallery.Gallery`
-and probes are matched with the device's :class:`edge.matcher.Matcher` and
+(:mod:`tools._faces`); enrolled people go into an :class:`edge.identity.gallery.Gallery`
+and probes are matched with the device's :class:`edge.identity.matcher.Matcher` and
 open-set rule. For a sweep of thresholds, and at the threshold the device
 would use for this gallery (the manifest's tables read for the gallery size
-and ``--target-fpir``, as :mod:`edge.thresholds` does; ``--threshold`` fixes
+and ``--target-fpir``, as :mod:`edge.identity.thresholds` does; ``--threshold`` fixes
 it) with the calibrated margin, we report:
 
 * FNIR: mated probes (the person is enrolled) not named correctly; a probe
@@ -38,14 +38,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edge.enrol import DEFAULT_RULES, EnrolmentRules, PhotoMeasure, plan_enrolment
+from edge.decide.recognizer import Recognizer, calibration_for
 from edge.errors import FacegateError
-from edge.gallery import Gallery
-from edge.manifest import Calibration, calibration_from_dict, write_json_atomic
-from edge.matcher import Matcher
+from edge.identity.enrol import DEFAULT_RULES, EnrolmentRules, PhotoMeasure, plan_enrolment
+from edge.identity.gallery import Gallery
+from edge.identity.matcher import Matcher
+from edge.identity.thresholds import DEFAULT_TARGET_FPIR, operating_point
 from edge.numerics import Confidence
-from edge.recognizer import Recognizer, calibration_for
-from edge.thresholds import DEFAULT_TARGET_FPIR, operating_point
+from edge.vision.manifest import Calibration, calibration_from_dict, write_json_atomic
 from tools import plots, stats
 from tools._common import run_tool
 from tools._faces import (
@@ -201,7 +201,7 @@ def evaluate_faces(
 ) -> ModelEvaluation:
     """Enrol, search every probe with the device's matcher, and count errors.
 
-    The calibrated row uses :class:`edge.matcher.Matcher` (the device's exact
+    The calibrated row uses :class:`edge.identity.matcher.Matcher` (the device's exact
     decision); the sweep applies the same rule through
     :func:`tools.stats.identification_rates` at each threshold with the
     calibrated margin.
@@ -287,7 +287,7 @@ def evaluate_model(
     """Embed the split with one model and evaluate it as the device would decide.
 
     The threshold is the device's for this gallery
-    (:func:`edge.thresholds.operating_point`: the manifest's FAR table read
+    (:func:`edge.identity.thresholds.operating_point`: the manifest's FAR table read
     for ``M`` = the enrolled embeddings and ``target_fpir``; a manifest
     without tables keeps its fixed threshold); ``threshold`` fixes it, as
     ``[matching] threshold`` does on the device.
@@ -427,8 +427,8 @@ def door_protocol(
 ) -> DoorResult:
     """Enrol as ``facegate enroll`` does, then decide every probe as the device does.
 
-    Enrolment: :func:`edge.enrol.plan_enrolment` per person, in order, on
-    the photos' :class:`~edge.enrol.PhotoMeasure` (the recognizer's own
+    Enrolment: :func:`edge.identity.enrol.plan_enrolment` per person, in order, on
+    the photos' :class:`~edge.identity.enrol.PhotoMeasure` (the recognizer's own
     detector, alignment and embedder, via :mod:`tools._faces`), with the
     recognizer's threshold-from-gallery-size rule for the look-alike check.
     Then ``recognizer.set_gallery`` picks the threshold for the final gallery
@@ -741,7 +741,7 @@ def table(evals: Sequence[ModelEvaluation]) -> str:
             )
         lines.append(
             "  (* = the device's threshold for this gallery from the manifest's calibration, "
-            "decided by edge.matcher)"
+            "decided by edge.identity.matcher)"
         )
         lines.append("")
     if len(evals) == 2:

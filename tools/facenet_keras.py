@@ -131,7 +131,7 @@ def build_facenet(
     """InceptionResNetV1 with a fixed (1, size, size, 3) input and a (1, D) embedding.
 
     The weights are random until loaded. ``l2_normalize`` appends an L2
-    normalisation; by default it is left to the device (``edge.embedder``
+    normalisation; by default it is left to the device (``edge.vision.embedder``
     normalises), which keeps int8 precision: a unit vector's 512 components
     would share an int8 scale of 1/128. ``batch_size=None`` builds the same
     layers for any batch (training, :mod:`tools.train`); conversion wants 1.

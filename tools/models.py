@@ -73,7 +73,8 @@ from edge.config import MODELS_DIR as EDGE_MODELS_DIR
 from edge.errors import FacegateError, ManifestMismatch, ModelError
 from edge.files import write_atomic
 from edge.imageio import read_image
-from edge.manifest import (
+from edge.types import Image
+from edge.vision.manifest import (
     Manifest,
     Preprocessing,
     TensorSpec,
@@ -83,7 +84,6 @@ from edge.manifest import (
     verify_file,
     write_json_atomic,
 )
-from edge.types import Image
 from tools._common import run_tool
 from tools.quantize import FACENET_PREPROCESSING as FACENET_PREPROCESSING
 from tools.quantize import SUGGESTED
@@ -358,7 +358,7 @@ def _variant(model: Path) -> str:
 
 def build_detector(spec: DetectorSpec, models_dir: Path = MODELS_DIR, force: bool = False) -> str:
     """Extract one BlazeFace model and write its manifest; returns "built" or "skipped"."""
-    from edge.runtime import load_interpreter
+    from edge.vision.runtime import load_interpreter
 
     model = models_dir / f"{spec.stem}.tflite"
     if not force and _is_built(model, spec.sha256) and _variant(model) == spec.variant:
@@ -477,7 +477,7 @@ def check_images() -> list[tuple[str, str, Image]]:
 
 def check_distances(model: Path, detector: Path) -> dict[str, float]:
     """Cosine distance of every pair of check crops under ``model``: {"a|b": d}."""
-    from edge.embedder import Embedder
+    from edge.vision.embedder import Embedder
     from tools.quantize import collect_faces
 
     emb = Embedder.load(model)

@@ -26,9 +26,9 @@ import numpy as np
 import numpy.typing as npt
 
 # One implementation of the gallery-size formula, shared with the device.
-from edge.thresholds import RateTable
-from edge.thresholds import fpir_from_far as fpir_from_far
-from edge.thresholds import per_comparison_far as per_comparison_far
+from edge.identity.thresholds import fpir_from_far as fpir_from_far
+from edge.identity.thresholds import per_comparison_far as per_comparison_far
+from edge.vision.manifest import RateTable
 
 FloatArray = npt.NDArray[np.floating]
 F64 = npt.NDArray[np.float64]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from edge.manifest import Manifest
+from edge.vision.manifest import Manifest
 from tools import stats
 from tools.quantize.common import F32, FAR_TARGET, SUGGESTED, TOOL_VERSION
 from tools.quantize.convert import preprocess
@@ -25,7 +25,7 @@ from tools.quantize.inspect import model_ops, non_int8_ops
 from tools.quantize.source import SourceModel
 
 if TYPE_CHECKING:
-    from tools.quantize.tool import QuantizeConfig
+    from tools.quantize.config import QuantizeConfig
 
 TAR_RATES = (1e-2, 1e-3, 1e-4)  # the report's TAR at FAR columns
 
@@ -91,7 +91,7 @@ def _agreement(a: F32, b: F32) -> dict[str, Any]:
 
 def latency_ms(model_path: Path, runs: int = 10, num_threads: int = 2) -> float:
     """Median wall time of one inference in ms (after one warm-up run), device runtime."""
-    from edge.runtime import load_interpreter
+    from edge.vision.runtime import load_interpreter
 
     it = load_interpreter(model_path, num_threads=num_threads)
     d = it.input_details[0]
@@ -122,7 +122,7 @@ def source_agreement(
 
 
 def _embed(model: Path, crops: npt.NDArray[np.uint8]) -> F32:
-    from edge.embedder import Embedder
+    from edge.vision.embedder import Embedder
 
     emb = Embedder.load(model)
     return emb.embed(crops) if len(crops) else np.zeros((0, emb.dim), np.float32)

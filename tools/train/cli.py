@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from edge.errors import FacegateError
 from edge.imageio import read_image
-from edge.manifest import Preprocessing
+from edge.vision.manifest import Preprocessing
 from tools._common import run_tool
 from tools.train import data, metrics
 from tools.train.loop import LoopConfig, Trainer, digest
@@ -448,7 +448,7 @@ def _check_ranges(a: argparse.Namespace) -> None:
         raise FacegateError("--lr must be in (0, 1) and --alpha positive")
     if not 0.0 < a.val_share < 1.0:
         raise FacegateError(f"--val-share must be between 0 and 1, got {a.val_share}")
-    from edge.align import TEMPLATES
+    from edge.vision.align import TEMPLATES
 
     if a.alignment not in TEMPLATES:
         raise FacegateError(f"--alignment must be one of {sorted(TEMPLATES)}, not {a.alignment!r}")

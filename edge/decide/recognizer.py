@@ -15,17 +15,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from edge.align import align_face, template_points
-from edge.detector import FaceDetector
-from edge.embedder import Embedder
-from edge.enrol import PhotoMeasure, face_problem, face_quality
 from edge.errors import NoFaceError
-from edge.gallery import Gallery
-from edge.manifest import Calibration
-from edge.matcher import Matcher
+from edge.identity.enrol import PhotoMeasure, face_problem, face_quality
+from edge.identity.gallery import Gallery
+from edge.identity.matcher import Matcher
+from edge.identity.thresholds import DEFAULT_TARGET_FPIR, OperatingPoint, operating_point
 from edge.numerics import Confidence
-from edge.thresholds import DEFAULT_TARGET_FPIR, OperatingPoint, operating_point
 from edge.types import AlignedFace, FaceResult, Frame, FrameResult, Image, Match
+from edge.vision.align import align_face, template_points
+from edge.vision.detector import FaceDetector
+from edge.vision.embedder import Embedder
+from edge.vision.manifest import Calibration
 
 if TYPE_CHECKING:
     from edge.config import Config
@@ -120,7 +120,7 @@ class Recognizer:
             edgetpu=cfg.embedder.edgetpu,
         )
         if gallery is None:
-            from edge.gallery import open_for_config
+            from edge.identity.gallery import open_for_config
 
             gallery = open_for_config(cfg, emb.sha256, emb.manifest)
         cal = calibration_for(emb, cfg.matching.threshold, cfg.matching.margin)
@@ -169,7 +169,7 @@ class Recognizer:
     def operating_point_for(self, comparisons: int) -> OperatingPoint:
         """The threshold (and expected FPIR/FNIR) for ``comparisons`` enrolled embeddings.
 
-        :func:`edge.thresholds.operating_point` with this recognizer's
+        :func:`edge.identity.thresholds.operating_point` with this recognizer's
         calibration tables, target FPIR and config threshold.
         """
         cal = self.calibration
@@ -263,7 +263,7 @@ class Recognizer:
         """The embedding of the face an enrolment image shows.
 
         The largest face, when it is alone or at least twice the area of the
-        next (:func:`edge.enrol.photo_problem`'s face rule, without the
+        next (:func:`edge.identity.enrol.photo_problem`'s face rule, without the
         quality checks). NoFaceError when there is none, it is too small, or
         several faces are of similar size (we cannot tell whose name it is).
         """
@@ -275,7 +275,7 @@ class Recognizer:
 
 
 def measure_photo(cropper: FaceCropper, embedder: Embedder, rgb: Image) -> PhotoMeasure:
-    """The largest usable face of a photo: its embedding and :class:`edge.enrol.FaceQuality`.
+    """The largest usable face of a photo: its embedding and :class:`edge.identity.enrol.FaceQuality`.
 
     The one path by which enrolment (``facegate enroll``) and the offline
     tools see a photo: the recognizer's detector, alignment and embedder.

@@ -17,10 +17,10 @@ import numpy.typing as npt
 
 from edge.errors import ManifestMismatch, ModelError
 from edge.imageio import apply_lut
-from edge.manifest import Manifest, load_manifest, verify_file
 from edge.numerics import dequantize, l2_normalize, quantize
-from edge.runtime import Interpreter
 from edge.types import Image
+from edge.vision.manifest import Manifest, load_manifest, verify_file
+from edge.vision.runtime import Interpreter
 
 _DTYPES = {"int8": np.int8, "uint8": np.uint8, "float32": np.float32}
 

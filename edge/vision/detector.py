@@ -19,9 +19,9 @@ import numpy.typing as npt
 
 from edge.errors import ManifestMismatch, ModelError
 from edge.imageio import apply_lut
-from edge.manifest import Manifest, load_manifest, verify_file
-from edge.runtime import Interpreter
 from edge.types import Box, Detection, Image
+from edge.vision.manifest import Manifest, load_manifest, verify_file
+from edge.vision.runtime import Interpreter
 
 F32 = npt.NDArray[np.float32]
 

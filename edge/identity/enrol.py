@@ -2,7 +2,7 @@
 
 ``facegate enroll`` (and ``tools.evaluate``'s door protocol, which must do
 exactly what a door does) runs each photo through the recognizer's own
-detector, alignment and embedder (:func:`edge.recognizer.measure_photo`), then
+detector, alignment and embedder (:func:`edge.decide.recognizer.measure_photo`), then
 decides here, in pure functions:
 
 1. **which face**: the largest, when it is at least ``min_area_ratio`` (2x)
@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from edge.manifest import Calibration
+from edge.identity.thresholds import OperatingPoint, genuine_quantile
 from edge.numerics import laplacian_variance, person_min_distances, yaw_ratio
-from edge.thresholds import OperatingPoint, genuine_quantile
 from edge.types import AlignedFace, Vector
+from edge.vision.manifest import Calibration
 
 # -- measurements ------------------------------------------------------------------------
 SHARPNESS_EYE_PX = 32.0  # sharpness is measured with the eyes this far apart

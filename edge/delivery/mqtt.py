@@ -2,8 +2,8 @@
 
 Threads: paho's network thread (``loop_start``: connects, reconnects with
 back-off, runs the callbacks) and one *drain* thread, the only one that hands
-events to paho. :meth:`Publisher.publish_decision` writes the event to the
-on-disk :class:`~edge.outbox.Outbox` and wakes the drain thread; it never
+events to paho. :meth:`MqttPublisher.publish_decision` writes the event to the
+on-disk :class:`~edge.delivery.outbox.Outbox` and wakes the drain thread; it never
 touches the network, so a dead broker never blocks the recognition loop.
 
 Delivery: the drain thread sends stored events in sequence order, QoS 1, at
@@ -11,24 +11,24 @@ most ``mqtt.drain_rate`` per second and at most :data:`WINDOW` unacknowledged
 at a time. An event leaves the outbox only when its PUBACK arrived. On every
 (re)connect paho's own copies of unacknowledged events are dropped and the
 drain thread sends them again from the outbox, so each send decides its
-``delivery`` afresh (:func:`edge.events.delivery_of`): an event that waited
+``delivery`` afresh (:func:`edge.delivery.events.delivery_of`): an event that waited
 out a broker outage past its ``expires_at`` goes out ``late``, every other
 field unchanged. Events still in the outbox when the process starts (crash,
 SIGKILL, power cut) are sent again from the oldest. A broker can therefore
 see an event twice, never zero times (unless the outbox overflowed, which
 shows as a ``seq`` gap).
 
-Availability means ready: until :meth:`Publisher.set_ready` (the daemon calls
+Availability means ready: until :meth:`MqttPublisher.set_ready` (the daemon calls
 it once the models are loaded and the camera delivered a frame) the device
 says ``offline``; from then on every connect announces the discovery configs,
 one complete state message, the presence and ``online``, in that order. The
 Last Will publishes ``offline`` (retained) when the connection dies without a
-DISCONNECT, and a clean :meth:`Publisher.stop` says ``offline`` itself. The
+DISCONNECT, and a clean :meth:`MqttPublisher.stop` says ``offline`` itself. The
 state is published once per ``mqtt.state_interval_s`` by the drain thread
-(and at once when the gallery changes); :meth:`Publisher.set_state` only
+(and at once when the gallery changes); :meth:`MqttPublisher.set_state` only
 merges fields.
 
-Commands (``mqtt.commands``) go through a :class:`~edge.commands.CommandGate`:
+Commands (``mqtt.commands``) go through a :class:`~edge.delivery.commands.CommandGate`:
 checked, rate-limited, counted and logged once per burst.
 
 Every paho callback is wrapped: an exception is logged and counted, never
@@ -51,30 +51,34 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from edge import __version__
-from edge.commands import CommandGate, GatedCommands
-from edge.errors import BrokerError, ConfigError, FacegateError
-from edge.events import (
+from edge.clock import clock_synced
+from edge.delivery.codec import encode
+from edge.delivery.commands import CommandGate, GatedCommands
+from edge.delivery.events import (
     ABSENT,
     LIVE,
     OFFLINE,
     ONLINE,
     PRESENT,
-    Topics,
+    build_state,
+    decision_event,
+    delivery_of,
+    door_event,
+    snapshot_jpeg,
+)
+from edge.delivery.outbox import Outbox, Row
+from edge.delivery.ratelimit import TokenBucket
+from edge.delivery.signing import sign_key, wire_event
+from edge.delivery.topics import Topics
+from edge.errors import BrokerError, ConfigError, FacegateError
+from edge.homeassistant.discovery import (
     build_ha_discovery,
     build_last_person,
-    build_state,
-    clock_synced,
-    delivery_of,
-    encode,
     ha_discovery_subscription,
     ha_discovery_topic,
     ha_person_object_id,
     ha_static_topics,
-    snapshot_jpeg,
 )
-from edge.outbox import Outbox, Row
-from edge.publishers import decision_event, door_event, sign_key, wire_event
-from edge.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
     from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage, MQTTMessageInfo
@@ -146,7 +150,7 @@ class _Position:
     cursor: int = 0
 
 
-class Publisher(GatedCommands):
+class MqttPublisher(GatedCommands):
     """The MQTT side of the daemon: events, availability, state, discovery, commands."""
 
     def __init__(self, cfg: Config, outbox: Outbox | None = None) -> None:
@@ -412,7 +416,7 @@ class Publisher(GatedCommands):
     def publish_event(
         self, kind: str, fields: dict[str, Any], ts: float | None = None
     ) -> dict[str, Any]:
-        """Store a door event (:func:`~edge.events.build_door_event`) in the outbox; the payload.
+        """Store a door event (:func:`~edge.delivery.events.build_door_event`) in the outbox; the payload.
 
         Same path, sequence and delivery guarantees as :meth:`publish_decision`.
         """
@@ -541,9 +545,9 @@ class Publisher(GatedCommands):
                 people=self._people,
             )
             if self.cfg.door.enabled:  # door: its entities join the same device
-                from edge.door import ha_discovery
+                from edge.homeassistant.discovery import door_discovery
 
-                wanted += ha_discovery(self.topics.base, self.cfg, like=wanted[0][1])
+                wanted += door_discovery(self.topics.base, self.cfg, like=wanted[0][1])
         topics = frozenset(t for t, _ in wanted)
         owned = set(ha_static_topics(m.ha_prefix, dev))
         owned |= {
@@ -881,4 +885,4 @@ class Publisher(GatedCommands):
         client.publish(self.topics.last_person, encode(build_last_person(event)), qos=1)
 
 
-__all__ = ["WINDOW", "Publisher", "outbox_path", "outbox_state", "seen_monotonic"]
+__all__ = ["WINDOW", "MqttPublisher", "outbox_path", "outbox_state", "seen_monotonic"]

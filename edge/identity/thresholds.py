@@ -21,63 +21,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from edge.vision.manifest import RateTable
+
 DEFAULT_TARGET_FPIR = 0.01
-
-
-@dataclass(frozen=True)
-class RateTable:
-    """Error rates of one kind of comparison at a list of thresholds (rows in increasing threshold).
-
-    Row ``i``: at ``threshold[i]`` the nominal rate is ``rate[i]`` and
-    ``count[i]`` of the ``n`` calibration distances are errors there, so the
-    empirical rate is ``count[i] / n <= rate[i]``.
-
-    * FAR table (impostor distances, accepted when ``d < t``):
-      ``count[i] = #{d < threshold[i]}``; rates increase with the threshold.
-    * FRR table (genuine distances, rejected when ``d >= t``):
-      ``count[i] = #{d >= threshold[i]}``; rates decrease with the threshold.
-    """
-
-    n: int
-    rate: tuple[float, ...]
-    threshold: tuple[float, ...]
-    count: tuple[int, ...]
-
-    def __post_init__(self) -> None:
-        k = len(self.rate)
-        if k == 0 or len(self.threshold) != k or len(self.count) != k:
-            raise ValueError("a rate table needs rows of equal length (rate, threshold, count)")
-        if self.n < 1:
-            raise ValueError(f"a rate table needs n >= 1, got {self.n}")
-        for r, t, c in zip(self.rate, self.threshold, self.count, strict=True):
-            if not (0.0 < r <= 1.0 and math.isfinite(t) and 0.0 <= t <= 2.0 and 0 <= c <= self.n):
-                raise ValueError(f"a rate table row is out of range: rate {r}, threshold {t}, {c}")
-        if any(b < a for a, b in zip(self.threshold, self.threshold[1:], strict=False)):
-            raise ValueError("a rate table's thresholds must not decrease")
-
-    def empirical(self, i: int) -> float:
-        """``count[i] / n``: the measured rate at row ``i``."""
-        return self.count[i] / self.n
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "n": self.n,
-            "rate": list(self.rate),
-            "threshold": list(self.threshold),
-            "count": list(self.count),
-        }
-
-    @classmethod
-    def from_json(cls, d: object) -> RateTable:
-        """Parse :meth:`to_json`'s dict; ValueError/TypeError/KeyError when malformed."""
-        if not isinstance(d, dict):
-            raise TypeError("a rate table must be an object")
-        return cls(
-            n=int(d["n"]),
-            rate=tuple(float(x) for x in d["rate"]),
-            threshold=tuple(float(x) for x in d["threshold"]),
-            count=tuple(int(x) for x in d["count"]),
-        )
 
 
 # -- the gallery-size formula ----------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from edge.gallery import Gallery
+from edge.identity.gallery import Gallery
 from edge.numerics import Confidence, open_set_decision, person_min_distances
 from edge.types import Match
 

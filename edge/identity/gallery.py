@@ -41,7 +41,6 @@ import json
 import logging
 import math
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,13 +49,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from edge.config.values import GROUP_PREFIX, check_group
 from edge.errors import GalleryError
 from edge.files import exists, read_bounded, write_atomic
 from edge.numerics import l2_normalize
 
 if TYPE_CHECKING:
     from edge.config import Config
-    from edge.manifest import Manifest
+    from edge.vision.manifest import Manifest
 
 log = logging.getLogger("facegate.gallery")
 
@@ -69,16 +69,6 @@ MAX_GALLERY_BYTES = 64 * 1024 * 1024
 MAX_EMBEDDING_SIZE = 4096
 UNIT_TOLERANCE = 1e-3
 """How far from 1 an embedding's length may be after the float32 round trip."""
-_GROUP_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
-
-def check_group(group: str) -> str:
-    """A valid group name (1-64 of ``A-Z a-z 0-9 _ . -``), or GalleryError."""
-    if not _GROUP_RE.match(group):
-        raise GalleryError(
-            f"invalid group name {group!r:.80} (1-64 letters, digits, '_', '.', '-')"
-        )
-    return group
 
 
 def derive_key(secret: bytes) -> bytes:
@@ -138,10 +128,6 @@ class Person:
     embeddings: npt.NDArray[np.float32]
     added: float
     groups: tuple[str, ...] = ()  # person metadata: the door's allow list names groups
-
-
-GROUP_PREFIX = "group:"
-"""How the door's allow list names a group; a person's name never starts with it."""
 
 
 def _check_name(name: str) -> str:
@@ -435,7 +421,7 @@ def gallery_key(cfg: Config) -> bytes | None:
 
 def _embedder_manifest(cfg: Config, model_sha256: str) -> Manifest:
     """The configured embedder's manifest, which must describe the model ``model_sha256``."""
-    from edge.manifest import load_manifest
+    from edge.vision.manifest import load_manifest
 
     manifest = load_manifest(cfg.model_path(cfg.embedder.model))
     if manifest.sha256 != model_sha256:

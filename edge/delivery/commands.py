@@ -4,18 +4,18 @@
 decides, in this order:
 
 1. a retained command is refused (it would fire again on every reconnect);
-2. the payload must parse (:func:`edge.events.parse_command`: exactly
+2. the payload must parse (:func:`parse_command`: exactly
    ``{"command": "reload-gallery"}``, or the door's signed unlock; every key
    at most once);
 3. an unlock needs a door on this device (``on_unlock``);
 4. at most :data:`COMMAND_BURST` commands at once and :data:`COMMAND_RATE`
-   per second after that are acted on (a :class:`~edge.ratelimit.TokenBucket`);
+   per second after that are acted on (a :class:`~edge.delivery.ratelimit.TokenBucket`);
    the rest are dropped and counted. Refused payloads cost no token, so junk
    cannot starve a real command.
 
 Every outcome is counted (:attr:`~CommandGate.accepted`,
 :attr:`~CommandGate.rejected`, :attr:`~CommandGate.limited`) and logged
-through a :class:`~edge.ratelimit.BurstLog`: the first
+through a :class:`~edge.delivery.ratelimit.BurstLog`: the first
 :data:`COMMAND_LOG_FIRST` of a burst one line each, the rest summed up in one
 line, so a flood of 1,000 commands writes a handful of lines, not 1,000.
 """
@@ -27,10 +27,50 @@ import threading
 import time
 from collections.abc import Callable
 
-from edge.events import UNLOCK, CommandError, parse_command
-from edge.ratelimit import BurstLog, TokenBucket
+from edge.delivery.codec import DuplicateKeyError, loads_strict
+from edge.delivery.ratelimit import BurstLog, TokenBucket
+from edge.errors import FacegateError
 
 log = logging.getLogger("facegate.commands")
+
+RELOAD_GALLERY = "reload-gallery"
+COMMANDS = (RELOAD_GALLERY,)
+UNLOCK = "unlock"
+"""The door's signed remote unlock, checked by :func:`edge.door.remote.verify_unlock`."""
+MAX_COMMAND_BYTES = 256
+"""Command payloads longer than this are rejected before they are parsed."""
+
+
+class CommandError(FacegateError):
+    """A command payload received over MQTT is malformed or not allowed."""
+
+
+def parse_command(payload: bytes) -> str:
+    """The command in a ``command`` topic payload, or :class:`CommandError`.
+
+    Accepted is exactly a JSON object ``{"command": NAME}`` with NAME in
+    :data:`COMMANDS`, at most :data:`MAX_COMMAND_BYTES` long, each key once
+    (:func:`loads_strict`). Anything else (other or repeated keys, other
+    types, invalid UTF-8 or JSON) is rejected: nothing but a gallery reload
+    (and the door's signed unlock) can be triggered over the network.
+    """
+    if len(payload) > MAX_COMMAND_BYTES:
+        raise CommandError(f"command: payload of {len(payload)} bytes is too long")
+    try:
+        doc = loads_strict(payload)
+    except DuplicateKeyError as e:
+        raise CommandError(f"command: {e}") from None
+    except ValueError:  # UnicodeDecodeError too
+        raise CommandError("command: payload is not UTF-8 JSON") from None
+    if isinstance(doc, dict) and doc.get("command") == UNLOCK:
+        return UNLOCK  # door: the signed unlock, verified by edge.door.remote (ts, nonce, hmac)
+    if not isinstance(doc, dict) or set(doc) != {"command"}:
+        raise CommandError('command: expected exactly {"command": ...}')
+    cmd = doc["command"]
+    if not isinstance(cmd, str) or cmd not in COMMANDS:
+        raise CommandError(f"command: {cmd!r} is not an accepted command")
+    return cmd
+
 
 COMMAND_RATE = 1.0
 """Commands acted on per second, sustained."""
@@ -140,4 +180,16 @@ class GatedCommands:
         return self.commands.rejected
 
 
-__all__ = ["COMMAND_BURST", "COMMAND_LOG_FIRST", "COMMAND_RATE", "CommandGate", "GatedCommands"]
+__all__ = [
+    "COMMANDS",
+    "COMMAND_BURST",
+    "COMMAND_LOG_FIRST",
+    "COMMAND_RATE",
+    "MAX_COMMAND_BYTES",
+    "RELOAD_GALLERY",
+    "UNLOCK",
+    "CommandError",
+    "CommandGate",
+    "GatedCommands",
+    "parse_command",
+]

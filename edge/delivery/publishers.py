@@ -1,16 +1,15 @@
 """Where the daemon's events go: the publisher interface and the publishers without MQTT.
 
 :class:`PublisherLike` is what :func:`edge.daemon.run` needs from a
-publisher. :func:`make_publisher` picks one from the config: the MQTT
-:class:`edge.mqtt.Publisher` when ``mqtt.enabled``, else a
+publisher. :func:`edge.daemon.make_publisher` picks one from the config: the
+MQTT :class:`edge.daemon.Publisher` when ``mqtt.enabled``, else a
 :class:`StdoutPublisher` (each event as one JSON line on stdout) around a
 :class:`MemoryPublisher`, which numbers and keeps the payloads in memory.
 ``MemoryPublisher`` is also what tests and the door's rigs publish to.
 
-Events are made here for every publisher (:func:`decision_event`,
-:func:`door_event`), so a printed event and a published one are the same
-payload. Commands go through one :class:`~edge.commands.CommandGate` per
-publisher.
+Every publisher makes its events with :mod:`edge.delivery.events`, so a
+printed event and a published one are the same payload. Commands go through
+one :class:`~edge.delivery.commands.CommandGate` per publisher.
 """
 
 from __future__ import annotations
@@ -21,17 +20,10 @@ import time
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
-from edge.commands import CommandGate, GatedCommands
-from edge.events import (
-    build_door_event,
-    build_event,
-    build_state,
-    clock_synced,
-    delivery_of,
-    encode,
-    new_event_id,
-    sign_payload,
-)
+from edge.clock import clock_synced
+from edge.delivery.commands import CommandGate, GatedCommands
+from edge.delivery.events import build_state, decision_event, door_event
+from edge.delivery.signing import sign_key, wire_event
 
 if TYPE_CHECKING:
     from edge.config import Config
@@ -39,7 +31,7 @@ if TYPE_CHECKING:
 
 
 class PublisherLike(Protocol):
-    """What the daemon needs from a publisher (:class:`edge.mqtt.Publisher` and the others)."""
+    """What the daemon needs from a publisher (the MQTT one and the others below)."""
 
     on_command: Callable[[str], None] | None
     on_unlock: Callable[[bytes], object] | None
@@ -65,62 +57,6 @@ class PublisherLike(Protocol):
     def alive(self) -> bool: ...
 
     def stop(self, timeout: float) -> None: ...
-
-
-def sign_key(cfg: Config) -> bytes | None:
-    """The event signing key (``events.sign_key_file`` / ``sign_key_credential``), or None.
-
-    Read once when a publisher is made, so a missing or short key stops the
-    start, not the first event.
-    """
-    return cfg.events.sign_key.read(cfg.base_dir)  # 16+ bytes (ConfigError otherwise)
-
-
-def wire_event(payload: dict[str, Any], key: bytes | None) -> bytes:
-    """The bytes of an event as they go out: :func:`encode`, signed when there is a key."""
-    body = encode(payload)
-    return sign_payload(body, key) if key is not None else body
-
-
-def initial_delivery(
-    payload: dict[str, Any], valid_for_s: float, age_s: float, synced_now: bool
-) -> str:
-    """The ``delivery`` an event gets when it is made (a replay of old frames is late at once)."""
-    return delivery_of(
-        payload, valid_for_s=valid_for_s, age_s=age_s, now=time.time(), synced_now=synced_now
-    )
-
-
-def decision_event(
-    cfg: Config, decision: Decision, seq: int, synced: bool, age_s: float
-) -> dict[str, Any]:
-    """The event of ``decision`` numbered ``seq``, ``delivery`` as if sent at age ``age_s``."""
-    valid_for = cfg.events.valid_for_s
-    payload = build_event(
-        decision,
-        device_id=cfg.device.id,
-        seq=seq,
-        event_id=new_event_id(),
-        clock_synced=synced,
-        valid_for_s=valid_for,
-    )
-    payload["delivery"] = initial_delivery(payload, valid_for, age_s, synced)
-    return payload
-
-
-def door_event(
-    cfg: Config, kind: str, fields: dict[str, Any], seq: int, synced: bool, ts: float
-) -> dict[str, Any]:
-    """A door event (:func:`~edge.events.build_door_event`) numbered ``seq``."""
-    return build_door_event(
-        kind,
-        fields,
-        device_id=cfg.device.id,
-        seq=seq,
-        event_id=new_event_id(),
-        clock_synced=synced,
-        ts=ts,
-    )
 
 
 class MemoryPublisher(GatedCommands):
@@ -208,7 +144,7 @@ class StdoutPublisher:
     """Each event payload as one JSON line on stdout (or ``out``), then to ``inner``.
 
     The publisher when MQTT is off (``inner`` a :class:`MemoryPublisher`);
-    with a real :class:`edge.mqtt.Publisher` as ``inner`` it prints and
+    with a real :class:`edge.delivery.mqtt.MqttPublisher` as ``inner`` it prints and
     publishes, as ``facegate demo --broker`` does.
     """
 
@@ -276,23 +212,4 @@ class StdoutPublisher:
         self._inner.stop(timeout)
 
 
-def make_publisher(cfg: Config) -> PublisherLike:
-    """The MQTT publisher when ``mqtt.enabled``, else JSON lines on stdout."""
-    if cfg.mqtt.enabled:
-        from edge.mqtt import Publisher
-
-        return Publisher(cfg)
-    return StdoutPublisher(cfg)
-
-
-__all__ = [
-    "MemoryPublisher",
-    "PublisherLike",
-    "StdoutPublisher",
-    "decision_event",
-    "door_event",
-    "initial_delivery",
-    "make_publisher",
-    "sign_key",
-    "wire_event",
-]
+__all__ = ["MemoryPublisher", "PublisherLike", "StdoutPublisher"]

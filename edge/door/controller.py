@@ -1,0 +1,510 @@
+"""The door controller: one owner thread drives the relay; rules, audit and events around it.
+
+See :mod:`edge.door` for what opens the door and why. :class:`DoorController`
+receives decisions from the daemon loop (:meth:`~DoorController.on_decision`),
+signed remote unlocks from the MQTT thread
+(:meth:`~DoorController.remote_command`) and input changes from gpiozero's
+threads; only its owner thread (``door-relay``) touches the relay. Each
+outcome is one audit entry (:mod:`edge.door.audit`), then one event through
+an :class:`EventSink`: the daemon's publisher, or nothing. The door never
+imports the MQTT side; it only knows this small sink.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import edge.door.audit as aud
+from edge.clock import clock_synced
+from edge.config.values import parse_window, zone
+from edge.door.pins import GpioPins, make_pin_factory
+from edge.door.policy import UNKNOWN, Lockout, Verdict, judge, windows_for
+from edge.door.remote import REMOTE_DISABLED, NonceCache, remote_key, verify_unlock
+
+if TYPE_CHECKING:
+    from edge.config import Config
+    from edge.types import Decision
+
+log = logging.getLogger("facegate.door")
+
+FORCED_GRACE_S = 2.0
+"""An opening this long after the relay released still counts as authorised."""
+MAX_WAIT_S = 0.5
+"""Longest sleep of the owner thread between checks of its deadlines."""
+REFUSED_AUDIT_PER_MIN = 30
+"""Refused remote commands recorded per minute; more are only counted (a flood fills no disk)."""
+STATUS_TOPIC = "door"
+"""The retained door status lives on ``<prefix>/<device>/door``."""
+
+
+# -- the controller ----------------------------------------------------------------------------
+
+
+class EventSink(Protocol):
+    """Where door events go: the daemon's publisher (outbox + retained status topic)."""
+
+    def publish_event(
+        self, kind: str, fields: dict[str, Any], ts: float | None = None
+    ) -> dict[str, Any]: ...
+
+    def publish_status(self, name: str, fields: dict[str, Any]) -> None: ...
+
+
+class GroupSource(Protocol):
+    """What the door needs from the gallery: a person's groups."""
+
+    def __contains__(self, name: object) -> bool: ...
+
+    def groups(self, name: str) -> tuple[str, ...]: ...
+
+
+class DoorController:
+    """The door: relay owner thread, supervision, rules, lockout, audit and events.
+
+    Constructing it releases the relay first, then opens the audit log and
+    starts the owner thread; :meth:`stop` releases and joins it. Thread-safe:
+    :meth:`on_decision` (daemon loop), :meth:`remote_command` (MQTT thread)
+    and the input callbacks (gpiozero threads) only post requests to the
+    owner thread, which alone drives the relay.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        events: EventSink | None = None,
+        factory: Any = None,
+        audit: aud.AuditLog | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        synced: Callable[[], bool] | None = None,
+    ) -> None:
+        d = cfg.door
+        self.cfg = cfg
+        self.door = d
+        self._clock = clock
+        self._wall = wall
+        self._synced = synced or clock_synced
+        self._events = events
+        self._q: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._stopped = False
+        # Released before anything else (the constructor of GpioPins does that first).
+        pin_factory = factory if factory is not None else make_pin_factory(cfg)
+        self._pins = GpioPins(d, pin_factory, self._on_input)
+        self._own_audit = audit is None
+        try:
+            self.audit = audit or aud.AuditLog(
+                cfg.audit_file, d.audit_max_age_days, d.audit_max_rows, wall=wall
+            )
+            self._key = remote_key(cfg) if d.remote_unlock else None
+            self._tz = zone(d.timezone)
+            self._schedule = {k: [parse_window(w) for w in v] for k, v in d.schedule.items()}
+        except BaseException:
+            self._pins.close()
+            raise
+        self._lock = threading.Lock()  # rules state (lockout, seen decisions, nonces)
+        self._record_lock = threading.Lock()  # audit id order == event seq order
+        self._lockout = Lockout(d.max_denials, d.lockout_window_s, d.lockout_s)
+        self._seen: deque[tuple[Any, ...]] = deque(maxlen=256)
+        self._nonces = NonceCache()
+        self._refused_times: deque[float] = deque()
+        self.refused_unrecorded = 0
+        # Owner-thread state.
+        self._energised = False
+        self._deadline = 0.0
+        self._authorised_until = float("-inf")
+        self._door_open: bool | None = None
+        self._opened_at = 0.0
+        self._held_sent = False
+        self._tamper: bool | None = None
+        self._was_locked = False
+        self.relay_log: deque[tuple[float, bool, str]] = deque(maxlen=1000)
+        """(clock, energised, why) for every relay change: diagnostics and tests."""
+        self._thread = threading.Thread(target=self._owner_main, name="door-relay", daemon=True)
+        self._thread.start()
+        log.info(
+            "door: relay GPIO%d (%s), contact %s, exit %s, tamper %s, allow %s, unlock %.1f s, "
+            "remote unlock %s, audit log %s",
+            d.relay_pin,
+            "active high" if d.active_high else "active low",
+            _pin(d.contact_pin),
+            _pin(d.exit_pin),
+            _pin(d.tamper_pin),
+            ", ".join(d.allow) or "nobody",
+            d.unlock_s,
+            "on" if d.remote_unlock else "off",
+            self.audit.path,
+        )
+
+    # -- life cycle ------------------------------------------------------------------
+    def __enter__(self) -> DoorController:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def alive(self) -> bool:
+        """The owner thread runs (False after a fatal relay error: restart the service)."""
+        return self._thread.is_alive() and not self._stopped
+
+    @property
+    def energised(self) -> bool:
+        return self._energised
+
+    def release(self, why: str = "release") -> None:
+        """End any pulse now (config or gallery reload)."""
+        self._q.put(("release", why))
+
+    def stop(self, timeout: float = 2.0, why: str = "stop") -> None:
+        """Release the relay, stop the owner thread, free the pins (idempotent)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._q.put(("stop", why))
+        self._thread.join(timeout=timeout)
+        if self._thread.is_alive():
+            # Last resort: the owner is stuck. Fail-secure beats single ownership.
+            log.error("door: relay owner thread did not stop; releasing from the stopping thread")
+            try:
+                self._pins.relay.off()
+            except Exception:
+                log.exception("door: releasing the relay failed")
+        self._pins.close()
+        if self._own_audit:
+            self.audit.close()
+        log.info("door: stopped, relay released")
+
+    def sync(self, timeout: float = 5.0) -> bool:
+        """Wait until the owner thread handled everything posted so far (tests, door test)."""
+        done = threading.Event()
+        self._q.put(("sync", done))
+        return done.wait(timeout)
+
+    def pulse(self, seconds: float | None = None, why: str = "pulse") -> None:
+        """Energise the relay for ``seconds`` (``door.unlock_s``); the owner thread does it."""
+        self._q.put(("pulse", self.door.unlock_s if seconds is None else seconds, why))
+
+    def inputs(self) -> dict[str, bool | None]:
+        """The raw inputs now: True when the switch is closed, None when not wired."""
+        return {w: self._pins.closed(w) for w in GpioPins.INPUTS}
+
+    # -- decisions (daemon loop) ------------------------------------------------------
+    def on_decision(self, decision: Decision, gallery: GroupSource | None = None) -> Verdict:
+        """Judge one live decision from the tracker; pulse the relay when granted."""
+        d = self.door
+        wall_now, now = self._wall(), self._clock()
+        name = decision.name
+        groups: tuple[str, ...] = ()
+        if name and gallery is not None and name in gallery:
+            groups = tuple(gallery.groups(name))
+        windows = windows_for(name, groups, self._schedule) if name else None
+        with self._lock:
+            key = (decision.track_id, decision.timestamp, decision.kind, name)
+            replayed = key in self._seen
+            if not replayed:
+                self._seen.append(key)
+            locked = self._lockout.active(now)
+            verdict = judge(
+                decision,
+                allow=d.allow,
+                groups=groups,
+                windows=windows,
+                tz=self._tz,
+                wall_now=wall_now,
+                max_age_s=d.max_decision_age_ms / 1000.0,
+                synced=self._synced() if windows is not None else True,
+                locked=locked,
+                replayed=replayed,
+            )
+            engaged = verdict.reason == UNKNOWN and self._lockout.denied_unknown(now)
+            until = self._lockout.until
+        if verdict.granted:
+            self.pulse(d.unlock_s, f"granted {name}")
+        data = {
+            "source": "face",
+            "track_id": decision.track_id,
+            "confidence": round(float(decision.confidence), 4),
+            "distance": round(float(decision.distance), 4),
+            "age_ms": round((wall_now - decision.timestamp) * 1000.0),
+        }
+        if groups:
+            data["groups"] = list(groups)
+        self._record(
+            aud.GRANTED if verdict.granted else aud.DENIED,
+            name=name,
+            reason=verdict.reason,
+            detail=verdict.detail,
+            data=data,
+        )
+        if engaged:
+            self._record(
+                aud.LOCKOUT,
+                reason=UNKNOWN,
+                detail=f"{d.max_denials} unknown faces within {d.lockout_window_s:g} s: "
+                f"locked for {d.lockout_s:g} s",
+                data={"until": round(wall_now + (until - now), 3), "lockout_s": d.lockout_s},
+            )
+            self._q.put(("status",))
+        return verdict
+
+    # -- remote unlock (MQTT thread) ------------------------------------------------------
+    def remote_command(self, payload: bytes) -> bool:
+        """A remote unlock from the command topic: verified, then pulsed or refused.
+
+        Returns whether it was accepted. Called on the MQTT thread.
+        """
+        if self._stopped:
+            return False  # the service is stopping: the door takes nothing more
+        wall_now, now = self._wall(), self._clock()
+        if not self.door.remote_unlock or self._key is None:
+            reason: str | None = REMOTE_DISABLED
+        else:
+            with self._lock:
+                reason = verify_unlock(
+                    payload,
+                    key=self._key,
+                    device_id=self.cfg.device.id,
+                    now=wall_now,
+                    mono=now,
+                    synced=self._synced(),
+                    nonces=self._nonces,
+                )
+        if reason is None:
+            self.pulse(self.door.unlock_s, "remote unlock")
+            self._record(
+                aud.REMOTE_UNLOCK, detail="signed remote unlock", data={"source": "remote"}
+            )
+            return True
+        log.warning("door: remote unlock refused: %s", reason)
+        with self._lock:
+            while self._refused_times and now - self._refused_times[0] > 60.0:
+                self._refused_times.popleft()
+            record = len(self._refused_times) < REFUSED_AUDIT_PER_MIN
+            if record:
+                self._refused_times.append(now)
+            else:
+                self.refused_unrecorded += 1
+        if record:
+            self._record(
+                aud.REMOTE_REFUSED,
+                reason=reason,
+                detail=f"remote unlock refused: {reason}",
+                data={"source": "remote"},
+            )
+        return False
+
+    # -- recording ----------------------------------------------------------------------
+    def _record(
+        self,
+        kind: str,
+        *,
+        name: str | None = None,
+        reason: str | None = None,
+        detail: str = "",
+        data: dict[str, Any] | None = None,
+    ) -> aud.AuditEntry | None:
+        """One audit entry, then its MQTT event (in that order, one at a time)."""
+        try:
+            synced = bool(self._synced())
+        except Exception:
+            synced = False
+        with self._record_lock:
+            entry: aud.AuditEntry | None
+            try:
+                entry = self.audit.append(
+                    kind, name=name, reason=reason, detail=detail, data=data,
+                    ts=self._wall(), clock_synced=synced,
+                )  # fmt: skip
+                fields = entry.event_fields()
+                ts = entry.ts
+            except Exception:
+                # The door keeps working; the event below still tells the world.
+                log.exception("door: audit entry %s not stored", kind)
+                entry = None
+                fields = {"audit_id": None, "name": name, "reason": reason, "detail": detail}
+                fields.update(data or {})
+                ts = self._wall()
+            log.info(
+                "door: %s%s%s%s",
+                kind,
+                f" name={name}" if name else "",
+                f" reason={reason}" if reason else "",
+                f" ({detail})" if detail else "",
+            )
+            if self._events is not None:
+                try:
+                    self._events.publish_event(kind, fields, ts)
+                except Exception:
+                    log.exception("door: event %s not published", kind)
+        return entry
+
+    def _publish_status(self) -> None:
+        if self._events is None:
+            return
+        with self._lock:
+            locked = self._lockout.active(self._clock())
+        status = {
+            "lock": "unlocked" if self._energised else "locked",
+            "door": None if self._door_open is None else ("open" if self._door_open else "closed"),
+            "tamper": self._tamper,
+            "lockout": locked,
+        }
+        try:
+            self._events.publish_status(STATUS_TOPIC, status)
+        except Exception:
+            log.exception("door: status not published")
+
+    # -- the owner thread ------------------------------------------------------------------
+    def _on_input(self, which: str, closed: bool) -> None:
+        # gpiozero's thread: only post it, the owner thread decides.
+        self._q.put(("input", which, closed, self._clock()))
+
+    def _owner_main(self) -> None:
+        try:
+            self._owner_loop()
+        except BaseException:
+            log.exception("door: relay owner thread failed")
+        finally:
+            try:
+                self._set_relay(False, "owner thread ended", force=True)
+            except Exception:
+                log.exception("door: releasing the relay failed")
+
+    def _owner_loop(self) -> None:
+        now = self._clock()
+        for which in GpioPins.INPUTS:
+            closed = self._pins.closed(which)
+            if closed is not None:
+                self._input(which, closed, now, initial=True)
+        self._publish_status()
+        while True:
+            self._tick()
+            try:
+                item = self._q.get(timeout=self._next_wake())
+            except queue.Empty:
+                continue
+            if item[0] == "stop":
+                self._set_relay(False, str(item[1]), force=True)
+                return
+            try:
+                self._handle(item)
+            except Exception:
+                log.exception("door: error handling %r; relay released", item[0])
+                self._set_relay(False, "error", force=True)
+
+    def _handle(self, item: tuple[Any, ...]) -> None:
+        what = item[0]
+        now = self._clock()
+        if what == "pulse":
+            seconds, why = float(item[1]), str(item[2])
+            self._deadline = max(self._deadline if self._energised else now, now + seconds)
+            self._authorised_until = self._deadline + FORCED_GRACE_S
+            self._set_relay(True, why)
+        elif what == "release":
+            if self._energised:
+                self._authorised_until = now + FORCED_GRACE_S
+            self._set_relay(False, str(item[1]), force=True)
+        elif what == "input":
+            self._input(str(item[1]), bool(item[2]), float(item[3]))
+        elif what == "sync":
+            self._tick()
+            item[1].set()
+        elif what == "status":
+            self._publish_status()
+
+    def _tick(self) -> None:
+        now = self._clock()
+        if self._energised and now >= self._deadline:
+            self._set_relay(False, "pulse ended")
+        if (
+            self._door_open
+            and not self._held_sent
+            and now - self._opened_at >= self.door.held_open_s
+        ):
+            self._held_sent = True
+            self._record(
+                aud.HELD_OPEN,
+                detail=f"door open for more than {self.door.held_open_s:g} s",
+                data={"held_open_s": self.door.held_open_s},
+            )
+        locked = self._lockout.active(now)
+        if locked != self._was_locked:
+            self._was_locked = locked
+            self._publish_status()
+
+    def _next_wake(self) -> float:
+        now = self._clock()
+        wake = MAX_WAIT_S
+        if self._energised:
+            wake = min(wake, self._deadline - now)
+        if self._door_open and not self._held_sent:
+            wake = min(wake, self._opened_at + self.door.held_open_s - now)
+        return max(0.0, wake)
+
+    def _set_relay(self, on: bool, why: str, force: bool = False) -> None:
+        if on == self._energised and not force:
+            return
+        changed = on != self._energised
+        if on:
+            self._pins.relay.on()
+        else:
+            self._pins.relay.off()
+        self._energised = on
+        if changed:
+            self.relay_log.append((self._clock(), on, why))
+            log.info("door: relay %s (%s)", "energised" if on else "released", why)
+            self._publish_status()
+
+    def _input(self, which: str, closed: bool, t: float, initial: bool = False) -> None:
+        d = self.door
+        if which == "contact":
+            is_open = (not closed) if d.contact_closed_when_shut else closed
+            if is_open == self._door_open:
+                return
+            self._door_open = is_open
+            if is_open:
+                self._opened_at, self._held_sent = t, False
+                if not initial and t > self._authorised_until:
+                    self._record(aud.FORCED, detail="door opened without a grant or exit request")
+            self._publish_status()
+        elif which == "exit":
+            if closed and not initial:
+                self._handle(("pulse", d.unlock_s, "exit request"))  # open first, then log
+                self._record(aud.EXIT, detail="request-to-exit button", data={"source": "exit"})
+        elif which == "tamper":
+            active = (not closed) if d.tamper_closed_when_ok else closed
+            if active == self._tamper:
+                return
+            self._tamper = active
+            if active or not initial:
+                self._record(
+                    aud.TAMPER,
+                    detail="tamper switch triggered" if active else "tamper switch restored",
+                    data={"active": active},
+                )
+            self._publish_status()
+
+
+def _pin(p: int | None) -> str:
+    return "-" if p is None else f"GPIO{p}"
+
+
+def make_door(cfg: Config, events: EventSink | None = None) -> DoorController:
+    """The daemon's door controller (relay released first), or DoorError/ConfigError."""
+    return DoorController(cfg, events=events)
+
+
+__all__ = [
+    "FORCED_GRACE_S",
+    "STATUS_TOPIC",
+    "DoorController",
+    "EventSink",
+    "GroupSource",
+    "make_door",
+]
