@@ -1,4 +1,7 @@
-"""The threshold that follows the gallery size, on exact synthetic tables (edge.identity.thresholds)."""
+"""The threshold that follows the gallery size, on exact synthetic tables.
+
+The functions are :mod:`edge.identity.thresholds`.
+"""
 
 from __future__ import annotations
 

@@ -275,7 +275,9 @@ class Recognizer:
 
 
 def measure_photo(cropper: FaceCropper, embedder: Embedder, rgb: Image) -> PhotoMeasure:
-    """The largest usable face of a photo: its embedding and :class:`edge.identity.enrol.FaceQuality`.
+    """The largest usable face of a photo: its embedding and its quality.
+
+    The quality is an :class:`edge.identity.enrol.FaceQuality`.
 
     The one path by which enrolment (``facegate enroll``) and the offline
     tools see a photo: the recognizer's detector, alignment and embedder.

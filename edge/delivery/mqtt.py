@@ -416,7 +416,7 @@ class MqttPublisher(GatedCommands):
     def publish_event(
         self, kind: str, fields: dict[str, Any], ts: float | None = None
     ) -> dict[str, Any]:
-        """Store a door event (:func:`~edge.delivery.events.build_door_event`) in the outbox; the payload.
+        """Store a door event (:func:`~edge.delivery.events.build_door_event`); the payload.
 
         Same path, sequence and delivery guarantees as :meth:`publish_decision`.
         """

@@ -6,8 +6,9 @@ signed remote unlocks from the MQTT thread
 (:meth:`~DoorController.remote_command`) and input changes from gpiozero's
 threads; only its owner thread (``door-relay``) touches the relay. Each
 outcome is one audit entry (:mod:`edge.door.audit`), then one event through
-an :class:`EventSink`: the daemon's publisher, or nothing. The door never
-imports the MQTT side; it only knows this small sink.
+an :class:`~edge.door.record.EventSink` (:mod:`edge.door.record`): the
+daemon's publisher, or nothing. The door never imports the MQTT side; it only
+knows that small sink.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from edge.clock import clock_synced
 from edge.config.values import parse_window, zone
 from edge.door.pins import GpioPins, make_pin_factory
 from edge.door.policy import UNKNOWN, Lockout, Verdict, judge, windows_for
+from edge.door.record import EventSink, Recorder
 from edge.door.remote import REMOTE_DISABLED, NonceCache, remote_key, verify_unlock
 
 if TYPE_CHECKING:
@@ -44,16 +46,6 @@ STATUS_TOPIC = "door"
 
 
 # -- the controller ----------------------------------------------------------------------------
-
-
-class EventSink(Protocol):
-    """Where door events go: the daemon's publisher (outbox + retained status topic)."""
-
-    def publish_event(
-        self, kind: str, fields: dict[str, Any], ts: float | None = None
-    ) -> dict[str, Any]: ...
-
-    def publish_status(self, name: str, fields: dict[str, Any]) -> None: ...
 
 
 class GroupSource(Protocol):
@@ -91,7 +83,6 @@ class DoorController:
         self._clock = clock
         self._wall = wall
         self._synced = synced or clock_synced
-        self._events = events
         self._q: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._stopped = False
         # Released before anything else (the constructor of GpioPins does that first).
@@ -109,7 +100,7 @@ class DoorController:
             self._pins.close()
             raise
         self._lock = threading.Lock()  # rules state (lockout, seen decisions, nonces)
-        self._record_lock = threading.Lock()  # audit id order == event seq order
+        self._recorder = Recorder(self.audit, events, wall, self._synced)
         self._lockout = Lockout(d.max_denials, d.lockout_window_s, d.lockout_s)
         self._seen: deque[tuple[Any, ...]] = deque(maxlen=256)
         self._nonces = NonceCache()
@@ -309,43 +300,11 @@ class DoorController:
         detail: str = "",
         data: dict[str, Any] | None = None,
     ) -> aud.AuditEntry | None:
-        """One audit entry, then its MQTT event (in that order, one at a time)."""
-        try:
-            synced = bool(self._synced())
-        except Exception:
-            synced = False
-        with self._record_lock:
-            entry: aud.AuditEntry | None
-            try:
-                entry = self.audit.append(
-                    kind, name=name, reason=reason, detail=detail, data=data,
-                    ts=self._wall(), clock_synced=synced,
-                )  # fmt: skip
-                fields = entry.event_fields()
-                ts = entry.ts
-            except Exception:
-                # The door keeps working; the event below still tells the world.
-                log.exception("door: audit entry %s not stored", kind)
-                entry = None
-                fields = {"audit_id": None, "name": name, "reason": reason, "detail": detail}
-                fields.update(data or {})
-                ts = self._wall()
-            log.info(
-                "door: %s%s%s%s",
-                kind,
-                f" name={name}" if name else "",
-                f" reason={reason}" if reason else "",
-                f" ({detail})" if detail else "",
-            )
-            if self._events is not None:
-                try:
-                    self._events.publish_event(kind, fields, ts)
-                except Exception:
-                    log.exception("door: event %s not published", kind)
-        return entry
+        """One audit entry, then its event (:meth:`edge.door.record.Recorder.record`)."""
+        return self._recorder.record(kind, name=name, reason=reason, detail=detail, data=data)
 
     def _publish_status(self) -> None:
-        if self._events is None:
+        if self._recorder.events is None:
             return
         with self._lock:
             locked = self._lockout.active(self._clock())
@@ -355,10 +314,7 @@ class DoorController:
             "tamper": self._tamper,
             "lockout": locked,
         }
-        try:
-            self._events.publish_status(STATUS_TOPIC, status)
-        except Exception:
-            log.exception("door: status not published")
+        self._recorder.status(STATUS_TOPIC, status)
 
     # -- the owner thread ------------------------------------------------------------------
     def _on_input(self, which: str, closed: bool) -> None:
@@ -504,7 +460,6 @@ __all__ = [
     "FORCED_GRACE_S",
     "STATUS_TOPIC",
     "DoorController",
-    "EventSink",
     "GroupSource",
     "make_door",
 ]
