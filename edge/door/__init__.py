@@ -56,6 +56,8 @@ timers, ``wall`` for decision ages and schedules), so tests need no sleeps.
 * :mod:`~edge.door.policy`: the granting rules and the lockout, pure functions;
 * :mod:`~edge.door.remote`: signing and verifying remote unlocks, the nonce cache;
 * :mod:`~edge.door.pins`: the relay and the inputs through gpiozero;
+* :mod:`~edge.door.access`: those rules with their state (replays, lockout,
+  nonces, the refusal budget);
 * :mod:`~edge.door.record`: one outcome = one audit entry, then one event
   through the :class:`~edge.door.record.EventSink` (never the MQTT transport itself);
 * :mod:`~edge.door.controller`: the owner thread, the relay and supervision;

@@ -4,11 +4,11 @@ See :mod:`edge.door` for what opens the door and why. :class:`DoorController`
 receives decisions from the daemon loop (:meth:`~DoorController.on_decision`),
 signed remote unlocks from the MQTT thread
 (:meth:`~DoorController.remote_command`) and input changes from gpiozero's
-threads; only its owner thread (``door-relay``) touches the relay. Each
-outcome is one audit entry (:mod:`edge.door.audit`), then one event through
-an :class:`~edge.door.record.EventSink` (:mod:`edge.door.record`): the
-daemon's publisher, or nothing. The door never imports the MQTT side; it only
-knows that small sink.
+threads; only its owner thread (``door-relay``) touches the relay. The rules
+and their state are :class:`edge.door.access.Access`'s; each outcome is one
+audit entry, then one event through an :class:`~edge.door.record.EventSink`
+(:class:`edge.door.record.Recorder`): the daemon's publisher, or nothing.
+The door never imports the MQTT side; it only knows that small sink.
 """
 
 from __future__ import annotations
@@ -19,18 +19,19 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import edge.door.audit as aud
 from edge.clock import clock_synced
-from edge.config.values import parse_window, zone
+from edge.door.access import Access
 from edge.door.pins import GpioPins, make_pin_factory
-from edge.door.policy import UNKNOWN, Lockout, Verdict, judge, windows_for
+from edge.door.policy import UNKNOWN, Verdict
 from edge.door.record import EventSink, Recorder
-from edge.door.remote import REMOTE_DISABLED, NonceCache, remote_key, verify_unlock
+from edge.door.remote import remote_key
 
 if TYPE_CHECKING:
-    from edge.config import Config
+    from edge.config import Config, DoorConfig
     from edge.types import Decision
 
 log = logging.getLogger("facegate.door")
@@ -39,13 +40,8 @@ FORCED_GRACE_S = 2.0
 """An opening this long after the relay released still counts as authorised."""
 MAX_WAIT_S = 0.5
 """Longest sleep of the owner thread between checks of its deadlines."""
-REFUSED_AUDIT_PER_MIN = 30
-"""Refused remote commands recorded per minute; more are only counted (a flood fills no disk)."""
 STATUS_TOPIC = "door"
 """The retained door status lives on ``<prefix>/<device>/door``."""
-
-
-# -- the controller ----------------------------------------------------------------------------
 
 
 class GroupSource(Protocol):
@@ -54,6 +50,41 @@ class GroupSource(Protocol):
     def __contains__(self, name: object) -> bool: ...
 
     def groups(self, name: str) -> tuple[str, ...]: ...
+
+
+@dataclass
+class OwnerState:
+    """What only the owner thread reads and writes: the relay, its deadline, the inputs."""
+
+    energised: bool = False
+    deadline: float = 0.0
+    """When the current pulse ends (monotonic)."""
+    authorised_until: float = float("-inf")
+    """An opening of the door before this (monotonic) is not forced."""
+    door_open: bool | None = None
+    opened_at: float = 0.0
+    held_sent: bool = False
+    tamper: bool | None = None
+    was_locked: bool = False
+
+    def status(self, locked: bool) -> dict[str, Any]:
+        """The retained door status (``lock``, ``door``, ``tamper``, ``lockout``)."""
+        door = None if self.door_open is None else ("open" if self.door_open else "closed")
+        return {
+            "lock": "unlocked" if self.energised else "locked",
+            "door": door,
+            "tamper": self.tamper,
+            "lockout": locked,
+        }
+
+    def next_wake(self, now: float, held_open_s: float) -> float:
+        """Seconds until the owner thread must look again (a pulse ends, the door is held open)."""
+        wake = MAX_WAIT_S
+        if self.energised:
+            wake = min(wake, self.deadline - now)
+        if self.door_open and not self.held_sent:
+            wake = min(wake, self.opened_at + held_open_s - now)
+        return max(0.0, wake)
 
 
 class DoorController:
@@ -81,8 +112,7 @@ class DoorController:
         self.cfg = cfg
         self.door = d
         self._clock = clock
-        self._wall = wall
-        self._synced = synced or clock_synced
+        synced = synced or clock_synced
         self._q: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._stopped = False
         # Released before anything else (the constructor of GpioPins does that first).
@@ -93,45 +123,18 @@ class DoorController:
             self.audit = audit or aud.AuditLog(
                 cfg.audit_file, d.audit_max_age_days, d.audit_max_rows, wall=wall
             )
-            self._key = remote_key(cfg) if d.remote_unlock else None
-            self._tz = zone(d.timezone)
-            self._schedule = {k: [parse_window(w) for w in v] for k, v in d.schedule.items()}
+            key = remote_key(cfg) if d.remote_unlock else None
+            self._access = Access(cfg, key=key, clock=clock, wall=wall, synced=synced)
         except BaseException:
             self._pins.close()
             raise
-        self._lock = threading.Lock()  # rules state (lockout, seen decisions, nonces)
-        self._recorder = Recorder(self.audit, events, wall, self._synced)
-        self._lockout = Lockout(d.max_denials, d.lockout_window_s, d.lockout_s)
-        self._seen: deque[tuple[Any, ...]] = deque(maxlen=256)
-        self._nonces = NonceCache()
-        self._refused_times: deque[float] = deque()
-        self.refused_unrecorded = 0
-        # Owner-thread state.
-        self._energised = False
-        self._deadline = 0.0
-        self._authorised_until = float("-inf")
-        self._door_open: bool | None = None
-        self._opened_at = 0.0
-        self._held_sent = False
-        self._tamper: bool | None = None
-        self._was_locked = False
+        self._recorder = Recorder(self.audit, events, wall, synced)
+        self._s = OwnerState()
         self.relay_log: deque[tuple[float, bool, str]] = deque(maxlen=1000)
         """(clock, energised, why) for every relay change: diagnostics and tests."""
         self._thread = threading.Thread(target=self._owner_main, name="door-relay", daemon=True)
         self._thread.start()
-        log.info(
-            "door: relay GPIO%d (%s), contact %s, exit %s, tamper %s, allow %s, unlock %.1f s, "
-            "remote unlock %s, audit log %s",
-            d.relay_pin,
-            "active high" if d.active_high else "active low",
-            _pin(d.contact_pin),
-            _pin(d.exit_pin),
-            _pin(d.tamper_pin),
-            ", ".join(d.allow) or "nobody",
-            d.unlock_s,
-            "on" if d.remote_unlock else "off",
-            self.audit.path,
-        )
+        log.info("door: %s, audit log %s", describe_wiring(d), self.audit.path)
 
     # -- life cycle ------------------------------------------------------------------
     def __enter__(self) -> DoorController:
@@ -146,7 +149,7 @@ class DoorController:
 
     @property
     def energised(self) -> bool:
-        return self._energised
+        return self._s.energised
 
     def release(self, why: str = "release") -> None:
         """End any pulse now (config or gallery reload)."""
@@ -185,61 +188,32 @@ class DoorController:
         """The raw inputs now: True when the switch is closed, None when not wired."""
         return {w: self._pins.closed(w) for w in GpioPins.INPUTS}
 
+    @property
+    def refused_unrecorded(self) -> int:
+        """Refused remote commands beyond the audit log's per-minute budget, counted only."""
+        return self._access.refused_unrecorded
+
     # -- decisions (daemon loop) ------------------------------------------------------
     def on_decision(self, decision: Decision, gallery: GroupSource | None = None) -> Verdict:
         """Judge one live decision from the tracker; pulse the relay when granted."""
         d = self.door
-        wall_now, now = self._wall(), self._clock()
         name = decision.name
         groups: tuple[str, ...] = ()
         if name and gallery is not None and name in gallery:
             groups = tuple(gallery.groups(name))
-        windows = windows_for(name, groups, self._schedule) if name else None
-        with self._lock:
-            key = (decision.track_id, decision.timestamp, decision.kind, name)
-            replayed = key in self._seen
-            if not replayed:
-                self._seen.append(key)
-            locked = self._lockout.active(now)
-            verdict = judge(
-                decision,
-                allow=d.allow,
-                groups=groups,
-                windows=windows,
-                tz=self._tz,
-                wall_now=wall_now,
-                max_age_s=d.max_decision_age_ms / 1000.0,
-                synced=self._synced() if windows is not None else True,
-                locked=locked,
-                replayed=replayed,
-            )
-            engaged = verdict.reason == UNKNOWN and self._lockout.denied_unknown(now)
-            until = self._lockout.until
+        j = self._access.judge(decision, groups)
+        verdict = j.verdict
         if verdict.granted:
             self.pulse(d.unlock_s, f"granted {name}")
-        data = {
-            "source": "face",
-            "track_id": decision.track_id,
-            "confidence": round(float(decision.confidence), 4),
-            "distance": round(float(decision.distance), 4),
-            "age_ms": round((wall_now - decision.timestamp) * 1000.0),
-        }
-        if groups:
-            data["groups"] = list(groups)
-        self._record(
-            aud.GRANTED if verdict.granted else aud.DENIED,
-            name=name,
-            reason=verdict.reason,
-            detail=verdict.detail,
-            data=data,
-        )
-        if engaged:
+        kind = aud.GRANTED if verdict.granted else aud.DENIED
+        self._record(kind, name=name, reason=verdict.reason, detail=verdict.detail, data=j.data)
+        if j.lockout_until is not None:
             self._record(
                 aud.LOCKOUT,
                 reason=UNKNOWN,
                 detail=f"{d.max_denials} unknown faces within {d.lockout_window_s:g} s: "
                 f"locked for {d.lockout_s:g} s",
-                data={"until": round(wall_now + (until - now), 3), "lockout_s": d.lockout_s},
+                data={"until": j.lockout_until, "lockout_s": d.lockout_s},
             )
             self._q.put(("status",))
         return verdict
@@ -252,20 +226,7 @@ class DoorController:
         """
         if self._stopped:
             return False  # the service is stopping: the door takes nothing more
-        wall_now, now = self._wall(), self._clock()
-        if not self.door.remote_unlock or self._key is None:
-            reason: str | None = REMOTE_DISABLED
-        else:
-            with self._lock:
-                reason = verify_unlock(
-                    payload,
-                    key=self._key,
-                    device_id=self.cfg.device.id,
-                    now=wall_now,
-                    mono=now,
-                    synced=self._synced(),
-                    nonces=self._nonces,
-                )
+        reason = self._access.verify(payload)
         if reason is None:
             self.pulse(self.door.unlock_s, "remote unlock")
             self._record(
@@ -273,15 +234,7 @@ class DoorController:
             )
             return True
         log.warning("door: remote unlock refused: %s", reason)
-        with self._lock:
-            while self._refused_times and now - self._refused_times[0] > 60.0:
-                self._refused_times.popleft()
-            record = len(self._refused_times) < REFUSED_AUDIT_PER_MIN
-            if record:
-                self._refused_times.append(now)
-            else:
-                self.refused_unrecorded += 1
-        if record:
+        if self._access.record_refusal():
             self._record(
                 aud.REMOTE_REFUSED,
                 reason=reason,
@@ -304,17 +257,8 @@ class DoorController:
         return self._recorder.record(kind, name=name, reason=reason, detail=detail, data=data)
 
     def _publish_status(self) -> None:
-        if self._recorder.events is None:
-            return
-        with self._lock:
-            locked = self._lockout.active(self._clock())
-        status = {
-            "lock": "unlocked" if self._energised else "locked",
-            "door": None if self._door_open is None else ("open" if self._door_open else "closed"),
-            "tamper": self._tamper,
-            "lockout": locked,
-        }
-        self._recorder.status(STATUS_TOPIC, status)
+        if self._recorder.events is not None:
+            self._recorder.status(STATUS_TOPIC, self._s.status(self._access.locked()))
 
     # -- the owner thread ------------------------------------------------------------------
     def _on_input(self, which: str, closed: bool) -> None:
@@ -342,7 +286,7 @@ class DoorController:
         while True:
             self._tick()
             try:
-                item = self._q.get(timeout=self._next_wake())
+                item = self._q.get(timeout=self._s.next_wake(self._clock(), self.door.held_open_s))
             except queue.Empty:
                 continue
             if item[0] == "stop":
@@ -359,12 +303,12 @@ class DoorController:
         now = self._clock()
         if what == "pulse":
             seconds, why = float(item[1]), str(item[2])
-            self._deadline = max(self._deadline if self._energised else now, now + seconds)
-            self._authorised_until = self._deadline + FORCED_GRACE_S
+            self._s.deadline = max(self._s.deadline if self._s.energised else now, now + seconds)
+            self._s.authorised_until = self._s.deadline + FORCED_GRACE_S
             self._set_relay(True, why)
         elif what == "release":
-            if self._energised:
-                self._authorised_until = now + FORCED_GRACE_S
+            if self._s.energised:
+                self._s.authorised_until = now + FORCED_GRACE_S
             self._set_relay(False, str(item[1]), force=True)
         elif what == "input":
             self._input(str(item[1]), bool(item[2]), float(item[3]))
@@ -376,42 +320,33 @@ class DoorController:
 
     def _tick(self) -> None:
         now = self._clock()
-        if self._energised and now >= self._deadline:
+        if self._s.energised and now >= self._s.deadline:
             self._set_relay(False, "pulse ended")
         if (
-            self._door_open
-            and not self._held_sent
-            and now - self._opened_at >= self.door.held_open_s
+            self._s.door_open
+            and not self._s.held_sent
+            and now - self._s.opened_at >= self.door.held_open_s
         ):
-            self._held_sent = True
+            self._s.held_sent = True
             self._record(
                 aud.HELD_OPEN,
                 detail=f"door open for more than {self.door.held_open_s:g} s",
                 data={"held_open_s": self.door.held_open_s},
             )
-        locked = self._lockout.active(now)
-        if locked != self._was_locked:
-            self._was_locked = locked
+        locked = self._access.locked()
+        if locked != self._s.was_locked:
+            self._s.was_locked = locked
             self._publish_status()
 
-    def _next_wake(self) -> float:
-        now = self._clock()
-        wake = MAX_WAIT_S
-        if self._energised:
-            wake = min(wake, self._deadline - now)
-        if self._door_open and not self._held_sent:
-            wake = min(wake, self._opened_at + self.door.held_open_s - now)
-        return max(0.0, wake)
-
     def _set_relay(self, on: bool, why: str, force: bool = False) -> None:
-        if on == self._energised and not force:
+        if on == self._s.energised and not force:
             return
-        changed = on != self._energised
+        changed = on != self._s.energised
         if on:
             self._pins.relay.on()
         else:
             self._pins.relay.off()
-        self._energised = on
+        self._s.energised = on
         if changed:
             self.relay_log.append((self._clock(), on, why))
             log.info("door: relay %s (%s)", "energised" if on else "released", why)
@@ -421,12 +356,12 @@ class DoorController:
         d = self.door
         if which == "contact":
             is_open = (not closed) if d.contact_closed_when_shut else closed
-            if is_open == self._door_open:
+            if is_open == self._s.door_open:
                 return
-            self._door_open = is_open
+            self._s.door_open = is_open
             if is_open:
-                self._opened_at, self._held_sent = t, False
-                if not initial and t > self._authorised_until:
+                self._s.opened_at, self._s.held_sent = t, False
+                if not initial and t > self._s.authorised_until:
                     self._record(aud.FORCED, detail="door opened without a grant or exit request")
             self._publish_status()
         elif which == "exit":
@@ -435,9 +370,9 @@ class DoorController:
                 self._record(aud.EXIT, detail="request-to-exit button", data={"source": "exit"})
         elif which == "tamper":
             active = (not closed) if d.tamper_closed_when_ok else closed
-            if active == self._tamper:
+            if active == self._s.tamper:
                 return
-            self._tamper = active
+            self._s.tamper = active
             if active or not initial:
                 self._record(
                     aud.TAMPER,
@@ -451,6 +386,16 @@ def _pin(p: int | None) -> str:
     return "-" if p is None else f"GPIO{p}"
 
 
+def describe_wiring(d: DoorConfig) -> str:
+    """One line saying how the door is wired and set up (the start-up log line)."""
+    return (
+        f"relay GPIO{d.relay_pin} ({'active high' if d.active_high else 'active low'}), "
+        f"contact {_pin(d.contact_pin)}, exit {_pin(d.exit_pin)}, tamper {_pin(d.tamper_pin)}, "
+        f"allow {', '.join(d.allow) or 'nobody'}, unlock {d.unlock_s:.1f} s, "
+        f"remote unlock {'on' if d.remote_unlock else 'off'}"
+    )
+
+
 def make_door(cfg: Config, events: EventSink | None = None) -> DoorController:
     """The daemon's door controller (relay released first), or DoorError/ConfigError."""
     return DoorController(cfg, events=events)
@@ -461,5 +406,7 @@ __all__ = [
     "STATUS_TOPIC",
     "DoorController",
     "GroupSource",
+    "OwnerState",
+    "describe_wiring",
     "make_door",
 ]
