@@ -44,6 +44,7 @@ from edge.decide.tracker import Tracker
 from edge.delivery.mqtt import MqttPublisher
 from edge.delivery.publishers import PublisherLike, StdoutPublisher
 from edge.errors import FacegateError
+from edge.homeassistant.extension import HomeAssistant
 from edge.sdnotify import Notifier, watchdog_interval
 from edge.types import Decision, Frame, FrameResult
 
@@ -73,7 +74,7 @@ class Publisher(MqttPublisher):
     """
 
     def __init__(self, cfg: Config, outbox: Outbox | None = None) -> None:
-        super().__init__(cfg, outbox)
+        super().__init__(cfg, outbox, extensions=[HomeAssistant(cfg)])
 
 
 def make_publisher(cfg: Config) -> PublisherLike:
