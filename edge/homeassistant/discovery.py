@@ -12,16 +12,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from edge.delivery.commands import RELOAD_GALLERY
 from edge.delivery.events import ABSENT, EVENT_TYPES, OFFLINE, ONLINE, PRESENT
+from edge.delivery.topics import Topics
 from edge.door.controller import STATUS_TOPIC
 
 if TYPE_CHECKING:
-    from edge.config import Config
-    from edge.delivery.topics import Topics
+    from edge.config import Config, DoorConfig
 
 STRANGER = "Stranger"
 """What "Last person" shows for an unknown face (Home Assistant's ``unknown`` means "no value")."""
@@ -137,6 +138,41 @@ def ha_static_topics(ha_prefix: str, device_id: str) -> list[str]:
     return out
 
 
+Entity = tuple[str, dict[str, Any]]
+"""One discovery message: ``(topic, config)``."""
+
+
+@dataclass(frozen=True)
+class _Device:
+    """What every entity of one device shares: its topics, ids and common config keys."""
+
+    topics: Topics
+    device_id: str
+    ha_prefix: str
+    block: dict[str, Any]
+    origin: dict[str, Any]
+
+    @property
+    def common(self) -> dict[str, Any]:
+        return {
+            "availability_topic": self.topics.availability,
+            "payload_available": ONLINE,
+            "payload_not_available": OFFLINE,
+            "qos": 1,
+            "device": self.block,
+            "origin": self.origin,
+        }
+
+    def topic(self, component: str, object_id: str) -> str:
+        return ha_discovery_topic(self.ha_prefix, component, self.device_id, object_id)
+
+    def entity(self, component: str, object_id: str, name: str, **config: Any) -> Entity:
+        """An entity with the common keys, ``name`` and ``unique_id`` ``facegate_<dev>_<obj>``."""
+        uid = f"facegate_{self.device_id}_{object_id}"
+        body = {**self.common, "name": name, "unique_id": uid, **config}
+        return self.topic(component, object_id), body
+
+
 def build_ha_discovery(
     topics: Topics,
     *,
@@ -148,7 +184,7 @@ def build_ha_discovery(
     commands: bool = False,
     snapshot: bool = False,
     people: Sequence[str] = (),
-) -> list[tuple[str, dict[str, Any]]]:
+) -> list[Entity]:
     """Home Assistant MQTT discovery messages: ``(topic, config)`` pairs, to publish retained.
 
     Topics are ``<ha_prefix>/<component>/<device_id>/<object_id>/config``
@@ -172,141 +208,146 @@ def build_ha_discovery(
     - device triggers ``recognized``/<name> per enrolled person in
       ``people`` and ``unknown``/``Stranger`` (live events only).
     """
-    dev = {
+    block = {
         "identifiers": [f"facegate_{device_id}"],
         "name": device_name,
         "manufacturer": "facegate",
         "model": "facegate edge",
         "sw_version": sw_version,
     }
-    origin = {**HA_ORIGIN, "sw_version": sw_version}
-    common: dict[str, Any] = {
-        "availability_topic": topics.availability,
-        "payload_available": ONLINE,
-        "payload_not_available": OFFLINE,
-        "qos": 1,
-        "device": dev,
-        "origin": origin,
-    }
+    dev = _Device(topics, device_id, ha_prefix, block, {**HA_ORIGIN, "sw_version": sw_version})
+    return [
+        *_face_entities(dev),
+        *_optional_entities(dev, commands=commands, snapshot=snapshot),
+        *_diagnostics(dev, state_interval_s),
+        *_triggers(dev, people),
+    ]
 
-    def topic(component: str, object_id: str) -> str:
-        return ha_discovery_topic(ha_prefix, component, device_id, object_id)
 
-    def uid(object_id: str) -> str:
-        return f"facegate_{device_id}_{object_id}"
-
-    expire = max(1, int(-(-3 * state_interval_s // 1)))  # 3 intervals, whole seconds up
-    out: list[tuple[str, dict[str, Any]]] = [
-        (
-            topic("event", "face"),
-            {
-                **common,
-                "name": "Face",
-                "unique_id": uid("face"),
-                "state_topic": topics.event,
-                "event_types": list(EVENT_TYPES),
-                "value_template": HA_EVENT_TEMPLATE,
-                "icon": "mdi:face-recognition",
-            },
+def _face_entities(dev: _Device) -> list[Entity]:
+    """The face event, "Last person" and "Person at door"."""
+    t = dev.topics
+    return [
+        dev.entity(
+            "event",
+            "face",
+            "Face",
+            state_topic=t.event,
+            event_types=list(EVENT_TYPES),
+            value_template=HA_EVENT_TEMPLATE,
+            icon="mdi:face-recognition",
         ),
-        (
-            topic("sensor", "last_person"),
-            {
-                **common,
-                "name": "Last person",
-                "unique_id": uid("last_person"),
-                "state_topic": topics.last_person,
-                "value_template": "{{ value_json.person }}",
-                "json_attributes_topic": topics.last_person,
-                "icon": "mdi:account-clock",
-            },
+        dev.entity(
+            "sensor",
+            "last_person",
+            "Last person",
+            state_topic=t.last_person,
+            value_template="{{ value_json.person }}",
+            json_attributes_topic=t.last_person,
+            icon="mdi:account-clock",
         ),
-        (
-            topic("binary_sensor", "person_at_door"),
-            {
-                **common,
-                "name": "Person at door",
-                "unique_id": uid("person_at_door"),
-                "state_topic": topics.presence,
-                "payload_on": PRESENT,
-                "payload_off": ABSENT,
-                "device_class": "occupancy",
-            },
+        dev.entity(
+            "binary_sensor",
+            "person_at_door",
+            "Person at door",
+            state_topic=t.presence,
+            payload_on=PRESENT,
+            payload_off=ABSENT,
+            device_class="occupancy",
         ),
     ]
+
+
+def _optional_entities(dev: _Device, *, commands: bool, snapshot: bool) -> list[Entity]:
+    """ "Reload gallery" (with ``mqtt.commands``) and "Snapshot" (with ``mqtt.snapshot``)."""
+    out = []
     if commands:
         out.append(
-            (
-                topic("button", "reload_gallery"),
-                {
-                    **common,
-                    "name": "Reload gallery",
-                    "unique_id": uid("reload_gallery"),
-                    "command_topic": topics.command,
-                    "payload_press": json.dumps({"command": RELOAD_GALLERY}),
-                    "retain": False,
-                    "entity_category": "config",
-                    "icon": "mdi:account-sync",
-                },
+            dev.entity(
+                "button",
+                "reload_gallery",
+                "Reload gallery",
+                command_topic=dev.topics.command,
+                payload_press=json.dumps({"command": RELOAD_GALLERY}),
+                retain=False,
+                entity_category="config",
+                icon="mdi:account-sync",
             )
         )
     if snapshot:
         out.append(
-            (
-                topic("image", "snapshot"),
-                {
-                    **common,
-                    "name": "Snapshot",
-                    "unique_id": uid("snapshot"),
-                    "image_topic": topics.snapshot,
-                    "content_type": "image/jpeg",
-                },
-            )
-        )
-    for key, name, unit, icon in (
-        ("fps", "Frames per second", "fps", "mdi:speedometer"),
-        ("gallery_size", "Enrolled people", None, "mdi:account-group"),
-        ("outbox_pending", "Undelivered events", None, "mdi:tray-full"),
-    ):
-        cfg: dict[str, Any] = {
-            **common,
-            "name": name,
-            "unique_id": uid(key),
-            "state_topic": topics.state,
-            "value_template": f"{{{{ value_json.{key} }}}}",
-            "state_class": "measurement",
-            "expire_after": expire,
-            "entity_category": "diagnostic",
-            "icon": icon,
-        }
-        if unit:
-            cfg["unit_of_measurement"] = unit
-        out.append((topic("sensor", key), cfg))
-    triggers = [("unknown", STRANGER, "unknown:")]
-    triggers += [(ha_person_object_id(n), n, f"recognized:{n}") for n in sorted(set(people))]
-    for object_id, subtype, payload in triggers:
-        out.append(
-            (
-                topic("device_automation", object_id),
-                {
-                    "automation_type": "trigger",
-                    "topic": topics.event,
-                    "type": payload.split(":", 1)[0],
-                    "subtype": subtype,
-                    "payload": payload,
-                    "value_template": HA_TRIGGER_TEMPLATE,
-                    "qos": 1,
-                    "device": dev,
-                    "origin": origin,
-                },
+            dev.entity(
+                "image",
+                "snapshot",
+                "Snapshot",
+                image_topic=dev.topics.snapshot,
+                content_type="image/jpeg",
             )
         )
     return out
 
 
-def door_discovery(
-    base_topic: str, cfg: Config, like: Mapping[str, Any]
-) -> list[tuple[str, dict[str, Any]]]:
+def _diagnostics(dev: _Device, state_interval_s: float) -> list[Entity]:
+    """Sensors from the state topic, expiring after three state intervals (whole seconds up)."""
+    expire = max(1, int(-(-3 * state_interval_s // 1)))
+    out = []
+    for key, name, unit, icon in (
+        ("fps", "Frames per second", "fps", "mdi:speedometer"),
+        ("gallery_size", "Enrolled people", None, "mdi:account-group"),
+        ("outbox_pending", "Undelivered events", None, "mdi:tray-full"),
+    ):
+        topic, cfg = dev.entity(
+            "sensor",
+            key,
+            name,
+            state_topic=dev.topics.state,
+            value_template=f"{{{{ value_json.{key} }}}}",
+            state_class="measurement",
+            expire_after=expire,
+            entity_category="diagnostic",
+            icon=icon,
+        )
+        if unit:
+            cfg["unit_of_measurement"] = unit
+        out.append((topic, cfg))
+    return out
+
+
+def _triggers(dev: _Device, people: Sequence[str]) -> list[Entity]:
+    """Device triggers: ``unknown``/``Stranger`` and ``recognized``/<name> per person."""
+    triggers = [("unknown", STRANGER, "unknown:")]
+    triggers += [(ha_person_object_id(n), n, f"recognized:{n}") for n in sorted(set(people))]
+    return [
+        (
+            dev.topic("device_automation", object_id),
+            {
+                "automation_type": "trigger",
+                "topic": dev.topics.event,
+                "type": payload.split(":", 1)[0],
+                "subtype": subtype,
+                "payload": payload,
+                "value_template": HA_TRIGGER_TEMPLATE,
+                "qos": 1,
+                "device": dev.block,
+                "origin": dev.origin,
+            },
+        )
+        for object_id, subtype, payload in triggers
+    ]
+
+
+_SHARED_KEYS = (
+    "device",
+    "availability",
+    "availability_topic",
+    "availability_mode",
+    "payload_available",
+    "payload_not_available",
+    "origin",
+)
+
+
+def door_discovery(base_topic: str, cfg: Config, like: Mapping[str, Any]) -> list[Entity]:
     """Home Assistant discovery for the door: ``(topic, config)`` pairs, to publish retained.
 
     ``like`` is one of the device's other discovery configs: the door's
@@ -321,74 +362,59 @@ def door_discovery(
     - ``binary_sensor`` tamper (``device_class: tamper``), when ``door.tamper_pin`` is wired.
     """
     d = cfg.door
-    common = {
-        k: like[k]
-        for k in (
-            "device",
-            "availability",
-            "availability_topic",
-            "availability_mode",
-            "payload_available",
-            "payload_not_available",
-            "origin",
-        )
-        if k in like
-    }
+    common = {k: like[k] for k in _SHARED_KEYS if k in like}
     ident = str(common.get("device", {}).get("identifiers", ["facegate_door"])[0])
     node = ident.removeprefix("facegate_")
     prefix = cfg.mqtt.ha_prefix
     status = f"{base_topic}/{STATUS_TOPIC}"
-    out: list[tuple[str, dict[str, Any]]] = [
-        (
-            f"{prefix}/lock/{node}/door_lock/config",
-            {
-                **common,
-                "name": "Door lock",
-                "unique_id": f"{ident}_door_lock",
-                "state_topic": status,
-                "value_template": "{{ value_json.lock }}",
-                "state_locked": "locked",
-                "state_unlocked": "unlocked",
-                "command_topic": f"{base_topic}/{HA_COMMAND_SUFFIX}",
-                "payload_lock": "LOCK",
-                "payload_unlock": "UNLOCK",
-                "optimistic": False,
-                "qos": 1,
-                "icon": "mdi:door-closed-lock",
-            },
+
+    def entity(component: str, object_id: str, name: str, **config: Any) -> Entity:
+        body = {**common, "name": name, "unique_id": f"{ident}_{object_id}"}
+        body.update(state_topic=status, **config, qos=1)
+        return f"{prefix}/{component}/{node}/{object_id}/config", body
+
+    out = [
+        entity(
+            "lock",
+            "door_lock",
+            "Door lock",
+            value_template="{{ value_json.lock }}",
+            state_locked="locked",
+            state_unlocked="unlocked",
+            command_topic=f"{base_topic}/{HA_COMMAND_SUFFIX}",
+            payload_lock="LOCK",
+            payload_unlock="UNLOCK",
+            optimistic=False,
+            icon="mdi:door-closed-lock",
         )
     ]
+    return out + _door_inputs(d, entity)
+
+
+def _door_inputs(d: DoorConfig, entity: Callable[..., Entity]) -> list[Entity]:
+    """The door contact's and the tamper switch's binary sensors, where they are wired."""
+    out = []
     if d.contact_pin is not None:
         out.append(
-            (
-                f"{prefix}/binary_sensor/{node}/door/config",
-                {
-                    **common,
-                    "name": "Door",
-                    "unique_id": f"{ident}_door",
-                    "device_class": "door",
-                    "state_topic": status,
-                    "value_template": "{{ value_json.door }}",
-                    "payload_on": "open",
-                    "payload_off": "closed",
-                    "qos": 1,
-                },
+            entity(
+                "binary_sensor",
+                "door",
+                "Door",
+                device_class="door",
+                value_template="{{ value_json.door }}",
+                payload_on="open",
+                payload_off="closed",
             )
         )
     if d.tamper_pin is not None:
         out.append(
-            (
-                f"{prefix}/binary_sensor/{node}/tamper/config",
-                {
-                    **common,
-                    "name": "Tamper",
-                    "unique_id": f"{ident}_tamper",
-                    "device_class": "tamper",
-                    "entity_category": "diagnostic",
-                    "state_topic": status,
-                    "value_template": "{{ 'ON' if value_json.tamper else 'OFF' }}",
-                    "qos": 1,
-                },
+            entity(
+                "binary_sensor",
+                "tamper",
+                "Tamper",
+                device_class="tamper",
+                entity_category="diagnostic",
+                value_template="{{ 'ON' if value_json.tamper else 'OFF' }}",
             )
         )
     return out
@@ -400,6 +426,7 @@ __all__ = [
     "HA_ORIGIN",
     "HA_TRIGGER_TEMPLATE",
     "STRANGER",
+    "Entity",
     "build_ha_discovery",
     "build_last_person",
     "door_discovery",
