@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -399,54 +399,92 @@ def plan_enrolment(
     and outlier refusals become warnings (no face, or several faces of
     similar size, are still refused).
     """
-    refused: list[tuple[int, str]] = []
-    notes: list[tuple[int, str]] = []
-    warnings: list[tuple[int, str]] = []
-    ok: list[int] = []
-    for i, m in enumerate(photos):
-        prob = photo_problem(m, rules)
-        if prob is not None and not (force and prob.forcible):
-            refused.append((i, prob.reason))
-            continue
-        if prob is not None:
-            warnings.append((i, f"kept despite: {prob.reason} (--force)"))
-        note = photo_note(m)
-        if note:
-            notes.append((i, note))
-        ok.append(i)
+    screen = _screen_photos(photos, rules, force)
+    ok = screen.ok
+    dim = gallery_embeddings.shape[1] if gallery_embeddings.ndim == 2 else 0
     new = (
         np.stack([np.asarray(photos[i].embedding, np.float32) for i in ok])
         if ok
-        else np.zeros((0, gallery_embeddings.shape[1] if gallery_embeddings.ndim == 2 else 0))
+        else np.zeros((0, dim))
     )
     names = list(gallery_names)
     if name in names:
-        p = names.index(name)
-        end = gallery_starts[p + 1] if p + 1 < len(names) else len(gallery_embeddings)
-        mine = gallery_embeddings[gallery_starts[p] : end]
+        mine = _person_block(names.index(name), gallery_embeddings, gallery_starts)
     else:
         mine = np.zeros((0, new.shape[1] if new.ndim == 2 else 0), np.float32)
     cutoff = outlier_distance(calibration, rules)
     drop: set[int] = set()
     for o in consistency(new.astype(np.float32), np.asarray(mine, np.float32), cutoff):
         if force:
-            warnings.append((ok[o.index], f"kept despite: {o.reason} (--force)"))
+            screen.warnings.append((ok[o.index], f"kept despite: {o.reason} (--force)"))
         else:
-            refused.append((ok[o.index], o.reason))
+            screen.refused.append((ok[o.index], o.reason))
             drop.add(o.index)
     kept = [j for j in range(len(ok)) if j not in drop]
     accepted = [ok[j] for j in kept]
     emb = new[kept].astype(np.float32) if kept else np.zeros((0, new.shape[1]), np.float32)
-    refused.sort()
+    screen.refused.sort()
+    plan = EnrolmentPlan(name, [], emb, screen.refused, screen.notes, screen.warnings)
     if not accepted:
-        return EnrolmentPlan(name, [], emb, refused, notes, warnings)
-    # The gallery as it will be: this person's photos (old and new) against everyone else.
+        return plan
+    looks, point = _lookalikes_after(
+        name, names, gallery_embeddings, gallery_starts, mine, emb, calibration, point_for
+    )
+    return replace(plan, accepted=accepted, lookalikes=looks, point=point)
+
+
+@dataclass
+class _Screen:
+    """Photos through the per-photo rules: kept (indices), refused, noted, warned."""
+
+    ok: list[int] = field(default_factory=list)
+    refused: list[tuple[int, str]] = field(default_factory=list)
+    notes: list[tuple[int, str]] = field(default_factory=list)
+    warnings: list[tuple[int, str]] = field(default_factory=list)
+
+
+def _screen_photos(photos: Sequence[PhotoMeasure], rules: EnrolmentRules, force: bool) -> _Screen:
+    """Each photo by itself (:func:`photo_problem`, :func:`photo_note`); ``force`` keeps
+    the forcible refusals as warnings."""
+    s = _Screen()
+    for i, m in enumerate(photos):
+        prob = photo_problem(m, rules)
+        if prob is not None and not (force and prob.forcible):
+            s.refused.append((i, prob.reason))
+            continue
+        if prob is not None:
+            s.warnings.append((i, f"kept despite: {prob.reason} (--force)"))
+        note = photo_note(m)
+        if note:
+            s.notes.append((i, note))
+        s.ok.append(i)
+    return s
+
+
+def _person_block(
+    i: int, embeddings: npt.NDArray[np.float32], starts: npt.NDArray[np.intp]
+) -> npt.NDArray[np.float32]:
+    """Person ``i``'s rows of a ``Gallery.matrix()`` layout."""
+    end = starts[i + 1] if i + 1 < len(starts) else len(embeddings)
+    return embeddings[starts[i] : end]
+
+
+def _lookalikes_after(
+    name: str,
+    names: list[str],
+    gallery_embeddings: npt.NDArray[np.float32],
+    gallery_starts: npt.NDArray[np.intp],
+    mine: npt.NDArray[np.float32],
+    emb: npt.NDArray[np.float32],
+    calibration: Calibration,
+    point_for: Callable[[int], OperatingPoint],
+) -> tuple[list[LookAlike], OperatingPoint]:
+    """The gallery as it will be (this person's old and new photos against everyone else):
+    the look-alikes of ``name`` at its operating point, and that point."""
     others = [n for n in names if n != name]
     blocks, starts, total = [], [], 0
     for n in others:
-        i = names.index(n)
-        end = gallery_starts[i + 1] if i + 1 < len(names) else len(gallery_embeddings)
-        b = gallery_embeddings[gallery_starts[i] : end]
+        b = _person_block(names.index(n), gallery_embeddings, gallery_starts)
         blocks.append(b)
         starts.append(total)
         total += len(b)
@@ -463,4 +501,4 @@ def plan_enrolment(
         calibration.margin,
         only=name,
     )
-    return EnrolmentPlan(name, accepted, emb, refused, notes, warnings, looks, point)
+    return looks, point
