@@ -11,7 +11,8 @@
   own unit or units of earlier layers, never a later stage, never a sibling
   of its own layer. Every module must belong to a declared unit, so a new
   package has to be placed in the order before it can be imported.
-* ``edge`` never imports ``tools``.
+* ``edge`` never imports ``tools``; the door never imports the MQTT side of
+  delivery (:data:`FORBIDDEN`): it publishes through its ``EventSink``.
 * **Size**: no class over :data:`MAX_CLASS_LINES` lines, no function over
   :data:`MAX_FUNCTION_LINES` (decorators excluded, docstrings included);
   each exception is listed in :data:`SIZE_EXCEPTIONS` with its reason.
@@ -56,6 +57,21 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("edge.cli",),
     ("edge.__main__",),
 )
+
+# Modules a unit must not import even though they are in an earlier stage.
+FORBIDDEN: dict[str, dict[str, str]] = {
+    "edge.door": {
+        m: "the door publishes through edge.door.record.EventSink, never the MQTT side"
+        for m in (
+            "edge.delivery.transport",
+            "edge.delivery.drain",
+            "edge.delivery.sender",
+            "edge.delivery.announce",
+            "edge.delivery.extension",
+            "edge.delivery.mqtt",
+        )
+    },
+}
 
 # (path relative to the repository, qualified name) -> why it may be longer.
 SIZE_EXCEPTIONS: dict[tuple[str, str], str] = {}
@@ -248,6 +264,17 @@ def test_no_stage_imports_a_later_one() -> None:
                 why = "a sibling" if RANK[other] == RANK[unit] else "a later stage"
                 bad.append(f"{mod.path.relative_to(ROOT)}:{line}: {written} ({other} is {why})")
     assert not bad, "stage order broken:\n" + "\n".join(bad)
+
+
+def test_the_door_never_imports_the_mqtt_side() -> None:
+    bad = []
+    for name, mod in MODULES.items():
+        unit = _unit(name)
+        for line, target, written in _imports(mod):
+            why = FORBIDDEN.get(unit or "", {}).get(_known(target) or "")
+            if why:
+                bad.append(f"{mod.path.relative_to(ROOT)}:{line}: {written} ({why})")
+    assert not bad, "\n".join(bad)
 
 
 def _sizes() -> Iterator[tuple[str, str, str, int]]:
