@@ -140,7 +140,7 @@ class MatchingConfig(Section):
     """The open-set rule; unset values come from the model manifest.
 
     ``target_fpir``: the share of strangers the door may name; the threshold
-    follows the gallery size to keep it (:mod:`edge.thresholds`).
+    follows the gallery size to keep it (:mod:`edge.identity.thresholds`).
     ``threshold`` and ``margin`` override the manifest's calibration (an
     explicit threshold stops the threshold from following the gallery size).
     Cosine distances lie in [0, 2]. A ``threshold`` of 2 would match every
@@ -245,7 +245,7 @@ class EventsConfig(Section):
     (``expires_at = ts + valid_for_s``); one published later says
     ``delivery: "late"`` and must not open a door. ``sign_key_file`` /
     ``sign_key_credential``: a shared key (16+ bytes) with which every
-    payload on the event topic is signed (:func:`edge.events.sign_payload`).
+    payload on the event topic is signed (:func:`edge.delivery.signing.sign_payload`).
     """
 
     SECTION = "events"
