@@ -8,7 +8,7 @@ complete state and the enrolled names and announces ``online`` (with Home
 Assistant discovery), and systemd gets ``READY=1``. A service that fails
 before that (bad model, gallery or camera) never says ``online``. The loop
 takes the newest frame, recognizes it, feeds the
-:class:`~edge.tracker.Tracker` (which ends a track whose face changes
+:class:`~edge.decide.tracker.Tracker` (which ends a track whose face changes
 identity, at the recognizer's calibrated threshold) and publishes each
 decision. Shutdown goes in reverse order (capture, publisher), each part
 joined with a timeout, so SIGTERM ends the process within
@@ -40,16 +40,19 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from edge.decide.tracker import Tracker
+from edge.delivery.mqtt import MqttPublisher
+from edge.delivery.publishers import PublisherLike, StdoutPublisher
 from edge.errors import FacegateError
-from edge.publishers import PublisherLike, make_publisher
+from edge.homeassistant.extension import HomeAssistant
 from edge.sdnotify import Notifier, watchdog_interval
-from edge.tracker import Tracker
 from edge.types import Decision, Frame, FrameResult
 
 if TYPE_CHECKING:
     from edge.config import Config
-    from edge.door import DoorController
-    from edge.gallery import Gallery
+    from edge.delivery.outbox import Outbox
+    from edge.door.controller import DoorController
+    from edge.identity.gallery import Gallery
 
 log = logging.getLogger("facegate.daemon")
 
@@ -61,8 +64,28 @@ FRAME_WAIT_S = 0.2
 STATUS_EVERY_S = 5.0
 
 
+class Publisher(MqttPublisher):
+    """The device's MQTT publisher: the delivery core with the extensions that watch it.
+
+    :class:`~edge.delivery.mqtt.MqttPublisher` carries events, state and
+    commands; the extensions (Home Assistant: :mod:`edge.homeassistant`)
+    hang off it here, where the service is put together, so the delivery
+    stage never imports them.
+    """
+
+    def __init__(self, cfg: Config, outbox: Outbox | None = None) -> None:
+        super().__init__(cfg, outbox, extensions=[HomeAssistant(cfg)])
+
+
+def make_publisher(cfg: Config) -> PublisherLike:
+    """The MQTT publisher when ``mqtt.enabled``, else JSON lines on stdout."""
+    if cfg.mqtt.enabled:
+        return Publisher(cfg)
+    return StdoutPublisher(cfg)
+
+
 class RecognizerLike(Protocol):
-    """What the daemon needs from :class:`edge.recognizer.Recognizer`."""
+    """What the daemon needs from :class:`edge.decide.recognizer.Recognizer`."""
 
     @property
     def gallery(self) -> Gallery: ...
@@ -197,7 +220,7 @@ def run(
 
 
 def _load_recognizer(cfg: Config) -> RecognizerLike:
-    from edge.recognizer import Recognizer
+    from edge.decide.recognizer import Recognizer
 
     return Recognizer.from_config(cfg)
 
@@ -234,7 +257,7 @@ class _Loop:
         self.notifier, self.reload = notifier, reload
         self.model_sha = rec.model_sha256
         # A face that jumps identity by more than the open-set threshold is
-        # someone else: it ends its track (edge.tracker.identity_jump).
+        # someone else: it ends its track (edge.decide.tracker.identity_jump).
         self.tracker = Tracker(cfg.decision, identity_threshold=rec.threshold)
         self.health = _Health(notifier, pub, watchdog_interval())
         self.started = time.monotonic()
@@ -287,7 +310,7 @@ class _Loop:
 
     def reload_gallery(self) -> None:
         """The gallery file again (SIGHUP, ``reload-gallery``); the old one stays on failure."""
-        from edge.gallery import reload_for_config
+        from edge.identity.gallery import reload_for_config
 
         if self.door is not None:  # door: fail-secure on reload
             self.door.release("reload")
@@ -380,7 +403,7 @@ def _door(
 ) -> DoorController:
     if factory is not None:
         return factory(cfg, pub)
-    from edge.door import make_door
+    from edge.door.controller import make_door
 
     return make_door(cfg, pub)
 

@@ -111,12 +111,11 @@ def scene(photos: dict[str, Image]) -> list[Image]:
 
 def run_demo(broker: str | None = None, out: IO[str] | None = None) -> int:
     """Enroll, replay, print the events; publish them too when ``broker`` is given."""
-    from edge.daemon import run
-    from edge.gallery import Gallery
+    from edge.daemon import Publisher, run
+    from edge.decide.recognizer import Recognizer
+    from edge.delivery.publishers import StdoutPublisher
+    from edge.identity.gallery import Gallery
     from edge.imageio import read_image
-    from edge.mqtt import Publisher
-    from edge.publishers import StdoutPublisher
-    from edge.recognizer import Recognizer
     from edge.sources import CaptureThread, FakeSource
 
     out = out or sys.stdout

@@ -14,15 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.audit import (
-    DENIED,
-    GRANTED,
-    AuditError,
-    AuditLog,
-    parse_since,
-    read_entries,
-    to_csv,
-)
+from edge.door.audit import DENIED, GRANTED, AuditError, AuditLog, parse_since, read_entries, to_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 1, 7, 10, 0, tzinfo=UTC).timestamp()
@@ -168,7 +160,7 @@ def test_facegate_audit_command(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 WRITER = r"""
 import sys
-from edge.audit import AuditLog
+from edge.door.audit import AuditLog
 log = AuditLog(sys.argv[1])
 i = 0
 while True:
@@ -188,7 +180,7 @@ def test_kill_9_during_writes_never_corrupts_the_log(tmp_path: Path) -> None:
     committed = 0
     trials = 120
     for trial in range(trials):
-        # -S: no site-packages needed (edge.audit is standard library only): fast start.
+        # -S: no site-packages needed (edge.door.audit is standard library only): fast start.
         proc = subprocess.Popen(
             [sys.executable, "-S", "-c", WRITER, str(path)],
             cwd=ROOT,

@@ -24,8 +24,8 @@ from broker import Broker, Collector, mosquitto_path, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import parse_config
-from edge.events import Topics
-from edge.mqtt import Publisher
+from edge.daemon import Publisher
+from edge.delivery.topics import Topics
 from edge.types import Box, Decision
 
 pytestmark = [

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from _hostile import FACEGATE, ROOT, assert_one_line_error, face_photo, unprivileged, write_config
 
-from edge.gallery import Gallery
-from edge.manifest import load_manifest
+from edge.identity.gallery import Gallery
+from edge.vision.manifest import load_manifest
 
 TIMEOUT = 120  # a hang (FIFO, /dev/zero) fails the test instead of blocking CI
 

@@ -8,10 +8,17 @@ import time
 
 import pytest
 
-from edge.commands import COMMAND_BURST, COMMAND_LOG_FIRST, COMMAND_RATE, CommandGate
-from edge.door import MALFORMED, NonceCache, sign_unlock, verify_unlock
-from edge.events import CommandError, DuplicateKeyError, loads_strict, parse_command
-from edge.ratelimit import BurstLog, TokenBucket
+from edge.delivery.codec import DuplicateKeyError, loads_strict
+from edge.delivery.commands import (
+    COMMAND_BURST,
+    COMMAND_LOG_FIRST,
+    COMMAND_RATE,
+    CommandError,
+    CommandGate,
+    parse_command,
+)
+from edge.delivery.ratelimit import BurstLog, TokenBucket
+from edge.door.remote import MALFORMED, NonceCache, sign_unlock, verify_unlock
 
 RELOAD = b'{"command": "reload-gallery"}'
 

@@ -1,6 +1,6 @@
 """The door controller on gpiozero's MockFactory: pin states over time, injected clocks.
 
-Every test drives :class:`edge.door.DoorController` with a fake monotonic and
+Every test drives :class:`edge.door.controller.DoorController` with a fake monotonic and
 wall clock (no sleeps, no timing assertions on the real clock) and reads the
 strike relay's mock pin: the states it went through (``MockPin.states``) and
 the controller's own ``relay_log`` stamped with the injected clock. ``sync()``
@@ -22,31 +22,32 @@ import pytest
 gpiozero = pytest.importorskip("gpiozero", reason="gpiozero is not installed (the door extra)")
 from gpiozero.pins.mock import MockFactory  # noqa: E402
 
-from edge import audit as aud  # noqa: E402
 from edge.config import Config, parse_config  # noqa: E402
-from edge.door import (  # noqa: E402
-    BAD_SIGNATURE,
+from edge.config.values import Window, parse_window  # noqa: E402
+from edge.delivery.publishers import MemoryPublisher  # noqa: E402
+from edge.door import audit as aud  # noqa: E402
+from edge.door.controller import DoorController  # noqa: E402
+from edge.door.policy import (  # noqa: E402
     CLOCK_NOT_SYNCED,
     LOCKOUT,
-    MALFORMED,
     NOT_ALLOWED,
     OUTSIDE_SCHEDULE,
-    REMOTE_DISABLED,
-    REPLAYED,
     STALE,
     UNKNOWN,
-    DoorController,
-    NonceCache,
-    Window,
     in_schedule,
     is_allowed,
-    parse_window,
+)
+from edge.door.remote import (  # noqa: E402
+    BAD_SIGNATURE,
+    MALFORMED,
+    REMOTE_DISABLED,
+    REPLAYED,
+    NonceCache,
     sign_unlock,
     verify_unlock,
 )
 from edge.errors import ConfigError  # noqa: E402
-from edge.gallery import Gallery  # noqa: E402
-from edge.publishers import MemoryPublisher  # noqa: E402
+from edge.identity.gallery import Gallery  # noqa: E402
 from edge.types import Box, Decision  # noqa: E402
 
 RELAY, CONTACT, EXIT, TAMPER = 17, 5, 6, 13
@@ -738,7 +739,7 @@ def test_door_config_errors_name_the_key(
 
 @pytest.mark.skipif(Path("/dev/gpiochip0").exists(), reason="this machine has GPIO")
 def test_no_gpio_is_one_clear_error(tmp_path: Path) -> None:
-    from edge.door import DoorError
+    from edge.door.pins import DoorError
 
     cfg = parse_config(
         {"door": {"enabled": True}, "service": {"state_dir": str(tmp_path)}}, base_dir=tmp_path
@@ -766,7 +767,7 @@ def test_importing_the_door_loads_no_gpio_library() -> None:
     import subprocess
     import sys
 
-    code = "import sys, edge.door, edge.audit; print('gpiozero' in sys.modules)"
+    code = "import sys, edge.door.controller, edge.door.audit; print('gpiozero' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -775,8 +776,9 @@ def test_importing_the_door_loads_no_gpio_library() -> None:
 
 
 def test_ha_entities_join_the_device() -> None:
-    from edge.door import ha_discovery
-    from edge.events import Topics, build_ha_discovery
+    from edge.delivery.topics import Topics
+    from edge.homeassistant.discovery import build_ha_discovery
+    from edge.homeassistant.discovery import door_discovery as ha_discovery
 
     cfg = parse_config(
         {
@@ -807,7 +809,7 @@ def test_ha_entities_join_the_device() -> None:
 
 
 def test_door_test_pulses_once_and_reads_the_inputs(tmp_path: Path) -> None:
-    from edge.door import door_test
+    from edge.door.selftest import door_test
 
     cfg = parse_config(
         {

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edge.errors import GalleryError
-from edge.gallery import Gallery
+from edge.identity.gallery import Gallery
 
 KEY = b"g" * 32
 
@@ -59,7 +59,7 @@ def test_gallery_set_groups_and_list(
     tmp_path: Path, models: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from edge.cli import main
-    from edge.embedder import Embedder
+    from edge.vision.embedder import Embedder
 
     emb = Embedder.load(models / "sface_int8.tflite")
     g = Gallery.for_manifest(emb.manifest)
@@ -85,8 +85,8 @@ def test_enroll_with_groups(
     tmp_path: Path, models: Path, shared: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from edge.cli import main
-    from edge.embedder import Embedder
     from edge.imageio import list_images
+    from edge.vision.embedder import Embedder
 
     photos = shared / "faces" / "Barack_Obama"  # a multi-face photo is skipped, the rest used
     assert list_images(photos)
@@ -124,7 +124,7 @@ def test_facegate_door_test(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
 def test_facegate_door_sign_unlock(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from edge.cli import main
-    from edge.door import NonceCache, verify_unlock
+    from edge.door.remote import NonceCache, verify_unlock
 
     (tmp_path / "unlock.key").write_bytes(b"k" * 32)
     cfg = _door_config(

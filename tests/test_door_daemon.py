@@ -25,9 +25,9 @@ from gpiozero.pins.mock import MockFactory
 
 from edge.config import Config, parse_config
 from edge.daemon import run
-from edge.door import DoorController
-from edge.gallery import Gallery
-from edge.publishers import StdoutPublisher
+from edge.delivery.publishers import StdoutPublisher
+from edge.door.controller import DoorController
+from edge.identity.gallery import Gallery
 from edge.sdnotify import Notifier
 from edge.types import Box, Decision, Frame
 
@@ -223,7 +223,7 @@ def test_the_door_works_with_mqtt_disabled(tmp_path: Path) -> None:
     ]
     assert [x["seq"] for x in lines] == list(range(1, 7))
     assert doors.states() == [False, True, False]  # one pulse, released at the stop
-    from edge.audit import read_entries
+    from edge.door.audit import read_entries
 
     audit = [(e.kind, e.name, e.reason) for e in read_entries(tmp_path / "audit.sqlite")]
     assert audit == [g for g in got if g[0].startswith("access")]
@@ -260,10 +260,12 @@ def test_outbox_redelivery_and_reconnects_never_open_the_door(
     tmp_path: Path, mqtt_broker: Broker
 ) -> None:
     """Old recognitions of an allowed person reach the broker; the relay never moves."""
-    from edge.events import Topics, build_door_event, build_event, encode
-    from edge.mqtt import Publisher as MqttPublisher
-    from edge.mqtt import outbox_path
-    from edge.outbox import Outbox
+    from edge.daemon import Publisher as MqttPublisher
+    from edge.delivery.codec import encode
+    from edge.delivery.events import build_door_event, build_event
+    from edge.delivery.mqtt import outbox_path
+    from edge.delivery.outbox import Outbox
+    from edge.delivery.topics import Topics
 
     cfg = parse_config(
         {
@@ -338,8 +340,8 @@ def test_outbox_redelivery_and_reconnects_never_open_the_door(
 @pytest.mark.mqtt
 def test_home_assistant_sees_the_door(tmp_path: Path, mqtt_broker: Broker) -> None:
     """Discovery for the lock, contact and tamper entities; the retained door status."""
-    from edge.events import Topics
-    from edge.mqtt import Publisher as MqttPublisher
+    from edge.daemon import Publisher as MqttPublisher
+    from edge.delivery.topics import Topics
 
     cfg = parse_config(
         {

@@ -11,35 +11,34 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.clock import adjtimex_state, clock_synced
 from edge.config import parse_config
-from edge.errors import FacegateError
-from edge.events import (
-    HA_EVENT_TEMPLATE,
+from edge.delivery.codec import encode
+from edge.delivery.commands import MAX_COMMAND_BYTES, CommandError, parse_command
+from edge.delivery.events import (
     LATE,
     LIVE,
-    MAX_COMMAND_BYTES,
     SCHEMA_VERSION,
-    STRANGER,
-    CommandError,
-    Topics,
-    adjtimex_state,
     build_event,
-    build_ha_discovery,
-    build_last_person,
     build_state,
-    clock_synced,
     delivery_of,
-    encode,
-    ha_discovery_subscription,
-    ha_person_object_id,
-    ha_static_topics,
     is_late,
     iso_utc,
     new_event_id,
-    parse_command,
     snapshot_jpeg,
 )
-from edge.publishers import MemoryPublisher
+from edge.delivery.publishers import MemoryPublisher
+from edge.delivery.topics import Topics
+from edge.errors import FacegateError
+from edge.homeassistant.discovery import (
+    HA_EVENT_TEMPLATE,
+    STRANGER,
+    build_ha_discovery,
+    build_last_person,
+    ha_discovery_subscription,
+    ha_person_object_id,
+    ha_static_topics,
+)
 from edge.types import Box, Decision
 
 

@@ -46,8 +46,10 @@ from broker import Broker, Collector, free_port, mosquitto_path, mqtt_broker
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import Config, parse_config
-from edge.events import Topics, build_event, encode, iso_utc
-from edge.mqtt import Publisher
+from edge.daemon import Publisher
+from edge.delivery.codec import encode
+from edge.delivery.events import build_event, iso_utc
+from edge.delivery.topics import Topics
 from edge.types import Box, Decision
 
 pytestmark = [
@@ -367,7 +369,7 @@ def test_home_assistant_runs_the_readme_unlock_automation_safely(
 ) -> None:
     ha = home_assistant
     # A door's clock is synchronised; this test machine's may not be.
-    monkeypatch.setattr("edge.mqtt.clock_synced", lambda: True)
+    monkeypatch.setattr("edge.delivery.mqtt.clock_synced", lambda: True)
     cfg = device_config(tmp_path / "device", mqtt_broker)
     commands: list[str] = []
     pub = online(cfg)
@@ -493,10 +495,10 @@ def test_home_assistant_shows_the_door_and_cannot_open_it(
     pytest.importorskip("gpiozero", reason="gpiozero is not installed (the door extra)")
     from gpiozero.pins.mock import MockFactory
 
-    from edge.door import DoorController
+    from edge.door.controller import DoorController
 
     ha = home_assistant
-    monkeypatch.setattr("edge.mqtt.clock_synced", lambda: True)
+    monkeypatch.setattr("edge.delivery.mqtt.clock_synced", lambda: True)
     door = {
         "enabled": True,
         "pin_factory": "mock",

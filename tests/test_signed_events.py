@@ -28,18 +28,13 @@ from test_mqtt import decision
 
 from edge.cli import main
 from edge.config import Config, parse_config
+from edge.daemon import Publisher
+from edge.delivery.codec import encode
+from edge.delivery.events import LATE, LIVE
+from edge.delivery.publishers import StdoutPublisher
+from edge.delivery.signing import sign_key, sign_payload, verify_payload, why_not_act
+from edge.delivery.topics import Topics
 from edge.errors import ConfigError, FacegateError, SignatureError
-from edge.events import (
-    LATE,
-    LIVE,
-    Topics,
-    encode,
-    sign_payload,
-    verify_payload,
-    why_not_act,
-)
-from edge.mqtt import Publisher
-from edge.publishers import StdoutPublisher, sign_key
 
 KEY = b"0123456789abcdef-device-key"
 T = Topics.for_device("test", "door1")

@@ -7,7 +7,7 @@
   ``num_threads`` 1 and 2, each installed TFLite runtime): JPEG decode,
   detection (and the detector's bare invoke), alignment, embedding (float32
   and int8, bare invoke), matching against galleries of 10, 100 and 1,000
-  people, and the whole frame (:meth:`edge.recognizer.Recognizer.process`);
+  people, and the whole frame (:meth:`edge.decide.recognizer.Recognizer.process`);
 * the peer, ``face_recognition`` (dlib's HOG detector and ResNet embedder,
   its defaults): frames per second on the same frames, and correct
   identifications of the same labelled faces with the same people enrolled
@@ -60,8 +60,8 @@ from edge.types import Image
 from tools._common import run_tool
 
 if TYPE_CHECKING:
-    from edge.gallery import Gallery
-    from edge.recognizer import Recognizer
+    from edge.decide.recognizer import Recognizer
+    from edge.identity.gallery import Gallery
 
 log = logging.getLogger("tools.bench")
 
@@ -452,10 +452,10 @@ class Models:
 
 def build_recognizer(models: Models, runtime: str, threads: int) -> Recognizer:
     """The device pipeline on the int8 embedder (the Edge TPU delegate when asked)."""
-    from edge.detector import FaceDetector
-    from edge.embedder import Embedder
-    from edge.gallery import Gallery
-    from edge.recognizer import FaceCropper, Recognizer, calibration_for
+    from edge.decide.recognizer import FaceCropper, Recognizer, calibration_for
+    from edge.identity.gallery import Gallery
+    from edge.vision.detector import FaceDetector
+    from edge.vision.embedder import Embedder
 
     det = FaceDetector.load(models.detector, runtime=runtime, num_threads=threads)
     emb = Embedder.load(models.int8, runtime=runtime, num_threads=threads, edgetpu=models.edgetpu)
@@ -481,7 +481,7 @@ def _enrol_gallery(rec: Recognizer, frames: Sequence[BenchFrame]) -> tuple[Galle
     The largest face, as for the peer (the device's ``enrol`` command would
     refuse a photo with two faces; here both systems follow one rule).
     """
-    from edge.gallery import Gallery
+    from edge.identity.gallery import Gallery
 
     g = Gallery.for_manifest(rec.embedder.manifest)
     used = enrolment_names(frames)
@@ -497,7 +497,7 @@ def _time_detect_and_align(
     rec: Recognizer, frames: Sequence[BenchFrame], repeats: int
 ) -> tuple[float, float, Image]:
     """Median detection and per-face alignment ms, and one real aligned crop."""
-    from edge.align import align_face
+    from edge.vision.align import align_face
 
     det, cropper = rec.cropper.detector, rec.cropper
     det_samples: list[float] = []
@@ -517,7 +517,7 @@ def _time_detect_and_align(
 
 def _time_embedders(r: StageResult, rec: Recognizer, float_path: Path, crop: Image, n: int) -> None:
     """Median embedding ms (whole call and bare invoke) of the int8 and float32 models."""
-    from edge.embedder import Embedder
+    from edge.vision.embedder import Embedder
 
     femb = Embedder.load(float_path, runtime=r.runtime, num_threads=r.threads)
     for name, emb in (("int8", rec.embedder), ("float", femb)):
@@ -588,8 +588,8 @@ def bench_stages(
 
 def bench_matching(dim: int, repeats: int, seed: int = 0) -> dict[int, float]:
     """Median ms to match one face against galleries of 10, 100 and 1,000 people."""
-    from edge.gallery import Gallery
-    from edge.matcher import Matcher
+    from edge.identity.gallery import Gallery
+    from edge.identity.matcher import Matcher
     from edge.numerics import Confidence, l2_normalize
 
     rng = np.random.default_rng(seed)
@@ -808,7 +808,7 @@ def _prepare_daemon_files(frames: Sequence[BenchFrame], workdir: Path, models: M
     """The replay folder (the frames as JPEGs) and the enrolled gallery, in ``workdir``."""
     import cv2
 
-    from edge.gallery import Gallery
+    from edge.identity.gallery import Gallery
 
     replay = workdir / "replay"
     replay.mkdir(parents=True)
@@ -990,7 +990,7 @@ def bench_daemon(
         import psutil  # noqa: F401
     except ImportError as e:
         return DaemonResult(False, f"{e.name} not installed")
-    from edge.events import Topics
+    from edge.delivery.topics import Topics
     from tools._broker import LocalBroker, mosquitto_path
 
     if mosquitto_path() is None:
@@ -1331,7 +1331,7 @@ def bench_variant(
     args: argparse.Namespace,
 ) -> Variant:
     """Every per-embedder measurement of one embedder."""
-    from edge.manifest import load_manifest
+    from edge.vision.manifest import load_manifest
 
     stages = []
     for rt in runtimes:
@@ -1501,8 +1501,8 @@ def json_report(run: BenchRun) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from edge.manifest import write_json_atomic
-    from edge.runtime import RUNTIMES, available_runtimes
+    from edge.vision.manifest import write_json_atomic
+    from edge.vision.runtime import RUNTIMES, available_runtimes
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

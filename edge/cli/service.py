@@ -1,0 +1,54 @@
+"""``facegate check-config``, ``run`` and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edge.cli.common import Subcommands
+
+
+def register(sub: Subcommands) -> None:
+    """``demo``, ``check-config`` and ``run``."""
+    p = sub.add_parser("demo", help="run the whole pipeline on built-in photos")
+    p.add_argument("--broker", help="also publish to this MQTT broker (HOST[:PORT])")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("check-config", help="validate a TOML config")
+    p.add_argument("path", type=Path)
+    p.set_defaults(func=cmd_check_config)
+    p = sub.add_parser("run", help="run the recognition service")
+    p.add_argument("--config", type=Path, required=True)
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from edge.config import load_config
+
+    cfg = load_config(args.path)
+    missing = [
+        str(p)
+        for p in (cfg.model_path(cfg.detector.model), cfg.model_path(cfg.embedder.model))
+        if not p.exists()
+    ]
+    print(f"{args.path}: ok")
+    for m in missing:
+        print(f"warning: model {m} does not exist yet (python -m tools.models build)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edge.demo import run_demo
+
+    return run_demo(broker=args.broker, out=sys.stdout)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge.daemon import main_run
+
+    return main_run(str(args.config))
+
+
+__all__ = ["cmd_check_config", "cmd_demo", "cmd_run", "register"]
