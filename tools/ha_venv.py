@@ -81,6 +81,8 @@ def build(venv: Path = HA_VENV, python: str = sys.executable) -> tuple[bool, str
             out, rc = p.stdout + p.stderr, p.returncode
         except subprocess.TimeoutExpired:
             out, rc = f"timed out after {BUILD_TIMEOUT_S} s: {' '.join(cmd)}", 1
+        except OSError as e:  # no such python
+            out, rc = f"{cmd[0]}: {e.strerror or e}", 1
         if rc != 0:
             if venv.is_dir():
                 (venv / LOG).write_text(out)
