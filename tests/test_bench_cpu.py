@@ -197,7 +197,7 @@ class _CountFaces:
 
 
 def test_a_new_per_face_stage_gets_real_faces_and_a_table_row(models: Path) -> None:
-    """The extension point the liveness stage uses (tools.bench.stages.FACE_STAGES)."""
+    """The extension point the liveness stage uses (tools.bench.face_stages.FACE_STAGES)."""
     pytest.importorskip("matplotlib", reason="the registry's sample photo comes with matplotlib")
     from tools.bench import BenchFrame, Models, bench_stages, load_frames
 

@@ -28,8 +28,9 @@ lives here, never in the unit tests: ``tests/test_bench.py`` checks the pure
 helpers on given numbers.
 
 The stages are modules: :mod:`~tools.bench.frames` (the frames and the
-strangers), :mod:`~tools.bench.stages` (per-stage timing, and the place to add
-a per-face stage), :mod:`~tools.bench.matching`, :mod:`~tools.bench.identify`,
+strangers), :mod:`~tools.bench.stages` (per-stage timing),
+:mod:`~tools.bench.face_stages` (the per-face stages added to them, such as
+liveness), :mod:`~tools.bench.matching`, :mod:`~tools.bench.identify`,
 :mod:`~tools.bench.peer` (face_recognition), :mod:`~tools.bench.daemon` (the
 service as a subprocess), :mod:`~tools.bench.cpu` (the CPU's int8 features),
 :mod:`~tools.bench.targets` (the verdicts), :mod:`~tools.bench.report` (text
@@ -70,6 +71,7 @@ from tools.bench.common import (
 )
 from tools.bench.cpu import CpuInfo, int8_dot_reason, parse_cpuinfo, read_cpuinfo
 from tools.bench.daemon import DaemonResult, bench_daemon, summarise_daemon, write_config
+from tools.bench.face_stages import FACE_STAGES
 from tools.bench.frames import (
     BenchFrame,
     enrolment_names,
@@ -92,7 +94,6 @@ from tools.bench.report import (
 )
 from tools.bench.results import BenchRun, Variant
 from tools.bench.stages import (
-    FACE_STAGES,
     FaceSample,
     FaceStage,
     StageContext,

@@ -29,6 +29,7 @@ from tools.bench.common import (
 )
 from tools.bench.cpu import read_cpuinfo
 from tools.bench.daemon import DaemonResult, bench_daemon
+from tools.bench.face_stages import FACE_STAGES
 from tools.bench.frames import BenchFrame, load_frames, load_strangers
 from tools.bench.identify import identify_ours
 from tools.bench.machine import machine
@@ -151,7 +152,8 @@ def bench_variant(
     for rt in runtimes:
         for th in args.threads:
             say(f"bench: {models.label}: stages, {rt}, {th} thread(s)")
-            stages.append(bench_stages(frames, rt, th, args.repeats, args.invokes, models))
+            r = bench_stages(frames, rt, th, args.repeats, args.invokes, models, FACE_STAGES)
+            stages.append(r)
     say(f"bench: {models.label}: matching, identification")
     dim = load_manifest(models.int8).embedding_size or 512
     match_ms = bench_matching(dim, max(200, args.invokes))

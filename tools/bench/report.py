@@ -15,9 +15,10 @@ from typing import Any
 from tools.bench.common import PEER_TOLERANCE, finite
 from tools.bench.cpu import CpuInfo, int8_dot_reason
 from tools.bench.daemon import DaemonResult
+from tools.bench.face_stages import FACE_STAGES
 from tools.bench.identify import IdResult
 from tools.bench.results import BenchRun, Variant
-from tools.bench.stages import FACE_STAGES, StageResult
+from tools.bench.stages import StageResult
 from tools.bench.targets import Target, all_pass
 
 
@@ -101,7 +102,7 @@ def id_row(title: str, r: IdResult, fps: float) -> list[str]:
 
 
 def _extra_rows(stages: Sequence[StageResult], titles: Mapping[str, str]) -> list[list[str]]:
-    """A row per per-face stage of :data:`~tools.bench.stages.FACE_STAGES` (by first column)."""
+    """A row per extra per-face stage (:data:`~tools.bench.face_stages.FACE_STAGES`)."""
     keys = list(dict.fromkeys(k for s in stages for k in s.extra))
     nan = float("nan")
     return [[titles.get(k, k)] + [_fmt_num(s.extra.get(k, nan)) for s in stages] for k in keys]

@@ -7,7 +7,8 @@ after a warm-up.
 
 **Adding a per-face stage** (liveness, say): write a class with a ``key``, a
 ``title`` and ``measure(ctx: StageContext) -> float`` (the median ms per face,
-NaN when it cannot be measured) and add an instance to :data:`FACE_STAGES`.
+NaN when it cannot be measured), in a module of its own, and add an instance
+to :data:`tools.bench.face_stages.FACE_STAGES`.
 Its median lands in :attr:`StageResult.extra` under ``key``, in the stage
 table under ``title`` (one column per embedder, runtime and thread count) and
 in ``bench.json``. The context holds the pipeline as built for that column and
@@ -94,10 +95,6 @@ class FaceStage(Protocol):
     title: str
 
     def measure(self, ctx: StageContext) -> float: ...
-
-
-# The per-face stages measured after the built-in ones, in table order.
-FACE_STAGES: tuple[FaceStage, ...] = ()
 
 
 def bench_decode(frames: Sequence[BenchFrame], repeats: int) -> float:
@@ -229,9 +226,12 @@ def bench_stages(
     repeats: int,
     invokes: int,
     models: Models = DEFAULT_MODELS,
-    face_stages: Sequence[FaceStage] = FACE_STAGES,
+    face_stages: Sequence[FaceStage] = (),
 ) -> StageResult:
-    """Stage medians for one runtime and thread count (int8 embedder in the whole frame)."""
+    """Stage medians for one runtime and thread count (int8 embedder in the whole frame).
+
+    ``face_stages`` are measured after the built-in ones, into ``extra``.
+    """
     r = StageResult(runtime, threads, embedder=models.label)
     rec = build_recognizer(models, runtime, threads)
     gallery, _ = enrol_gallery(rec, frames)

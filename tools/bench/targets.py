@@ -4,7 +4,7 @@ Every target is judged on every host, except the int8 embedder's speed-up
 over float32: it is judged only where the CPU has int8 dot-product
 instructions (:func:`tools.bench.cpu.int8_dot_reason`); elsewhere it is
 ``n/a`` with the reason, and the measured ratio is still printed. A per-face
-stage added to :data:`tools.bench.stages.FACE_STAGES` that runs inside the
+stage added to :data:`tools.bench.face_stages.FACE_STAGES` that runs inside the
 whole frame counts as overhead unless its invoke is added to the bare model
 time (see :func:`tools.bench.stages._time_one_frame`).
 """
