@@ -76,9 +76,7 @@ FORBIDDEN: dict[str, dict[str, str]] = {
 # (path relative to the repository, qualified name) -> why it may be longer.
 SIZE_EXCEPTIONS: dict[tuple[str, str], str] = {}
 # Files not size-checked at all, with the reason.
-SIZE_EXEMPT_FILES: dict[str, str] = {
-    "tools/bench.py": "being split into a package along its stages by another change (issue 25)",
-}
+SIZE_EXEMPT_FILES: dict[str, str] = {}
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 Home Assistant 2024.1 (the newest release that installs on Python 3.11) runs
 from its own virtualenv, ``.venv-ha/`` in the checkout (git-ignored), which
-this module creates on first use (about 2 minutes, needs the package index;
-without it the test is skipped, saying why). It runs as a process with its
+``bash tools/setup.sh --dev`` builds (:mod:`tools.ha_venv`, about 2 minutes,
+needs the package index). Nothing is installed here: when the venv is missing
+or stale the tests are skipped, saying how to build it. It runs as a process with its
 config folder in a temporary directory; its MQTT integration is configured
 through a config entry written to ``.storage/core.config_entries`` (2024.1 has
 no YAML for the broker) and pointed at the test's Mosquitto. Home Assistant
@@ -32,7 +33,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -51,6 +51,7 @@ from edge.delivery.codec import encode
 from edge.delivery.events import build_event, iso_utc
 from edge.delivery.topics import Topics
 from edge.types import Box, Decision
+from tools import ha_venv
 
 pytestmark = [
     pytest.mark.homeassistant,
@@ -60,19 +61,7 @@ pytestmark = [
 __all__ = ["mqtt_broker"]
 
 REPO = Path(__file__).resolve().parents[1]
-HA_VENV = REPO / ".venv-ha"
-HA_VERSION = "2024.1.6"
-# Home Assistant itself, and what the integrations used here need: mqtt (paho
-# 1.6), file_upload (janus), camera, loaded by mqtt (numpy, PyTurboJPEG). The
-# versions are those Home Assistant 2024.1 pins; it runs with --skip-pip.
-HA_REQUIREMENTS = (
-    f"homeassistant=={HA_VERSION}",
-    "paho-mqtt==1.6.1",
-    "janus==1.0.0",
-    "numpy==1.26.0",
-    "PyTurboJPEG==1.7.1",
-)
-# The one warning we cause on purpose (--skip-pip: the test installed everything).
+# The one warning we cause on purpose (--skip-pip: the setup installed everything).
 EXPECTED_WARNINGS = ("Skipping pip installation of required modules",)
 
 DEVICE = "front-door"
@@ -84,24 +73,10 @@ NAIVE = "counter/naive"
 
 
 def ha_python() -> Path:
-    """The virtualenv's python with Home Assistant installed (created once)."""
-    python = HA_VENV / "bin" / "python"
-    stamp = HA_VENV / "facegate-requirements.txt"
-    wanted = "\n".join(HA_REQUIREMENTS) + "\n"
-    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
-        return python
-    t0 = time.monotonic()
-    steps = [
-        [sys.executable, "-m", "venv", "--clear", str(HA_VENV)],
-        [str(python), "-m", "pip", "install", "--quiet", *HA_REQUIREMENTS],
-    ]
-    for cmd in steps:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
-        if p.returncode != 0:
-            tail = (p.stderr or p.stdout)[-600:]
-            pytest.skip(f"cannot install Home Assistant {HA_VERSION} into {HA_VENV}: {tail}")
-    stamp.write_text(wanted)
-    print(f"\nHome Assistant {HA_VERSION} installed in {time.monotonic() - t0:.0f} s")
+    """Home Assistant's python (``.venv-ha/``, built by the setup), else skip saying why."""
+    python, why = ha_venv.status()
+    if python is None:
+        pytest.skip(why)
     return python
 
 
