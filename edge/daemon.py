@@ -17,6 +17,11 @@ joined with a timeout, so SIGTERM ends the process within
 Signals only set events: SIGTERM/SIGINT the stop event, SIGHUP a gallery
 reload (as does the MQTT ``reload-gallery`` command); the loop acts on them.
 
+Watchers (:class:`Watcher`) see every frame's result and decisions after
+the door and the publisher did, on the loop's thread: the unknown-visitor
+review and the signed "enrol the next face" (:mod:`edge.review.watch`), each
+only when configured. The loop treats them all alike.
+
 The systemd watchdog is pinged only while the service is healthy: a frame was
 processed within the last half watchdog period and the publisher's network
 thread is alive. A stuck camera or a dead MQTT thread therefore gets the
@@ -38,13 +43,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from edge.decide.tracker import Tracker
 from edge.delivery.mqtt import MqttPublisher
 from edge.delivery.publishers import PublisherLike, StdoutPublisher
 from edge.errors import FacegateError
 from edge.homeassistant.extension import HomeAssistant
+from edge.homeassistant.review import UnknownNotifier
 from edge.sdnotify import Notifier, watchdog_interval
 from edge.types import Decision, Frame, FrameResult
 
@@ -53,6 +59,7 @@ if TYPE_CHECKING:
     from edge.delivery.outbox import Outbox
     from edge.door.controller import DoorController
     from edge.identity.gallery import Gallery
+    from edge.review.watch import EnrolRecognizer
 
 log = logging.getLogger("facegate.daemon")
 
@@ -74,7 +81,8 @@ class Publisher(MqttPublisher):
     """
 
     def __init__(self, cfg: Config, outbox: Outbox | None = None) -> None:
-        super().__init__(cfg, outbox, extensions=[HomeAssistant(cfg)])
+        self.unknown_notifier = UnknownNotifier(cfg)
+        super().__init__(cfg, outbox, extensions=[HomeAssistant(cfg), self.unknown_notifier])
 
 
 def make_publisher(cfg: Config) -> PublisherLike:
@@ -99,6 +107,17 @@ class RecognizerLike(Protocol):
     def set_gallery(self, gallery: Gallery) -> None: ...
 
     def process(self, frame: Frame) -> FrameResult: ...
+
+
+class Watcher(Protocol):
+    """Something that watches the decision flow from beside it (:mod:`edge.review.watch`)."""
+
+    @property
+    def wants_frames(self) -> bool:
+        """Whether decisions must carry their crops (the tracker is handed each frame)."""
+        ...
+
+    def observe(self, frame: Frame, result: FrameResult, decisions: Sequence[Decision]) -> None: ...
 
 
 class CaptureLike(Protocol):
@@ -186,6 +205,7 @@ def run(
     recognizer: RecognizerLike | None = None,
     capture_factory: Callable[[Config, threading.Event], CaptureLike] = make_capture,
     door_factory: Callable[[Config, PublisherLike], DoorController] | None = None,
+    watchers_factory: Callable[..., list[Watcher]] | None = None,
 ) -> int:
     """Run the service until ``stop`` is set or a finite replay ends; the exit status.
 
@@ -207,9 +227,11 @@ def run(
         # This also opens the gallery: a bad one fails start-up, before READY.
         rec = recognizer if recognizer is not None else _load_recognizer(cfg)
         _wire_commands(pub, reload, door)
+        watchers = (watchers_factory or make_watchers)(cfg, pub, rec, reload)
         cap = capture_factory(cfg, cap_stop)
         cap.start()
-        return _Loop(cfg, pub, rec, cap, door, notifier, reload).run(stop)
+        loop = _Loop(cfg, pub, rec, cap, door, notifier, reload, watchers)
+        return loop.run(stop)
     except FacegateError:
         raise
     except Exception:
@@ -217,6 +239,54 @@ def run(
         return 1
     finally:
         _shutdown(cfg, pub, cap, cap_stop, door, notifier)
+
+
+def make_watchers(
+    cfg: Config, pub: PublisherLike, rec: RecognizerLike, reload: threading.Event
+) -> list[Watcher]:
+    """The configured watchers: the unknown-visitor ring, remote enrolment (none by default)."""
+    out: list[Watcher] = []
+    # The service's recognizer is an edge.decide.recognizer.Recognizer (tests may hand
+    # in a stand-in without these features); the review reads its calibration.
+    full = cast("EnrolRecognizer", rec)
+    if cfg.review.keep_unknown:
+        from edge.review.ring import ring_for_config
+        from edge.review.watch import UnknownReview
+
+        notify = pub.unknown_notifier.push if isinstance(pub, Publisher) else None
+        ring = ring_for_config(cfg, full.calibration.threshold)
+        out.append(UnknownReview(ring, rec.model_sha256, notify))
+    if cfg.review.enrol_command:
+        from edge.review.watch import RemoteEnrolment
+
+        enrol = RemoteEnrolment(cfg, full, _enrol_verifier(cfg), reload, pub.publish_event)
+        pub.on_enrol = enrol.command
+        out.append(enrol)
+    return out
+
+
+def _enrol_verifier(cfg: Config) -> Callable[[bytes], tuple[str | None, str | None]]:
+    """The enrol command's check: the door's signed-command verification with the review's key."""
+    from edge.clock import clock_synced
+    from edge.door.remote import NonceCache, verify_enrol
+
+    key = cfg.review.enrol_key.read(cfg.base_dir)
+    if key is None:
+        raise FacegateError("review.enrol_command: no review.enrol_key configured")
+    nonces = NonceCache()
+
+    def verify(payload: bytes) -> tuple[str | None, str | None]:
+        return verify_enrol(
+            payload,
+            key=key,
+            device_id=cfg.device.id,
+            now=time.time(),
+            mono=time.monotonic(),
+            synced=clock_synced(),
+            nonces=nonces,
+        )
+
+    return verify
 
 
 def _load_recognizer(cfg: Config) -> RecognizerLike:
@@ -252,9 +322,13 @@ class _Loop:
         door: DoorController | None,
         notifier: Notifier,
         reload: threading.Event,
+        watchers: Sequence[Watcher] = (),
     ) -> None:
         self.cfg, self.pub, self.rec, self.cap, self.door = cfg, pub, rec, cap, door
         self.notifier, self.reload = notifier, reload
+        self.watchers = tuple(watchers)
+        # Decisions carry their crops for the snapshot topic or a watcher that keeps them.
+        self.want_frames = cfg.mqtt.snapshot or any(w.wants_frames for w in self.watchers)
         self.model_sha = rec.model_sha256
         # A face that jumps identity by more than the open-set threshold is
         # someone else: it ends its track (edge.decide.tracker.identity_jump).
@@ -331,13 +405,18 @@ class _Loop:
         result = self.rec.process(frame)
         if not self.ready:
             self.become_ready()
-        snapshot = frame.image if self.cfg.mqtt.snapshot else None
-        for d in self.tracker.update(result, snapshot):
+        decisions = self.tracker.update(result, frame.image if self.want_frames else None)
+        for d in decisions:
             if self.door is not None:  # door: every decision, live from the tracker
                 self.door.on_decision(d, self.rec.gallery)
             payload = self.pub.publish_decision(d)
             self.events += 1
             log.info("%s", _event_line(d, payload))
+        for w in self.watchers:
+            try:
+                w.observe(frame, result, decisions)
+            except Exception:  # a watcher's bug must not stop the door
+                log.exception("%s failed on frame %d", type(w).__name__, frame.index)
         self.frames += 1
         self.window_frames += 1
         self.health.frame_done()

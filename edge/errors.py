@@ -54,3 +54,7 @@ class SignatureError(FacegateError):
 
 class BrokerError(FacegateError):
     """The MQTT broker cannot be reached or refused us."""
+
+
+class ReviewError(FacegateError):
+    """The unknown-visitor review ring cannot be used: no key, unreadable folder, no such entry."""

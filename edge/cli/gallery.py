@@ -123,7 +123,7 @@ def _gallery_report(rec: Recognizer) -> dict[str, object]:
 
     names, emb, starts = rec.gallery.matrix()
     point = rec.operating_point
-    pairs = lookalikes(names, emb, starts, point.threshold, rec.margin)
+    pairs = lookalikes(names, emb, starts, point.threshold, rec.calibration.far_table)
     for la in pairs:
         print(f"warning: {lookalike_message(la)}", file=sys.stderr)
     return {

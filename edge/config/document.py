@@ -29,6 +29,7 @@ from edge.config.sections import (
     HomeAssistantConfig,
     MatchingConfig,
     MqttConfig,
+    ReviewConfig,
     ServiceConfig,
 )
 from edge.errors import ConfigError
@@ -53,6 +54,7 @@ class Config:
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     door: DoorConfig = field(default_factory=DoorConfig)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
     base_dir: Path = field(default_factory=Path.cwd, compare=False)
 
     def __post_init__(self) -> None:
@@ -70,6 +72,18 @@ class Config:
             raise ConfigError(
                 "door.remote_unlock: needs mqtt.enabled = true and mqtt.commands = true"
             )
+        r = self.review
+        if r.enrol_command and not (self.mqtt.enabled and self.mqtt.commands):
+            raise ConfigError(
+                "review.enrol_command: needs mqtt.enabled = true and mqtt.commands = true"
+            )
+        if r.keep_unknown and not (r.key.configured or self.gallery.key.configured):
+            raise ConfigError(
+                "review.keep_unknown: the ring of unknown visitors is always encrypted: set "
+                "review.key_file or review.key_credential (or a gallery key)"
+            )
+        if r.notify and not self.mqtt.enabled:
+            raise ConfigError("review.notify: needs mqtt.enabled = true")
 
     def files(self) -> dict[str, Path]:
         """Every file the config names (models excluded), by key path, resolved."""
@@ -78,8 +92,12 @@ class Config:
             out["mqtt.outbox_path"] = self.outbox_file
         if self.door.enabled:
             out["door.audit_path"] = self.audit_file
+        if self.review.keep_unknown:
+            out["review.path"] = self.review_dir
         for key in (
             "gallery.key_file",
+            "review.key_file",
+            "review.enrol_key_file",
             "door.remote_key_file",
             "events.sign_key_file",
             "mqtt.password_file",
@@ -114,6 +132,12 @@ class Config:
     def audit_file(self) -> Path:
         """``door.audit_path``; a relative path is taken inside ``service.state_dir``."""
         p = Path(self.door.audit_path).expanduser()
+        return Path(os.path.normpath(p if p.is_absolute() else self.state_dir / p))
+
+    @property
+    def review_dir(self) -> Path:
+        """``review.path``; a relative path is taken inside ``service.state_dir``."""
+        p = Path(self.review.path).expanduser()
         return Path(os.path.normpath(p if p.is_absolute() else self.state_dir / p))
 
     def model_path(self, p: str) -> Path:

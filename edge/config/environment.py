@@ -44,6 +44,10 @@ def _check_secrets(cfg: Config) -> None:
         used.append(cfg.camera.password)
     if cfg.events.sign_key.configured:
         used.append(cfg.events.sign_key)
+    if cfg.review.keep_unknown and cfg.review.key.configured:
+        used.append(cfg.review.key)
+    if cfg.review.enrol_command:
+        used.append(cfg.review.enrol_key)
     for ref in used:
         if ref.file:
             warn_if_exposed(cfg.resolve(ref.file), f"{ref.key}_file")
@@ -124,6 +128,10 @@ def check_environment(cfg: Config, config_path: Path | None = None) -> None:
         st = _stat(path, key)
         if st is not None and not stat.S_ISREG(st.st_mode):
             raise ConfigError(f"{key}: {path} exists and is not a regular file")
+    if cfg.review.keep_unknown:
+        st = _stat(cfg.review_dir, "review.path")
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"review.path: {cfg.review_dir} exists and is not a folder")
     _check_secrets(cfg)
     if cfg.mqtt.enabled and cfg.mqtt.tls:
         _check_tls(cfg)

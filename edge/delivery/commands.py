@@ -7,7 +7,8 @@ decides, in this order:
 2. the payload must parse (:func:`parse_command`: exactly
    ``{"command": "reload-gallery"}``, or the door's signed unlock; every key
    at most once);
-3. an unlock needs a door on this device (``on_unlock``);
+3. an unlock needs a door on this device (``on_unlock``); an enrol command
+   needs ``review.enrol_command`` (``on_enrol``);
 4. at most :data:`COMMAND_BURST` commands at once and :data:`COMMAND_RATE`
    per second after that are acted on (a :class:`~edge.delivery.ratelimit.TokenBucket`);
    the rest are dropped and counted. Refused payloads cost no token, so junk
@@ -37,8 +38,11 @@ RELOAD_GALLERY = "reload-gallery"
 COMMANDS = (RELOAD_GALLERY,)
 UNLOCK = "unlock"
 """The door's signed remote unlock, checked by :func:`edge.door.remote.verify_unlock`."""
-MAX_COMMAND_BYTES = 256
-"""Command payloads longer than this are rejected before they are parsed."""
+ENROL = "enrol"
+"""review: the signed "enrol the next face as N" (:func:`edge.door.remote.verify_enrol`)."""
+MAX_COMMAND_BYTES = 2048
+"""Command payloads longer than this are rejected before they are parsed (an enrol command
+carries a name of up to 128 characters, each up to 12 bytes as JSON escapes)."""
 
 
 class CommandError(FacegateError):
@@ -64,6 +68,8 @@ def parse_command(payload: bytes) -> str:
         raise CommandError("command: payload is not UTF-8 JSON") from None
     if isinstance(doc, dict) and doc.get("command") == UNLOCK:
         return UNLOCK  # door: the signed unlock, verified by edge.door.remote (ts, nonce, hmac)
+    if isinstance(doc, dict) and doc.get("command") == ENROL:
+        return ENROL  # review: signed like the unlock, verified by whoever enrols (on_enrol)
     if not isinstance(doc, dict) or set(doc) != {"command"}:
         raise CommandError('command: expected exactly {"command": ...}')
     cmd = doc["command"]
@@ -92,6 +98,8 @@ class CommandGate:
         """Called with the command's name (``reload-gallery``)."""
         self.on_unlock: Callable[[bytes], object] | None = None
         """door: called with the whole payload of an unlock, which the door verifies."""
+        self.on_enrol: Callable[[bytes], object] | None = None
+        """review: called with the whole payload of an enrol command, which it verifies."""
         self.accepted = 0
         self.rejected = 0
         self.limited = 0
@@ -123,6 +131,9 @@ class CommandGate:
         if cmd == UNLOCK:
             if self.on_unlock is not None:
                 self.on_unlock(payload)
+        elif cmd == ENROL:
+            if self.on_enrol is not None:
+                self.on_enrol(payload)
         elif self.on_command is not None:
             self.on_command(cmd)
         return True
@@ -140,6 +151,8 @@ class CommandGate:
                 why = str(e).removeprefix("command: ")
             if cmd == UNLOCK and self.on_unlock is None:
                 why = "unlock: no door on this device"
+            if cmd == ENROL and self.on_enrol is None:
+                why = "enrol: off on this device (review.enrol_command)"
         if why is None:
             return cmd
         self.rejected += 1
@@ -176,6 +189,15 @@ class GatedCommands:
         self.commands.on_unlock = fn
 
     @property
+    def on_enrol(self) -> Callable[[bytes], object] | None:
+        """review: called with the payload of each accepted enrol command (it verifies it)."""
+        return self.commands.on_enrol
+
+    @on_enrol.setter
+    def on_enrol(self, fn: Callable[[bytes], object] | None) -> None:
+        self.commands.on_enrol = fn
+
+    @property
     def rejected_commands(self) -> int:
         return self.commands.rejected
 
@@ -185,6 +207,7 @@ __all__ = [
     "COMMAND_BURST",
     "COMMAND_LOG_FIRST",
     "COMMAND_RATE",
+    "ENROL",
     "MAX_COMMAND_BYTES",
     "RELOAD_GALLERY",
     "UNLOCK",

@@ -35,6 +35,7 @@ class PublisherLike(Protocol):
 
     on_command: Callable[[str], None] | None
     on_unlock: Callable[[bytes], object] | None
+    on_enrol: Callable[[bytes], object] | None
 
     def start(self) -> None: ...
 
@@ -171,6 +172,14 @@ class StdoutPublisher:
     @on_unlock.setter
     def on_unlock(self, fn: Callable[[bytes], object] | None) -> None:
         self._inner.on_unlock = fn
+
+    @property
+    def on_enrol(self) -> Callable[[bytes], object] | None:
+        return self._inner.on_enrol
+
+    @on_enrol.setter
+    def on_enrol(self, fn: Callable[[bytes], object] | None) -> None:
+        self._inner.on_enrol = fn
 
     def _print(self, payload: dict[str, Any]) -> dict[str, Any]:
         out = self._out or sys.stdout

@@ -1,11 +1,18 @@
-"""Remote unlock: a signed command over MQTT, verified here, never trusted by topic.
+"""Signed remote commands: verified here, never trusted by topic.
 
-The command is ``{"command": "unlock", "ts", "nonce", "hmac"}``; ``hmac`` is
-HMAC-SHA256 over :func:`unlock_message` (``facegate-unlock-v1``, the
-``device.id``, ``ts`` and ``nonce``) with ``door.remote_key_*``. It is only
-accepted with ``door.remote_unlock = true``, a synchronised clock, ``ts``
-within :data:`REMOTE_MAX_AGE_S` of the device's clock and a nonce not seen
-before (:class:`NonceCache`). :func:`verify_unlock` says why a command is refused.
+The door's remote unlock is ``{"command": "unlock", "ts", "nonce", "hmac"}``;
+``hmac`` is HMAC-SHA256 over :func:`unlock_message` (``facegate-unlock-v1``,
+the ``device.id``, ``ts`` and ``nonce``) with ``door.remote_key_*``. It is
+only accepted with ``door.remote_unlock = true``, a synchronised clock,
+``ts`` within :data:`REMOTE_MAX_AGE_S` of the device's clock and a nonce not
+seen before (:class:`NonceCache`). :func:`verify_unlock` says why a command
+is refused.
+
+The same code checks every signed command (:func:`verify_signed`): each has
+its own domain string and its own key, and may sign fields of its own after
+the nonce. The second one is the review's "enrol the next face as N"
+(:func:`verify_enrol`: ``facegate-enrol-v1``, ``review.enrol_key_*``, the
+name signed), so a signature for one command never passes for the other.
 """
 
 from __future__ import annotations
@@ -47,31 +54,64 @@ NONCE_KEEP_S = 600.0
 NONCE_MAX = 4096
 """More remembered nonces than this: further commands are refused (``busy``)."""
 UNLOCK_MESSAGE_VERSION = "facegate-unlock-v1"
+ENROL_MESSAGE_VERSION = "facegate-enrol-v1"
+MAX_SIGNED_FIELD = 512
+"""A signed command's own fields (the name to enrol) are strings of at most this many characters."""
 
 _NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _HMAC_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
-def unlock_message(device_id: str, ts: int, nonce: str) -> bytes:
-    """The bytes a remote unlock signs: ``facegate-unlock-v1\\n<device.id>\\n<ts>\\n<nonce>``.
+def signed_message(domain: str, device_id: str, ts: int, nonce: str, *fields: str) -> bytes:
+    """The bytes a signed command signs: ``<domain>\\n<device.id>\\n<ts>\\n<nonce>[\\n<field>...]``.
 
-    The device id is part of it, so a command signed for one door opens no other.
+    The device id is part of it, so a command signed for one door acts on no
+    other; the domain names the command, so one command's signature is no
+    other's. Fields are UTF-8.
     """
-    return f"{UNLOCK_MESSAGE_VERSION}\n{device_id}\n{ts}\n{nonce}".encode()
+    return "\n".join([domain, device_id, str(ts), nonce, *fields]).encode()
+
+
+def unlock_message(device_id: str, ts: int, nonce: str) -> bytes:
+    """The bytes a remote unlock signs: ``facegate-unlock-v1\\n<device.id>\\n<ts>\\n<nonce>``."""
+    return signed_message(UNLOCK_MESSAGE_VERSION, device_id, ts, nonce)
+
+
+def sign_command(
+    key: bytes,
+    device_id: str,
+    command: str,
+    domain: str,
+    fields: Mapping[str, str] | None = None,
+    ts: int | None = None,
+    nonce: str | None = None,
+) -> dict[str, Any]:
+    """A signed ``{"command": command, **fields, "ts", "nonce", "hmac"}`` command.
+
+    ``ts``: integer Unix seconds (now by default); ``nonce``: 32 random hex
+    digits by default; ``hmac``: hex HMAC-SHA256 of :func:`signed_message`
+    (the fields' values in the order given) with ``key``.
+    """
+    t = int(time.time()) if ts is None else ts
+    n = nonce or secrets.token_hex(16)
+    extra = dict(fields or {})
+    msg = signed_message(domain, device_id, t, n, *extra.values())
+    mac = hmac.new(key, msg, hashlib.sha256).hexdigest()
+    return {"command": command, **extra, "ts": t, "nonce": n, "hmac": mac}
 
 
 def sign_unlock(
     key: bytes, device_id: str, ts: int | None = None, nonce: str | None = None
 ) -> dict[str, Any]:
-    """A signed ``{"command": "unlock", "ts", "nonce", "hmac"}`` command.
+    """A signed ``{"command": "unlock", "ts", "nonce", "hmac"}`` command (:func:`sign_command`)."""
+    return sign_command(key, device_id, "unlock", UNLOCK_MESSAGE_VERSION, None, ts, nonce)
 
-    ``ts``: integer Unix seconds (now by default); ``nonce``: 32 random hex
-    digits by default; ``hmac``: hex HMAC-SHA256 of :func:`unlock_message` with ``key``.
-    """
-    t = int(time.time()) if ts is None else ts
-    n = nonce or secrets.token_hex(16)
-    mac = hmac.new(key, unlock_message(device_id, t, n), hashlib.sha256).hexdigest()
-    return {"command": "unlock", "ts": t, "nonce": n, "hmac": mac}
+
+def sign_enrol(
+    key: bytes, device_id: str, name: str, ts: int | None = None, nonce: str | None = None
+) -> dict[str, Any]:
+    """A signed ``{"command": "enrol", "name", "ts", "nonce", "hmac"}`` (the name is signed)."""
+    return sign_command(key, device_id, "enrol", ENROL_MESSAGE_VERSION, {"name": name}, ts, nonce)
 
 
 class NonceCache:
@@ -116,34 +156,107 @@ def verify_unlock(
 ) -> str | None:
     """Check a remote unlock command; None when accepted, else why it is refused.
 
-    In order: the payload is exactly ``{"command": "unlock", "ts": INT,
-    "nonce": STR, "hmac": HEX}`` (else :data:`MALFORMED`); the HMAC matches
-    (constant-time compare; else :data:`BAD_SIGNATURE`); the clock is synced
-    (else :data:`CLOCK_NOT_SYNCED`); ``|now - ts| <= REMOTE_MAX_AGE_S``
-    (else :data:`STALE`); the nonce is new (else :data:`REPLAYED`). Only an
-    accepted command's nonce is remembered, so unsigned junk cannot fill the cache.
+    :func:`verify_signed` for ``{"command": "unlock", "ts", "nonce", "hmac"}``
+    under ``facegate-unlock-v1``.
     """
-    if isinstance(payload, bytes | bytearray):
-        try:
-            doc = loads_strict(bytes(payload))  # a key given twice is malformed
-        except ValueError:
-            return MALFORMED
-    else:
-        doc = payload
-    if not isinstance(doc, Mapping) or set(doc) != {"command", "ts", "nonce", "hmac"}:
+    return verify_signed(
+        payload,
+        command="unlock",
+        domain=UNLOCK_MESSAGE_VERSION,
+        key=key,
+        device_id=device_id,
+        now=now,
+        mono=mono,
+        synced=synced,
+        nonces=nonces,
+    )
+
+
+def verify_enrol(
+    payload: bytes | Mapping[str, Any],
+    *,
+    key: bytes,
+    device_id: str,
+    now: float,
+    mono: float,
+    synced: bool,
+    nonces: NonceCache,
+) -> tuple[str | None, str | None]:
+    """Check an "enrol the next face as N" command: (None, N) when accepted, else (why, None).
+
+    :func:`verify_signed` for ``{"command": "enrol", "name", "ts", "nonce",
+    "hmac"}`` under ``facegate-enrol-v1``, with the name signed after the nonce.
+    """
+    doc = _parse(payload)
+    why = verify_signed(
+        payload if doc is None else doc,
+        command="enrol",
+        domain=ENROL_MESSAGE_VERSION,
+        fields=("name",),
+        key=key,
+        device_id=device_id,
+        now=now,
+        mono=mono,
+        synced=synced,
+        nonces=nonces,
+    )
+    return (None, str(doc["name"])) if why is None and doc is not None else (why, None)
+
+
+def _parse(payload: bytes | Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """A command payload as a mapping (None when it is not one: malformed)."""
+    if not isinstance(payload, bytes | bytearray):
+        return payload
+    try:
+        doc = loads_strict(bytes(payload))  # a key given twice is malformed
+    except ValueError:
+        return None
+    return doc if isinstance(doc, Mapping) else None
+
+
+def verify_signed(
+    payload: bytes | Mapping[str, Any],
+    *,
+    command: str,
+    domain: str,
+    fields: tuple[str, ...] = (),
+    key: bytes,
+    device_id: str,
+    now: float,
+    mono: float,
+    synced: bool,
+    nonces: NonceCache,
+) -> str | None:
+    """Check a signed command; None when accepted, else why it is refused.
+
+    In order: the payload is exactly ``{"command": command, <fields>, "ts":
+    INT, "nonce": STR, "hmac": HEX}``, each field a string of at most
+    :data:`MAX_SIGNED_FIELD` characters (else :data:`MALFORMED`); the HMAC of
+    :func:`signed_message` (``domain``, the fields in the order given)
+    matches (constant-time compare; else :data:`BAD_SIGNATURE`); the clock
+    is synced (else :data:`CLOCK_NOT_SYNCED`); ``|now - ts| <=
+    REMOTE_MAX_AGE_S`` (else :data:`STALE`); the nonce is new (else
+    :data:`REPLAYED`). Only an accepted command's nonce is remembered, so
+    unsigned junk cannot fill the cache.
+    """
+    doc = _parse(payload)
+    if doc is None or set(doc) != {"command", "ts", "nonce", "hmac", *fields}:
         return MALFORMED
     ts, nonce, mac = doc["ts"], doc["nonce"], doc["hmac"]
+    values = [doc[f] for f in fields]
     if (
-        doc["command"] != "unlock"
+        doc["command"] != command
         or not isinstance(ts, int)
         or isinstance(ts, bool)
         or not isinstance(nonce, str)
         or not _NONCE_RE.match(nonce)
         or not isinstance(mac, str)
         or not _HMAC_RE.match(mac)
+        or not all(isinstance(v, str) and len(v) <= MAX_SIGNED_FIELD for v in values)
     ):
         return MALFORMED
-    want = hmac.new(key, unlock_message(device_id, ts, nonce), hashlib.sha256).hexdigest()
+    msg = signed_message(domain, device_id, ts, nonce, *values)
+    want = hmac.new(key, msg, hashlib.sha256).hexdigest()
     if not hmac.compare_digest(want, mac):
         return BAD_SIGNATURE
     if not synced:
@@ -161,6 +274,7 @@ def remote_key(cfg: Config) -> bytes | None:
 __all__ = [
     "BAD_SIGNATURE",
     "BUSY",
+    "ENROL_MESSAGE_VERSION",
     "MALFORMED",
     "NONCE_KEEP_S",
     "NONCE_MAX",
@@ -171,7 +285,12 @@ __all__ = [
     "UNLOCK_MESSAGE_VERSION",
     "NonceCache",
     "remote_key",
+    "sign_command",
+    "sign_enrol",
     "sign_unlock",
+    "signed_message",
     "unlock_message",
+    "verify_enrol",
+    "verify_signed",
     "verify_unlock",
 ]
