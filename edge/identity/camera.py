@@ -37,6 +37,8 @@ words; both poses are wanted, so the result is the same.
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,6 +46,7 @@ import numpy.typing as npt
 
 from edge.identity.enrol import DEFAULT_RULES, EnrolmentRules, PhotoMeasure, photo_problem
 from edge.numerics import pitch_ratio
+from edge.types import Image
 
 STRAIGHT = "straight"
 LEFT = "left"
@@ -239,6 +242,32 @@ class CameraCollector:
         return f"{self.offered} frame(s) seen, {self.used} usable; poses: {seen}"
 
 
+def collect(
+    frames: Iterable[Image],
+    measure: Callable[[Image], PhotoMeasure],
+    collector: CameraCollector,
+    seconds: float,
+    say: Callable[[str], None],
+    clock: Callable[[], float] = time.monotonic,
+) -> CameraCollector:
+    """Offer frames to ``collector`` until it is done or ``seconds`` have passed.
+
+    ``measure`` is the recognizer's (:func:`edge.decide.recognizer.measure_photo`:
+    the face, its quality, keypoints and embedding, as ``enroll`` sees a
+    photo); ``say`` hears the advice each time it changes.
+    """
+    end = clock() + seconds
+    said = ""
+    for image in frames:
+        collector.offer(measure(image))
+        if collector.advice != said:
+            said = collector.advice
+            say(said)
+        if collector.done or clock() >= end:
+            break
+    return collector
+
+
 __all__ = [
     "DONE_ADVICE",
     "DOWN",
@@ -251,6 +280,7 @@ __all__ = [
     "CameraCollector",
     "CameraRules",
     "HeadPose",
+    "collect",
     "frame_advice",
     "head_pose",
 ]
