@@ -41,7 +41,13 @@ import numpy.typing as npt
 from edge.decide.recognizer import Recognizer, calibration_for
 from edge.errors import FacegateError
 from edge.identity.camera import CameraCollector, CameraRules
-from edge.identity.enrol import DEFAULT_RULES, EnrolmentRules, PhotoMeasure, plan_enrolment
+from edge.identity.enrol import (
+    DEFAULT_RULES,
+    EnrolmentRules,
+    PhotoMeasure,
+    outlier_distance,
+    plan_enrolment,
+)
 from edge.identity.gallery import Gallery
 from edge.identity.matcher import Matcher
 from edge.identity.thresholds import DEFAULT_TARGET_FPIR, operating_point
@@ -565,7 +571,10 @@ def _enrol_as_the_device(
         photos = list(given)
         offered = split.frames.get(name, [])
         if offered:
-            kept, _ = _camera_frames(offered, measures, camera or CameraRules())
+            cam = camera or CameraRules()
+            if cam.max_distance is None:  # as enroll --camera sets it
+                cam = replace(cam, max_distance=outlier_distance(recognizer.calibration))
+            kept, _ = _camera_frames(offered, measures, cam)
             out.frames_offered += len(offered)
             out.frames_kept += len(kept)
             photos += kept

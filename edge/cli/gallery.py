@@ -110,11 +110,13 @@ def _camera_frames(
 ) -> tuple[list[str], list[PhotoMeasure]]:
     """``enroll --camera``: the frames camera enrolment keeps (edge.identity.camera)."""
     from edge.identity.camera import CameraCollector, CameraRules, collect
+    from edge.identity.enrol import outlier_distance
     from edge.sources import frames, open_source
 
     if photos < 1 or seconds <= 0:
         raise FacegateError("enroll --camera: --photos and --seconds must be positive")
-    collector = CameraCollector(CameraRules(photos=photos))
+    rules = CameraRules(photos=photos, max_distance=outlier_distance(rec.calibration))
+    collector = CameraCollector(rules)
     source = open_source(cfg)
     print(f"camera: {cfg.camera.source}; look at the camera", file=sys.stderr)
     collect(

@@ -20,7 +20,10 @@ photo) and:
    pose in that order, then, if slots are left, the frames farthest in
    embedding space from those already chosen (farthest-point selection), never
    one closer than :attr:`CameraRules.same_frame` to a chosen one (it would
-   add nothing);
+   add nothing), and, with :attr:`CameraRules.max_distance`, never one farther
+   than that from the sharpest straight frame: a detector whose keypoints
+   slipped makes a "turned" frame whose crop is misaligned, and the most
+   different frame is then exactly the wrong one to keep;
 4. says what it still needs (:attr:`CameraCollector.advice`: "turn your head
    slightly left").
 
@@ -103,6 +106,10 @@ class CameraRules:
     * ``same_frame``: a frame whose embedding is closer than this to a
       chosen frame's adds nothing (consecutive frames of a still head lie
       within a few hundredths; a genuine pair of photos is ~0.27 apart).
+    * ``max_distance``: a frame farther than this from the sharpest straight
+      frame is not chosen (None: no limit). ``enroll --camera`` and the
+      service pass :func:`edge.identity.enrol.outlier_distance`, the
+      distance beyond which the enrolment checks would refuse it anyway.
     """
 
     photos: int = 5
@@ -111,9 +118,10 @@ class CameraRules:
     tilt: float = 0.06
     same_frame: float = 0.03
     pool: int = 200
+    max_distance: float | None = None
 
 
-@dataclass
+@dataclass(eq=False)  # frames are compared by identity
 class _Frame:
     measure: PhotoMeasure
     pose: HeadPose
@@ -168,7 +176,7 @@ class CameraCollector:
         if pose == STRAIGHT and math.isfinite(frame.pose.pitch):
             self._straight_pitch.append(frame.pose.pitch)
         best = self._best.get(pose)
-        if best is None or frame.sharpness > best.sharpness:
+        if best is None or self._rank(frame, pose) > self._rank(best, pose):
             self._best[pose] = frame
         self._pool.append(frame)
         if len(self._pool) > self.rules.pool:
@@ -179,6 +187,13 @@ class CameraCollector:
                     del self._pool[i]
                     break
         return None
+
+    def _rank(self, f: _Frame, pose: str) -> tuple[bool, float]:
+        """How good a frame is for its pose: like the straight frames first, then sharp."""
+        anchor, limit = self._best.get(STRAIGHT), self.rules.max_distance
+        if pose == STRAIGHT or limit is None or anchor is None:
+            return (True, f.sharpness)
+        return (self._nearest(f, [anchor]) <= limit, f.sharpness)
 
     def classify(self, pose: HeadPose) -> str:
         """The pose a frame shows: a turn, else a tilt (from the straight frames), else straight."""
@@ -196,8 +211,18 @@ class CameraCollector:
         return STRAIGHT
 
     def missing(self) -> list[str]:
-        """The wanted poses no good frame showed yet."""
-        return [p for p in self.wanted if p not in self._best]
+        """The wanted poses no good frame showed yet (or only one unlike the straight frames)."""
+        anchor, limit = self._best.get(STRAIGHT), self.rules.max_distance
+        return [
+            p
+            for p in self.wanted
+            if p not in self._best
+            or (
+                limit is not None
+                and anchor is not None
+                and self._nearest(self._best[p], [anchor]) > limit
+            )
+        ]
 
     @property
     def done(self) -> bool:
@@ -216,9 +241,18 @@ class CameraCollector:
 
     def chosen(self) -> list[PhotoMeasure]:
         """Up to ``photos`` frames: the best per pose (in :data:`POSES` order), then the most
-        different others (farthest-point selection over the embeddings)."""
-        picks = [self._best[p] for p in POSES if p in self._best][: self.rules.photos]
-        rest = [f for f in self._pool if all(f is not p for p in picks)]
+        different others (farthest-point selection over the embeddings), all within
+        ``max_distance`` of the sharpest straight frame."""
+        anchor = self._best.get(STRAIGHT)
+        limit = self.rules.max_distance
+        near = [
+            f
+            for f in self._pool
+            if limit is None or anchor is None or self._nearest(f, [anchor]) <= limit
+        ]
+        picks = [self._best[p] for p in POSES if p in self._best and self._best[p] in near]
+        picks = picks[: self.rules.photos]
+        rest = [f for f in near if all(f is not p for p in picks)]
         while len(picks) < self.rules.photos and rest:
             far = [self._nearest(f, picks) for f in rest]
             j = int(np.argmax(far))

@@ -33,7 +33,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from edge.errors import FacegateError
 from edge.identity.camera import CameraCollector, CameraRules
-from edge.identity.enrol import PhotoMeasure, lookalike_message, plan_enrolment
+from edge.identity.enrol import (
+    PhotoMeasure,
+    lookalike_message,
+    outlier_distance,
+    plan_enrolment,
+)
 from edge.identity.gallery import Gallery, check_new_name
 from edge.identity.thresholds import OperatingPoint
 from edge.imageio import encode_jpeg
@@ -181,7 +186,10 @@ class RemoteEnrolment:
             if why is None and self._request is not None:
                 why = "busy"
             if why is None and name is not None:
-                rules = CameraRules(photos=self.cfg.review.enrol_photos)
+                rules = CameraRules(
+                    photos=self.cfg.review.enrol_photos,
+                    max_distance=outlier_distance(self.rec.calibration),
+                )
                 deadline = self.clock() + self.cfg.review.enrol_timeout_s
                 self._request = _Request(name, deadline, CameraCollector(rules))
         if why is not None:
