@@ -324,8 +324,8 @@ class LookAlike:
 
 
 def _one_in(far: float) -> str:
-    """``far`` as "1 in N" words (``far`` in (0, 1])."""
-    n = 1.0 / far
+    """``far`` as "1 in N" words, N to two significant digits (``far`` in (0, 1])."""
+    n = float(f"{1.0 / far:.2g}")
     return f"1 in {n:,.0f}" if n >= 10 else f"{100 * far:.0f}%"
 
 
