@@ -13,9 +13,10 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from edge.config.values import GROUP_PREFIX, Window
+from edge.errors import ConfigError
 
 if TYPE_CHECKING:
     from edge.types import Decision
@@ -119,6 +120,120 @@ def judge(
     return Verdict(True)
 
 
+# -- entries that match nobody (check-config and start) --------------------------------
+
+
+@dataclass(frozen=True)
+class Finding:
+    """An ``allow`` or ``schedule`` entry that matches nobody in the gallery.
+
+    ``error``: a near miss of a name or group that is enrolled (a typo: the
+    entry would silently apply to nobody, and the person it was meant for
+    would get in without the schedule, or not at all); ``warning``: nothing
+    like it is enrolled yet (it may be later).
+    """
+
+    level: Literal["error", "warning"]
+    key: str
+    message: str
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Optimal-string-alignment distance: insertions, deletions, substitutions, adjacent swaps."""
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i] + [0] * len(b)
+        for j, cb in enumerate(b, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        prev2, prev = prev, cur
+    return prev[len(b)]
+
+
+def near_miss(entry: str, known: str) -> bool:
+    """Whether ``entry`` is a slip of ``known`` (and not ``known`` itself).
+
+    Equal once case and surrounding whitespace are ignored, or at most 1
+    edit apart (2 when the known name has 5 or more characters), ignoring
+    case: "Alice " and "alice" and "Alcie" for "Alice", "Staff" for "staff".
+    """
+    if entry == known:
+        return False
+    a, b = entry.strip().casefold(), known.strip().casefold()
+    return a == b or edit_distance(a, b) <= (2 if len(b) >= 5 else 1)
+
+
+def _closest(entry: str, candidates: Iterable[str]) -> str | None:
+    slips = [c for c in candidates if near_miss(entry, c)]
+    if not slips:
+        return None
+    return min(slips, key=lambda c: (edit_distance(entry.casefold(), c.casefold()), c))
+
+
+def check_entry(key: str, entry: str, names: set[str], groups: set[str]) -> Finding | None:
+    """One ``allow`` or ``schedule`` entry against the enrolled names and groups."""
+    if entry.startswith(GROUP_PREFIX):
+        group = entry.removeprefix(GROUP_PREFIX)
+        if group in groups:
+            return None
+        near = _closest(group, groups)
+        if near is not None:
+            return Finding(
+                "error",
+                key,
+                f"no group {group!r} in the gallery; did you mean {GROUP_PREFIX}{near}? "
+                "(group names are exact: case and spelling)",
+            )
+        return Finding("warning", key, f"nobody in the gallery is in group {group!r} (yet)")
+    if entry in names:
+        return None
+    if entry.strip() in groups or entry.strip().casefold() in {g.casefold() for g in groups}:
+        return Finding(
+            "error",
+            key,
+            f"{entry!r} is a group, written as a person: {GROUP_PREFIX}{entry.strip()}?",
+        )
+    near = _closest(entry, names)
+    if near is not None:
+        return Finding(
+            "error",
+            key,
+            f"nobody named {entry!r} is enrolled; did you mean {near!r}? "
+            "(names are exact: case, spaces and spelling)",
+        )
+    return Finding("warning", key, f"nobody named {entry!r} is enrolled (yet)")
+
+
+def check_names(
+    allow: Sequence[str],
+    schedule: Mapping[str, Sequence[str]],
+    names: Iterable[str],
+    groups_of: Mapping[str, Iterable[str]],
+) -> list[Finding]:
+    """Every ``door.allow`` entry and ``door.schedule`` key that matches nobody enrolled.
+
+    The rule (README, "The door"): an entry that is a near miss of an
+    enrolled name or group (:func:`near_miss`) is an error, since it applies
+    to nobody while looking right; one that resembles nothing enrolled is a
+    warning (the person may be enrolled later). Exact matches are fine.
+    """
+    known = set(names)
+    groups = {g for gs in groups_of.values() for g in gs}
+    found = [check_entry(f"door.allow[{i}]", e, known, groups) for i, e in enumerate(allow)]
+    found += [check_entry(f"door.schedule.{k}", k, known, groups) for k in schedule]
+    return [f for f in found if f is not None]
+
+
+def raise_errors(findings: Sequence[Finding]) -> None:
+    """ConfigError naming the first error among ``findings`` (and how many more); else nothing."""
+    errors = [f for f in findings if f.level == "error"]
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(f"{errors[0].key}: {errors[0].message}{more}")
+
+
 class Lockout:
     """Counts unknown-face denials; ``max_denials`` within ``window_s`` lock for ``lockout_s``.
 
@@ -158,11 +273,17 @@ __all__ = [
     "OUTSIDE_SCHEDULE",
     "STALE",
     "UNKNOWN",
+    "Finding",
     "Lockout",
     "Verdict",
     "Window",
+    "check_entry",
+    "check_names",
+    "edit_distance",
     "in_schedule",
     "is_allowed",
     "judge",
+    "near_miss",
+    "raise_errors",
     "windows_for",
 ]

@@ -18,6 +18,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from edge.config.environment import check_distinct_keys
 from edge.delivery.codec import loads_strict
 from edge.door.policy import CLOCK_NOT_SYNCED, STALE
 
@@ -154,8 +155,15 @@ def verify_unlock(
 
 
 def remote_key(cfg: Config) -> bytes | None:
-    """The remote unlock key from ``door.remote_key_file`` / ``remote_key_credential``."""
-    return cfg.door.remote_key.read(cfg.base_dir)  # 16+ bytes (ConfigError otherwise)
+    """The remote unlock key from ``door.remote_key_file`` / ``remote_key_credential``.
+
+    16+ bytes, and not the event signing key (:func:`edge.config.check_distinct_keys`):
+    ConfigError otherwise, at start as in ``check-config``.
+    """
+    key = cfg.door.remote_key.read(cfg.base_dir)
+    if key is not None and cfg.events.sign_key.configured:
+        check_distinct_keys(key, cfg.events.sign_key.read(cfg.base_dir))
+    return key
 
 
 __all__ = [
