@@ -254,10 +254,35 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         for p in (cfg.model_path(cfg.detector.model), cfg.model_path(cfg.embedder.model))
         if not p.exists()
     ]
+    notes = _check_door_names(cfg) if cfg.door.enabled else []
     print(f"{args.path}: ok")
+    for n in notes:
+        print(n)
     for m in missing:
         print(f"warning: model {m} does not exist yet (python -m tools.models build)")
     return 0
+
+
+def _check_door_names(cfg: Config) -> list[str]:
+    """door.allow and door.schedule against the gallery's names and groups (when it can be read).
+
+    A near miss of an enrolled name or group is an error (ConfigError); the
+    rest are returned as ``warning:`` / ``note:`` lines.
+    """
+    from edge.door.policy import check_names, raise_errors
+    from edge.files import exists
+    from edge.identity.gallery import gallery_key, read_people
+
+    path = cfg.resolve(cfg.gallery.path)
+    try:
+        if not exists(path, "gallery"):
+            return [f"note: {path}: no gallery yet: door.allow and door.schedule not checked"]
+        people = read_people(path, gallery_key(cfg))
+    except FacegateError as e:
+        return [f"note: door.allow and door.schedule not checked against the gallery ({e})"]
+    found = check_names(cfg.door.allow, cfg.door.schedule, people, people)
+    raise_errors(found)
+    return [f"warning: {f.key}: {f.message}" for f in found]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -268,9 +293,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from edge.config import load_config
-    from edge.door.audit import parse_since, read_entries, to_csv
+    from edge.door.audit import parse_since, read_entries, to_csv, verify_log
 
     cfg = load_config(args.config)
+    if args.verify:
+        report = verify_log(cfg.audit_file)
+        for line in [*report.notes, *report.problems]:
+            print(line)
+        print(report.summary())
+        return 0 if report.ok else 1
     since = parse_since(args.since) if args.since else None
     entries = read_entries(cfg.audit_file, since)
     if args.csv:
@@ -453,6 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--since", help="ISO date/time (local) or an age: 90s, 15m, 2h, 7d")
     p.add_argument("--csv", action="store_true", help="CSV with a header row")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="check the file, SQLite's integrity and the hash chain; exit 1 if not intact",
+    )
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser(

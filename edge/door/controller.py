@@ -26,7 +26,7 @@ import edge.door.audit as aud
 from edge.clock import clock_synced
 from edge.door.access import Access
 from edge.door.pins import GpioPins, make_pin_factory
-from edge.door.policy import UNKNOWN, Verdict
+from edge.door.policy import UNKNOWN, Finding, Verdict, check_names, raise_errors
 from edge.door.record import EventSink, Recorder
 from edge.door.remote import remote_key
 
@@ -45,7 +45,10 @@ STATUS_TOPIC = "door"
 
 
 class GroupSource(Protocol):
-    """What the door needs from the gallery: a person's groups."""
+    """What the door needs from the gallery: who is enrolled, and a person's groups."""
+
+    @property
+    def names(self) -> list[str]: ...
 
     def __contains__(self, name: object) -> bool: ...
 
@@ -121,7 +124,7 @@ class DoorController:
         self._own_audit = audit is None
         try:
             self.audit = audit or aud.AuditLog(
-                cfg.audit_file, d.audit_max_age_days, d.audit_max_rows, wall=wall
+                cfg.audit_file, d.audit_max_age_days, d.audit_max_rows, wall=wall, mono=clock
             )
             key = remote_key(cfg) if d.remote_unlock else None
             self._access = Access(cfg, key=key, clock=clock, wall=wall, synced=synced)
@@ -192,6 +195,24 @@ class DoorController:
     def refused_unrecorded(self) -> int:
         """Refused remote commands beyond the audit log's per-minute budget, counted only."""
         return self._access.refused_unrecorded
+
+    def check_gallery(self, gallery: GroupSource, strict: bool = True) -> list[Finding]:
+        """door.allow and door.schedule against the gallery (:func:`edge.door.policy.check_names`).
+
+        Warnings are logged; a near miss is a ConfigError (``strict``, at
+        start) or an error line (a reload: the service goes on).
+        """
+        names = list(gallery.names)
+        found = check_names(
+            self.door.allow, self.door.schedule, names, {n: gallery.groups(n) for n in names}
+        )
+        for f in found:
+            log.log(
+                logging.ERROR if f.level == "error" else logging.WARNING, "%s: %s", f.key, f.message
+            )
+        if strict:
+            raise_errors(found)
+        return found
 
     # -- decisions (daemon loop) ------------------------------------------------------
     def on_decision(self, decision: Decision, gallery: GroupSource | None = None) -> Verdict:
