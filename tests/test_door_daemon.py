@@ -213,20 +213,23 @@ def test_the_door_works_with_mqtt_disabled(tmp_path: Path) -> None:
     assert rc == 0
     lines = [json.loads(x) for x in out.getvalue().splitlines()]
     got = [(x["type"], x.get("name"), x.get("reason")) for x in lines]
-    assert got == [
+    # The door's records are written by its own thread (never holding up the relay or
+    # the loop): each kind of event is in order, the two interleave as they come.
+    decisions = [g for g in got if not g[0].startswith("access")]
+    assert decisions == [("recognized", "Alice", None), ("unknown", None, None),
+                         ("recognized", "Bob", None)]  # fmt: skip
+    door = [g for g in got if g[0].startswith("access")]
+    assert door == [
         ("access_granted", "Alice", None),
-        ("recognized", "Alice", None),
         ("access_denied", None, "unknown"),
-        ("unknown", None, None),
         ("access_denied", "Bob", "not_allowed"),
-        ("recognized", "Bob", None),
     ]
     assert [x["seq"] for x in lines] == list(range(1, 7))
     assert doors.states() == [False, True, False]  # one pulse, released at the stop
     from edge.door.audit import read_entries
 
     audit = [(e.kind, e.name, e.reason) for e in read_entries(tmp_path / "audit.sqlite")]
-    assert audit == [g for g in got if g[0].startswith("access")]
+    assert audit == door
 
 
 def test_a_reload_releases_the_relay(tmp_path: Path) -> None:

@@ -175,9 +175,9 @@ class AuditLog:
 
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(
-            self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
-        )
+        # Opening may wait for a lock as long as a start may take; appends then
+        # wait only busy_timeout (the door's writer retries on AuditBusy).
+        db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
         try:
             ok = db.execute("PRAGMA quick_check").fetchone()
             if ok is None or ok[0] != "ok":
@@ -188,6 +188,7 @@ class AuditLog:
             db.execute("PRAGMA synchronous=EXTRA")
             db.executescript(_SCHEMA)
             self._migrate(db)
+            db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
         except sqlite3.DatabaseError:
             db.close()
             raise
@@ -255,7 +256,10 @@ class AuditLog:
             self._appended += 1
             due = self._appended % PRUNE_EVERY == 0
         if due:
-            self.prune()
+            try:
+                self.prune()
+            except AuditBusy:  # the entry is written; retention runs at the next turn
+                log.debug("audit log: retention postponed (locked)")
         return AuditEntry(row_id, t, clock_synced, kind, name, reason, detail, json.loads(blob))
 
     def _insert(
