@@ -266,6 +266,8 @@ def _wire_commands(
     pub.on_command = on_command
     if door is not None:  # door: the signed remote unlock (refused unless enabled)
         pub.on_unlock = door.remote_command
+        # Verify before spending: a wrong-key flood costs no token of the rate limit.
+        pub.verify_unlock = door.authentic
 
 
 class _Loop:
