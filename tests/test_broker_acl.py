@@ -37,7 +37,13 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parents[1]
 ACL = ROOT / "systemd" / "mosquitto-acl.example"
 CONF = ROOT / "systemd" / "mosquitto-facegate.conf"
-USERS = {"door1": "door-pw", "door2": "other-pw", "homeassistant": "ha-pw", "mallory": "m-pw"}
+USERS = {
+    "door1": "door-pw",
+    "door2": "other-pw",
+    "front-door": "fd-pw",
+    "homeassistant": "ha-pw",
+    "mallory": "m-pw",
+}
 T = Topics.for_device("facegate", "door1")
 
 
@@ -270,5 +276,38 @@ def test_an_oversize_payload_never_reaches_the_device(acl_broker: Broker, tmp_pa
         control.loop_stop()
         assert sizes == [len(b'{"command": "reload-gallery"}')]
         assert "oversize packet" in acl_broker.log_tail(100_000)
+    finally:
+        pub.stop(timeout=2.0)
+
+
+def test_a_device_id_with_a_dash_stays_connected(acl_broker: Broker, tmp_path: Path) -> None:
+    """The README's front-door under the shipped ACL: no denied publish, no dropped connection.
+
+    facegate 0.1's discovery layout for it ("front_door") is outside what the
+    ACL grants the device; Mosquitto 2.0 drops the connection of a client whose
+    publish it denies, so clearing it blindly on every connect kept the device
+    off the broker. It is cleared only where found.
+    """
+    (tmp_path / "pw").write_text(USERS["front-door"])
+    cfg = parse_config(
+        {
+            "device": {"id": "front-door"},
+            "mqtt": {"enabled": True, "host": acl_broker.host, "port": acl_broker.port,
+                     "username": "front-door", "password_file": "pw", "commands": True,
+                     "ha_discovery": True},
+            "door": {"enabled": True, "pin_factory": "mock"},
+        },
+        base_dir=tmp_path,
+    )  # fmt: skip
+    pub = Publisher(cfg)
+    pub.start()
+    try:
+        pub.set_state(status="running")
+        pub.set_gallery(["Alice"])
+        pub.set_ready()
+        assert wait_for(pub.listening.is_set, 10)
+        time.sleep(2.0)  # a dropped connection would have shown by now
+        assert pub.transport.generation == 1, acl_broker.log_tail()
+        assert "Bad socket read/write" not in acl_broker.log_tail(100_000)
     finally:
         pub.stop(timeout=2.0)
