@@ -171,3 +171,25 @@ def test_a_genuine_unlock_flood_is_still_rate_limited() -> None:
     gate.verify_unlock = lambda p: authentic(p, key=key, device_id=dev)
     ok = [gate.handle(json.dumps(sign_unlock(key, dev, ts=1000)).encode()) for _ in range(20)]
     assert sum(ok) == COMMAND_BURST and gate.limited == 20 - COMMAND_BURST
+
+
+def test_an_oversize_payload_is_refused_before_it_is_parsed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The device's side of the size limit: the length is checked before any parsing."""
+    import edge.delivery.commands as commands
+
+    parsed: list[int] = []
+
+    def counting(payload: bytes) -> object:
+        parsed.append(len(payload))
+        return loads_strict(payload)
+
+    monkeypatch.setattr(commands, "loads_strict", counting)
+    gate = CommandGate(Clock())
+    gate.on_unlock = lambda p: None
+    big = b'{"command": "unlock", "pad": "' + b"x" * (8 << 20) + b'"}'
+    assert not gate.handle(big) and gate.rejected == 1
+    assert parsed == []  # never parsed
+    gate.handle(RELOAD)  # the gate still parses what fits
+    assert parsed == [len(RELOAD)]
