@@ -31,6 +31,7 @@ keeps only the newest frame.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
@@ -44,6 +45,7 @@ from edge.decide.tracker import Tracker
 from edge.delivery.mqtt import MqttPublisher
 from edge.delivery.publishers import PublisherLike, StdoutPublisher
 from edge.errors import FacegateError
+from edge.files import StateLock
 from edge.homeassistant.extension import HomeAssistant
 from edge.sdnotify import Notifier, watchdog_interval
 from edge.types import Decision, Frame, FrameResult
@@ -195,10 +197,34 @@ def run(
     """
     notifier = notifier or Notifier()
     reload = reload or threading.Event()
-    pub = publisher or make_publisher(cfg)
-    # door: built (relay released) before anything else starts; it gets every
-    # decision in-process from this loop, never from the broker or the outbox.
-    door = _door(cfg, pub, door_factory) if cfg.door.enabled else None
+    # One process per state_dir (outbox, audit log, door state): a second one
+    # stops here, before it touches the relay or the broker.
+    with _state_lock(cfg):
+        pub = publisher or make_publisher(cfg)
+        # door: built (relay released) before anything else starts; it gets every
+        # decision in-process from this loop, never from the broker or the outbox.
+        door = _door(cfg, pub, door_factory) if cfg.door.enabled else None
+        return _run(cfg, stop, pub, door, reload, notifier, recognizer, capture_factory)
+
+
+def _state_lock(cfg: Config) -> contextlib.AbstractContextManager[object]:
+    """The state_dir's lock (:class:`edge.files.StateLock`) when the daemon writes state there."""
+    if not (cfg.mqtt.enabled or cfg.door.enabled):
+        return contextlib.nullcontext()
+    return StateLock(cfg.state_dir)
+
+
+def _run(
+    cfg: Config,
+    stop: threading.Event,
+    pub: PublisherLike,
+    door: DoorController | None,
+    reload: threading.Event,
+    notifier: Notifier,
+    recognizer: RecognizerLike | None,
+    capture_factory: Callable[[Config, threading.Event], CaptureLike],
+) -> int:
+    """The service with its publisher and door made: start, loop, shut down."""
     cap_stop = threading.Event()
     cap: CaptureLike | None = None
     notifier.status("starting")
@@ -206,6 +232,8 @@ def run(
     try:
         # This also opens the gallery: a bad one fails start-up, before READY.
         rec = recognizer if recognizer is not None else _load_recognizer(cfg)
+        if door is not None:  # door: an allow/schedule entry that matches nobody (issue 19)
+            door.check_gallery(rec.gallery)
         _wire_commands(pub, reload, door)
         cap = capture_factory(cfg, cap_stop)
         cap.start()
@@ -238,6 +266,8 @@ def _wire_commands(
     pub.on_command = on_command
     if door is not None:  # door: the signed remote unlock (refused unless enabled)
         pub.on_unlock = door.remote_command
+        # Verify before spending: a wrong-key flood costs no token of the rate limit.
+        pub.verify_unlock = door.authentic
 
 
 class _Loop:
@@ -320,6 +350,8 @@ class _Loop:
             log.error("gallery reload failed, keeping the old one: %s", e)
             return
         log.info("gallery reloaded: %d people", len(self.rec.gallery))
+        if self.door is not None:
+            self.door.check_gallery(self.rec.gallery, strict=False)
         # The open-set threshold follows the gallery size: so does the
         # identity check of the tracks (the tracks themselves go on).
         self.tracker.identity_threshold = self.rec.threshold

@@ -7,11 +7,15 @@ decides, in this order:
 2. the payload must parse (:func:`parse_command`: exactly
    ``{"command": "reload-gallery"}``, or the door's signed unlock; every key
    at most once);
-3. an unlock needs a door on this device (``on_unlock``);
+3. an unlock needs a door on this device (``on_unlock``), and must be
+   signed with the door's key: the door's cheap, stateless check
+   (``verify_unlock``: one parse, one HMAC) runs *before* the rate limit. An
+   unlock that fails it spends no token: it is counted as rejected and still
+   handed to the door, which records the refusal within its own budget;
 4. at most :data:`COMMAND_BURST` commands at once and :data:`COMMAND_RATE`
    per second after that are acted on (a :class:`~edge.delivery.ratelimit.TokenBucket`);
    the rest are dropped and counted. Refused payloads cost no token, so junk
-   cannot starve a real command.
+   (a wrong-key unlock flood included) cannot starve a real command.
 
 Every outcome is counted (:attr:`~CommandGate.accepted`,
 :attr:`~CommandGate.rejected`, :attr:`~CommandGate.limited`) and logged
@@ -92,6 +96,8 @@ class CommandGate:
         """Called with the command's name (``reload-gallery``)."""
         self.on_unlock: Callable[[bytes], object] | None = None
         """door: called with the whole payload of an unlock, which the door verifies."""
+        self.verify_unlock: Callable[[bytes], bool] | None = None
+        """door: whether an unlock is signed with its key (checked before a token is spent)."""
         self.accepted = 0
         self.rejected = 0
         self.limited = 0
@@ -107,7 +113,12 @@ class CommandGate:
             cmd = self._check(now, payload, retained)
             if cmd is None:
                 return False
-            if not self._bucket.take(now):
+            forged = cmd == UNLOCK and not self._authentic(payload)
+            if forged:
+                self.rejected += 1
+                self._log.note(now, REJECTED, "rejected: unlock not signed with the door's key",
+                               logging.WARNING)  # fmt: skip
+            elif not self._bucket.take(now):
                 self.limited += 1
                 self._log.note(
                     now,
@@ -117,15 +128,28 @@ class CommandGate:
                     logging.WARNING,
                 )
                 return False
-            self.accepted += 1
-            self._log.note(now, ACCEPTED, f"{cmd!r} received")
-        # Outside the lock: the callbacks may take their time (the door's).
+            else:
+                self.accepted += 1
+                self._log.note(now, ACCEPTED, f"{cmd!r} received")
+        # Outside the lock: the callbacks may take their time (the door's). A forged
+        # unlock goes to the door too, which records the refusal (within its budget).
         if cmd == UNLOCK:
             if self.on_unlock is not None:
                 self.on_unlock(payload)
         elif self.on_command is not None:
             self.on_command(cmd)
-        return True
+        return not forged
+
+    def _authentic(self, payload: bytes) -> bool:
+        """The door's pre-verification of an unlock (True when no door hook is set)."""
+        check = self.verify_unlock
+        if check is None:
+            return True
+        try:
+            return bool(check(payload))
+        except Exception:
+            log.exception("command: unlock pre-verification failed; refused")
+            return False
 
     def _check(self, now: float, payload: bytes, retained: bool) -> str | None:
         """The command, or None when refused (counted and logged)."""
@@ -174,6 +198,15 @@ class GatedCommands:
     @on_unlock.setter
     def on_unlock(self, fn: Callable[[bytes], object] | None) -> None:
         self.commands.on_unlock = fn
+
+    @property
+    def verify_unlock(self) -> Callable[[bytes], bool] | None:
+        """door: the stateless signature check run before an unlock spends a token."""
+        return self.commands.verify_unlock
+
+    @verify_unlock.setter
+    def verify_unlock(self, fn: Callable[[bytes], bool] | None) -> None:
+        self.commands.verify_unlock = fn
 
     @property
     def rejected_commands(self) -> int:

@@ -35,6 +35,7 @@ class PublisherLike(Protocol):
 
     on_command: Callable[[str], None] | None
     on_unlock: Callable[[bytes], object] | None
+    verify_unlock: Callable[[bytes], bool] | None
 
     def start(self) -> None: ...
 
@@ -171,6 +172,14 @@ class StdoutPublisher:
     @on_unlock.setter
     def on_unlock(self, fn: Callable[[bytes], object] | None) -> None:
         self._inner.on_unlock = fn
+
+    @property
+    def verify_unlock(self) -> Callable[[bytes], bool] | None:
+        return self._inner.verify_unlock
+
+    @verify_unlock.setter
+    def verify_unlock(self, fn: Callable[[bytes], bool] | None) -> None:
+        self._inner.verify_unlock = fn
 
     def _print(self, payload: dict[str, Any]) -> dict[str, Any]:
         out = self._out or sys.stdout
