@@ -36,6 +36,7 @@ keeps only the newest frame.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
@@ -49,6 +50,7 @@ from edge.decide.tracker import Tracker
 from edge.delivery.mqtt import MqttPublisher
 from edge.delivery.publishers import PublisherLike, StdoutPublisher
 from edge.errors import FacegateError
+from edge.files import StateLock
 from edge.homeassistant.extension import HomeAssistant
 from edge.homeassistant.review import UnknownNotifier
 from edge.sdnotify import Notifier, watchdog_interval
@@ -215,10 +217,37 @@ def run(
     """
     notifier = notifier or Notifier()
     reload = reload or threading.Event()
-    pub = publisher or make_publisher(cfg)
-    # door: built (relay released) before anything else starts; it gets every
-    # decision in-process from this loop, never from the broker or the outbox.
-    door = _door(cfg, pub, door_factory) if cfg.door.enabled else None
+    # One process per state_dir (outbox, audit log, door state): a second one
+    # stops here, before it touches the relay or the broker.
+    with _state_lock(cfg):
+        pub = publisher or make_publisher(cfg)
+        # door: built (relay released) before anything else starts; it gets every
+        # decision in-process from this loop, never from the broker or the outbox.
+        door = _door(cfg, pub, door_factory) if cfg.door.enabled else None
+        return _run(
+            cfg, stop, pub, door, reload, notifier, recognizer, capture_factory, watchers_factory
+        )
+
+
+def _state_lock(cfg: Config) -> contextlib.AbstractContextManager[object]:
+    """The state_dir's lock (:class:`edge.files.StateLock`) when the daemon writes state there."""
+    if not (cfg.mqtt.enabled or cfg.door.enabled or cfg.review.keep_unknown):
+        return contextlib.nullcontext()
+    return StateLock(cfg.state_dir)
+
+
+def _run(
+    cfg: Config,
+    stop: threading.Event,
+    pub: PublisherLike,
+    door: DoorController | None,
+    reload: threading.Event,
+    notifier: Notifier,
+    recognizer: RecognizerLike | None,
+    capture_factory: Callable[[Config, threading.Event], CaptureLike],
+    watchers_factory: Callable[..., list[Watcher]] | None = None,
+) -> int:
+    """The service with its publisher and door made: start, loop, shut down."""
     cap_stop = threading.Event()
     cap: CaptureLike | None = None
     notifier.status("starting")
@@ -226,6 +255,8 @@ def run(
     try:
         # This also opens the gallery: a bad one fails start-up, before READY.
         rec = recognizer if recognizer is not None else _load_recognizer(cfg)
+        if door is not None:  # door: an allow/schedule entry that matches nobody (issue 19)
+            door.check_gallery(rec.gallery)
         _wire_commands(pub, reload, door)
         watchers = (watchers_factory or make_watchers)(cfg, pub, rec, reload)
         cap = capture_factory(cfg, cap_stop)
@@ -259,20 +290,28 @@ def make_watchers(
     if cfg.review.enrol_command:
         from edge.review.watch import RemoteEnrolment
 
-        enrol = RemoteEnrolment(cfg, full, _enrol_verifier(cfg), reload, pub.publish_event)
+        verify, authentic = _enrol_verifier(cfg)
+        enrol = RemoteEnrolment(cfg, full, verify, reload, pub.publish_event)
+        pub.verify_enrol = authentic  # forged commands spend no token of the rate limit
         pub.on_enrol = enrol.command
         out.append(enrol)
     return out
 
 
-def _enrol_verifier(cfg: Config) -> Callable[[bytes], tuple[str | None, str | None]]:
-    """The enrol command's check: the door's signed-command verification with the review's key."""
+def _enrol_verifier(
+    cfg: Config,
+) -> tuple[Callable[[bytes], tuple[str | None, str | None]], Callable[[bytes], bool]]:
+    """The enrol command's checks, the door's signed-command code with the review's key: the
+    whole verification, and the stateless one the command gate runs first."""
     from edge.clock import clock_synced
-    from edge.door.remote import NonceCache, verify_enrol
+    from edge.config.environment import check_enrol_key
+    from edge.door.remote import NonceCache, authentic_enrol, verify_enrol
 
     key = cfg.review.enrol_key.read(cfg.base_dir)
     if key is None:
         raise FacegateError("review.enrol_command: no review.enrol_key configured")
+    if cfg.events.sign_key.configured:
+        check_enrol_key(key, cfg.events.sign_key.read(cfg.base_dir))
     nonces = NonceCache()
 
     def verify(payload: bytes) -> tuple[str | None, str | None]:
@@ -286,7 +325,7 @@ def _enrol_verifier(cfg: Config) -> Callable[[bytes], tuple[str | None, str | No
             nonces=nonces,
         )
 
-    return verify
+    return verify, lambda payload: authentic_enrol(payload, key=key, device_id=cfg.device.id)
 
 
 def _load_recognizer(cfg: Config) -> RecognizerLike:
@@ -308,6 +347,8 @@ def _wire_commands(
     pub.on_command = on_command
     if door is not None:  # door: the signed remote unlock (refused unless enabled)
         pub.on_unlock = door.remote_command
+        # Verify before spending: a wrong-key flood costs no token of the rate limit.
+        pub.verify_unlock = door.authentic
 
 
 class _Loop:
@@ -394,6 +435,8 @@ class _Loop:
             log.error("gallery reload failed, keeping the old one: %s", e)
             return
         log.info("gallery reloaded: %d people", len(self.rec.gallery))
+        if self.door is not None:
+            self.door.check_gallery(self.rec.gallery, strict=False)
         # The open-set threshold follows the gallery size: so does the
         # identity check of the tracks (the tracks themselves go on).
         self.tracker.identity_threshold = self.rec.threshold

@@ -23,6 +23,7 @@ from broker import Broker, Collector, wait_for
 from edge.cli import main
 from edge.config import Config, load_config
 from edge.delivery.publishers import MemoryPublisher
+from edge.door.remote import sign_enrol
 
 FPS = 10.0
 KEY = b"g" * 32
@@ -149,8 +150,6 @@ def test_a_stranger_becomes_one_entry_then_known_then_named(
 
 
 def _signed(name: str, key: bytes = ENROL_KEY) -> bytes:
-    from edge.door.remote import sign_enrol
-
     return json.dumps(sign_enrol(key, "test-door", name)).encode()
 
 
@@ -223,8 +222,13 @@ def test_enrol_command_over_a_real_broker(
             publish = lambda p: sub.client.publish(topics.command, p, qos=1)  # noqa: E731
             publish(json.dumps({"command": "enrol", "name": "Eileen Collins"}))  # unsigned
             publish(_signed("Eileen Collins", key=b"x" * 32))  # another key
+            # Both stop at the command gate's signature check (no token spent, no event).
+            assert wait_for(lambda: daemon.pub.commands.rejected == 2, 30)
+            stale = json.loads(_signed("Eileen Collins"))
+            stale = sign_enrol(ENROL_KEY, "test-door", "Eileen Collins", ts=stale["ts"] - 60)
+            publish(json.dumps(stale))  # signed, but a minute old: the watcher refuses it
             refusals = lambda: [e["reason"] for e in ev() if e["type"] == "enrol_refused"]  # noqa: E731
-            assert sub.wait_for(lambda: refusals() == ["malformed", "bad_signature"], 30), ev()
+            assert sub.wait_for(lambda: refusals() == ["stale"], 30), ev()
             assert (tmp_path / "gallery.fgg").read_bytes() == before  # nobody enrolled yet
             publish(_signed("Eileen Collins"))
             assert sub.wait_for(lambda: any(e["type"] == "enrolled" for e in ev()), 90), ev()
@@ -237,7 +241,7 @@ def test_enrol_command_over_a_real_broker(
                 ),
                 90,
             ), ev()
-            assert daemon.pub.commands.rejected == 0  # refused by the verifier, not the gate
+            assert daemon.pub.commands.rejected == 2
     finally:
         sub.stop()
     assert daemon.rc == [0]

@@ -123,6 +123,15 @@ def test_the_gate_hands_enrol_commands_over_only_when_enrolment_is_on() -> None:
     gate.on_enrol = seen.append
     assert gate.handle(cmd) and seen == [cmd]
     assert not gate.handle(cmd, retained=True)  # never a retained one
+    # The stateless signature check runs first: a forgery spends no token and goes no further.
+    from edge.door.remote import authentic_enrol
+
+    gate.verify_enrol = lambda p: authentic_enrol(p, key=KEY, device_id="door")
+    forged = json.dumps(sign_enrol(b"x" * 32, "door", "Alice")).encode()
+    for _ in range(20):
+        assert not gate.handle(forged)
+    assert seen == [cmd] and gate.limited == 0
+    assert gate.handle(cmd) and seen == [cmd, cmd]  # a real one still gets through
 
 
 def test_home_assistant_entities_for_the_review() -> None:

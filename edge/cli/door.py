@@ -19,6 +19,11 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--since", help="ISO date/time (local) or an age: 90s, 15m, 2h, 7d")
     p.add_argument("--csv", action="store_true", help="CSV with a header row")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="check the file, SQLite's integrity and the hash chain; exit 1 if not intact",
+    )
     p.set_defaults(func=cmd_audit)
     p = sub.add_parser("door", help="installer checks: pulse the relay; sign a remote unlock")
     p.add_argument("action", choices=["test", "sign-unlock"])
@@ -29,9 +34,15 @@ def register(sub: Subcommands) -> None:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from edge.config import load_config
-    from edge.door.audit import parse_since, read_entries, to_csv
+    from edge.door.audit import parse_since, read_entries, to_csv, verify_log
 
     cfg = load_config(args.config)
+    if args.verify:
+        report = verify_log(cfg.audit_file)
+        for line in [*report.notes, *report.problems]:
+            print(line)
+        print(report.summary())
+        return 0 if report.ok else 1
     since = parse_since(args.since) if args.since else None
     entries = read_entries(cfg.audit_file, since)
     if args.csv:

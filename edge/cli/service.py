@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from edge.cli.common import Subcommands
+    from edge.config import Config
 
 
 def register(sub: Subcommands) -> None:
@@ -33,10 +34,36 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         for p in (cfg.model_path(cfg.detector.model), cfg.model_path(cfg.embedder.model))
         if not p.exists()
     ]
+    notes = _check_door_names(cfg) if cfg.door.enabled else []
     print(f"{args.path}: ok")
+    for n in notes:
+        print(n)
     for m in missing:
         print(f"warning: model {m} does not exist yet (python -m tools.models build)")
     return 0
+
+
+def _check_door_names(cfg: Config) -> list[str]:
+    """door.allow and door.schedule against the gallery's names and groups (when it can be read).
+
+    A near miss of an enrolled name or group is an error (ConfigError); the
+    rest are returned as ``warning:`` / ``note:`` lines.
+    """
+    from edge.door.policy import check_names, raise_errors
+    from edge.errors import FacegateError
+    from edge.files import exists
+    from edge.identity.gallery import gallery_key, read_people
+
+    path = cfg.resolve(cfg.gallery.path)
+    try:
+        if not exists(path, "gallery"):
+            return [f"note: {path}: no gallery yet: door.allow and door.schedule not checked"]
+        people = read_people(path, gallery_key(cfg))
+    except FacegateError as e:
+        return [f"note: door.allow and door.schedule not checked against the gallery ({e})"]
+    found = check_names(cfg.door.allow, cfg.door.schedule, people, people)
+    raise_errors(found)
+    return [f"warning: {f.key}: {f.message}" for f in found]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -45,7 +45,7 @@ from edge.config.checker import (
     TopicPrefix,
 )
 from edge.config.document import MODELS_DIR, Config, parse_config
-from edge.config.environment import check_environment
+from edge.config.environment import check_distinct_keys, check_environment
 from edge.config.loader import MAX_CONFIG_BYTES, load_config
 from edge.config.secrets import (
     KEY_MIN_BYTES,
@@ -120,6 +120,7 @@ __all__ = [
     "SourceName",
     "Text",
     "TopicPrefix",
+    "check_distinct_keys",
     "check_environment",
     "load_config",
     "parse_config",

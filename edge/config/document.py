@@ -61,7 +61,12 @@ class Config:
         self.check()
 
     def check(self) -> None:
-        """Rules across sections: no two keys name the same file; a remote unlock needs commands."""
+        """Rules across sections.
+
+        No two keys name the same file; a remote unlock needs commands and a
+        key of its own (not the event signing key's credential); a door
+        never decides on a single frame.
+        """
         files: dict[Path, str] = {}
         for key, path in self.files().items():
             other = files.setdefault(path, key)
@@ -71,6 +76,17 @@ class Config:
         if d.remote_unlock and not (self.mqtt.enabled and self.mqtt.commands):
             raise ConfigError(
                 "door.remote_unlock: needs mqtt.enabled = true and mqtt.commands = true"
+            )
+        if d.enabled and self.decision.single_frame:
+            raise ConfigError(
+                "decision.single_frame: not with door.enabled = true (one frame would open "
+                "the door; a door decides on k of n frames)"
+            )
+        cred = self.events.sign_key_credential
+        if d.remote_unlock and cred and cred == d.remote_key_credential:
+            raise ConfigError(
+                f"events.sign_key_credential: {cred!r} is also door.remote_key_credential; "
+                "every event consumer could then sign unlocks: give each its own key"
             )
         r = self.review
         if r.enrol_command and not (self.mqtt.enabled and self.mqtt.commands):

@@ -48,12 +48,13 @@ def _check_secrets(cfg: Config) -> None:
         used.append(cfg.review.key)
     if cfg.review.enrol_command:
         used.append(cfg.review.enrol_key)
+    read: dict[str, bytes | None] = {}
     for ref in used:
         if ref.file:
             warn_if_exposed(cfg.resolve(ref.file), f"{ref.key}_file")
-            ref.read(cfg.base_dir)
+            read[ref.key] = ref.read(cfg.base_dir)
         elif ref.credential and os.environ.get("CREDENTIALS_DIRECTORY"):
-            ref.read(cfg.base_dir)
+            read[ref.key] = ref.read(cfg.base_dir)
         elif ref.credential:
             log.info(
                 "%s_credential: %r is read from $CREDENTIALS_DIRECTORY when systemd runs "
@@ -61,6 +62,31 @@ def _check_secrets(cfg: Config) -> None:
                 ref.key,
                 ref.credential,
             )
+    check_distinct_keys(read.get("door.remote_key"), read.get("events.sign_key"))
+    check_enrol_key(read.get("review.enrol_key"), read.get("events.sign_key"))
+
+
+def check_enrol_key(enrol: bytes | None, sign: bytes | None) -> None:
+    """The review's enrol key must not be the event signing key: enrolling grants access,
+    and every event consumer holds the signing key."""
+    if enrol is not None and sign is not None and enrol == sign:
+        raise ConfigError(
+            "review.enrol_key: the same key as events.sign_key (the same bytes); every "
+            "event consumer could then enrol people: give enrolment a key of its own"
+        )
+
+
+def check_distinct_keys(unlock: bytes | None, sign: bytes | None) -> None:
+    """The remote unlock key and the event signing key must differ (compared as bytes).
+
+    Everyone who checks events holds the signing key; if it also opened the
+    door, every event consumer could sign unlocks.
+    """
+    if unlock is not None and sign is not None and unlock == sign:
+        raise ConfigError(
+            "door.remote_key: the same key as events.sign_key (the same bytes); every "
+            "event consumer could then sign unlocks: give the door a key of its own"
+        )
 
 
 def _check_tls(cfg: Config) -> None:
@@ -138,4 +164,4 @@ def check_environment(cfg: Config, config_path: Path | None = None) -> None:
     _check_camera(cfg)
 
 
-__all__ = ["check_environment"]
+__all__ = ["check_distinct_keys", "check_enrol_key", "check_environment"]

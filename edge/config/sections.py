@@ -291,6 +291,8 @@ class DoorConfig(Section):
     exit_pin: Annotated[int | None, Range(ge=0, le=27)] = None
     tamper_pin: Annotated[int | None, Range(ge=0, le=27)] = None
     tamper_closed_when_ok: bool = True
+    # A tamper alarm in force denies grants (reason "tampered"); off: an alarm only.
+    deny_while_tampered: bool = False
     debounce_ms: Annotated[int, Range(ge=0, le=1000)] = 50
     unlock_s: Annotated[float, Range(gt=0, le=120)] = 3.0
     # A door must not act on old faces: at most 5 s between the frame and the grant.

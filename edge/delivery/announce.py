@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge.delivery.codec import encode
 from edge.delivery.events import ABSENT, OFFLINE, ONLINE, PRESENT, build_state
+from edge.delivery.signing import STATUS_SIG_CONTEXT, sign_key, sign_payload
 
 if TYPE_CHECKING:
     from edge.config import Config
@@ -57,6 +58,7 @@ class Announcer:
         self._state_lock = threading.Lock()
         self._state: dict[str, Any] = {}
         self._status: dict[str, bytes] = {}  # door: retained <base>/<name> topics
+        self._key = sign_key(cfg)
         self._ready = threading.Event()
         self._presence = False
         self._state_sent = 0.0  # monotonic time of the last state message
@@ -76,8 +78,13 @@ class Announcer:
             self._state.update(fields)
 
     def publish_status(self, name: str, fields: dict[str, Any]) -> None:
-        """A retained status topic ``<base>/<name>`` (the door's): sent now and on every connect."""
-        payload = encode(build_state(self.cfg.device.id, **fields))
+        """A retained status topic ``<base>/<name>`` (the door's): sent now and on every connect.
+
+        Signed like the events when ``events.sign_key_*`` is set, with its
+        own context (:data:`edge.delivery.signing.STATUS_SIG_CONTEXT`).
+        """
+        body = encode(build_state(self.cfg.device.id, **fields))
+        payload = body if self._key is None else sign_payload(body, self._key, STATUS_SIG_CONTEXT)
         topic = f"{self.topics.base}/{name}"
         with self._state_lock:
             self._status[topic] = payload

@@ -7,12 +7,18 @@ decides, in this order:
 2. the payload must parse (:func:`parse_command`: exactly
    ``{"command": "reload-gallery"}``, or the door's signed unlock; every key
    at most once);
-3. an unlock needs a door on this device (``on_unlock``); an enrol command
-   needs ``review.enrol_command`` (``on_enrol``);
+3. an unlock needs a door on this device (``on_unlock``), and must be
+   signed with the door's key: the door's cheap, stateless check
+   (``verify_unlock``: one parse, one HMAC) runs *before* the rate limit. An
+   unlock that fails it spends no token: it is counted as rejected and still
+   handed to the door, which records the refusal within its own budget;
+   an enrol command needs ``review.enrol_command`` (``on_enrol``), and its
+   signature is checked the same way (``verify_enrol``); a forged one is
+   counted and logged here and goes no further (no event per forgery);
 4. at most :data:`COMMAND_BURST` commands at once and :data:`COMMAND_RATE`
    per second after that are acted on (a :class:`~edge.delivery.ratelimit.TokenBucket`);
    the rest are dropped and counted. Refused payloads cost no token, so junk
-   cannot starve a real command.
+   (a wrong-key unlock flood included) cannot starve a real command.
 
 Every outcome is counted (:attr:`~CommandGate.accepted`,
 :attr:`~CommandGate.rejected`, :attr:`~CommandGate.limited`) and logged
@@ -100,6 +106,10 @@ class CommandGate:
         """door: called with the whole payload of an unlock, which the door verifies."""
         self.on_enrol: Callable[[bytes], object] | None = None
         """review: called with the whole payload of an enrol command, which it verifies."""
+        self.verify_unlock: Callable[[bytes], bool] | None = None
+        """door: whether an unlock is signed with its key (checked before a token is spent)."""
+        self.verify_enrol: Callable[[bytes], bool] | None = None
+        """review: whether an enrol command is signed with its key (the same, for enrolment)."""
         self.accepted = 0
         self.rejected = 0
         self.limited = 0
@@ -115,7 +125,12 @@ class CommandGate:
             cmd = self._check(now, payload, retained)
             if cmd is None:
                 return False
-            if not self._bucket.take(now):
+            forged = not self._authentic(cmd, payload)
+            if forged:
+                self.rejected += 1
+                self._log.note(now, REJECTED, f"rejected: {cmd} not signed with its key",
+                               logging.WARNING)  # fmt: skip
+            elif not self._bucket.take(now):
                 self.limited += 1
                 self._log.note(
                     now,
@@ -125,18 +140,33 @@ class CommandGate:
                     logging.WARNING,
                 )
                 return False
-            self.accepted += 1
-            self._log.note(now, ACCEPTED, f"{cmd!r} received")
-        # Outside the lock: the callbacks may take their time (the door's).
+            else:
+                self.accepted += 1
+                self._log.note(now, ACCEPTED, f"{cmd!r} received")
+        # Outside the lock: the callbacks may take their time (the door's). A forged
+        # unlock goes to the door too, which records the refusal (within its budget);
+        # a forged enrol command stops here (counted and logged above).
         if cmd == UNLOCK:
             if self.on_unlock is not None:
                 self.on_unlock(payload)
         elif cmd == ENROL:
-            if self.on_enrol is not None:
+            if self.on_enrol is not None and not forged:
                 self.on_enrol(payload)
         elif self.on_command is not None:
             self.on_command(cmd)
-        return True
+        return not forged
+
+    def _authentic(self, cmd: str, payload: bytes) -> bool:
+        """The stateless signature check of an unlock or enrol command (True for others, and
+        when no check is set)."""
+        check = {UNLOCK: self.verify_unlock, ENROL: self.verify_enrol}.get(cmd)
+        if check is None:
+            return True
+        try:
+            return bool(check(payload))
+        except Exception:
+            log.exception("command: %s pre-verification failed; refused", cmd)
+            return False
 
     def _check(self, now: float, payload: bytes, retained: bool) -> str | None:
         """The command, or None when refused (counted and logged)."""
@@ -196,6 +226,24 @@ class GatedCommands:
     @on_enrol.setter
     def on_enrol(self, fn: Callable[[bytes], object] | None) -> None:
         self.commands.on_enrol = fn
+
+    @property
+    def verify_unlock(self) -> Callable[[bytes], bool] | None:
+        """door: the stateless signature check run before an unlock spends a token."""
+        return self.commands.verify_unlock
+
+    @verify_unlock.setter
+    def verify_unlock(self, fn: Callable[[bytes], bool] | None) -> None:
+        self.commands.verify_unlock = fn
+
+    @property
+    def verify_enrol(self) -> Callable[[bytes], bool] | None:
+        """review: the stateless signature check run before an enrol command spends a token."""
+        return self.commands.verify_enrol
+
+    @verify_enrol.setter
+    def verify_enrol(self, fn: Callable[[bytes], bool] | None) -> None:
+        self.commands.verify_enrol = fn
 
     @property
     def rejected_commands(self) -> int:

@@ -26,15 +26,21 @@ if TYPE_CHECKING:
 EVENT_SIG_CONTEXT = b"facegate-event-v1\n"
 """What the MAC of an event starts with, so it can never pass for another of the
 device's MACs (a remote unlock's message starts ``facegate-unlock-v1``)."""
+STATUS_SIG_CONTEXT = b"facegate-status-v1\n"
+"""The same for a retained status topic (the door's): a signed status never passes
+for a signed event, nor an event for a status."""
 _SIG_SUFFIX = re.compile(rb',"sig":"([0-9a-f]{64})"\}\Z')
 
 
-def event_mac(key: bytes, body: bytes) -> str:
-    """``hex(HMAC-SHA256(key, b"facegate-event-v1\\n" + body))``: the ``sig`` of ``body``."""
-    return hmac.new(key, EVENT_SIG_CONTEXT + body, hashlib.sha256).hexdigest()
+def event_mac(key: bytes, body: bytes, context: bytes = EVENT_SIG_CONTEXT) -> str:
+    """``hex(HMAC-SHA256(key, b"facegate-event-v1\\n" + body))``: the ``sig`` of ``body``.
+
+    ``context`` is :data:`STATUS_SIG_CONTEXT` for a status topic.
+    """
+    return hmac.new(key, context + body, hashlib.sha256).hexdigest()
 
 
-def sign_payload(body: bytes, key: bytes) -> bytes:
+def sign_payload(body: bytes, key: bytes, context: bytes = EVENT_SIG_CONTEXT) -> bytes:
     """``body`` with ``"sig"`` appended as its last member.
 
     The result is ``body[:-1] + b',"sig":"' + mac + b'"}'``.
@@ -48,10 +54,12 @@ def sign_payload(body: bytes, key: bytes) -> bytes:
     """
     if len(body) < 3 or body[:1] != b"{" or body[-1:] != b"}" or b"\n" in body:
         raise FacegateError("sign: the body must be a compact, non-empty JSON object")
-    return body[:-1] + b',"sig":"' + event_mac(key, body).encode() + b'"}'
+    return body[:-1] + b',"sig":"' + event_mac(key, body, context).encode() + b'"}'
 
 
-def verify_payload(payload: bytes, key: bytes) -> dict[str, Any]:
+def verify_payload(
+    payload: bytes, key: bytes, context: bytes = EVENT_SIG_CONTEXT
+) -> dict[str, Any]:
     """The event inside a signed payload, after its signature is checked.
 
     ``payload`` is exactly what was received (a trailing newline, as a line
@@ -67,7 +75,7 @@ def verify_payload(payload: bytes, key: bytes) -> dict[str, Any]:
     if m is None:
         raise SignatureError('unsigned: no "sig" member at the end of the payload')
     body = data[: m.start()] + b"}"
-    if not hmac.compare_digest(event_mac(key, body), m.group(1).decode()):
+    if not hmac.compare_digest(event_mac(key, body, context), m.group(1).decode()):
         raise SignatureError("bad signature: not signed with this key, or altered")
     try:
         doc = loads_strict(body)
@@ -127,6 +135,7 @@ def wire_event(payload: dict[str, Any], key: bytes | None) -> bytes:
 
 __all__ = [
     "EVENT_SIG_CONTEXT",
+    "STATUS_SIG_CONTEXT",
     "event_mac",
     "sign_key",
     "sign_payload",

@@ -5,8 +5,11 @@
 need to remember between calls: decisions already seen (a replay is stale),
 unknown-face denials (the :class:`~edge.door.policy.Lockout`), accepted
 nonces, and how many refused remote commands were recorded in the last
-minute. It never touches the relay: the controller pulses on its answers.
-Thread-safe (the daemon loop and the MQTT thread call it).
+minute. Accepted nonces and the lockout also go to disk
+(:class:`~edge.door.state.DoorState`) before they count, so a restart
+neither makes a captured unlock new nor ends a lockout. It never touches
+the relay: the controller pulses on its answers. Thread-safe (the daemon
+loop and the MQTT thread call it).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 from edge.config.values import parse_window, zone
 from edge.door.policy import UNKNOWN, Lockout, Verdict, judge, windows_for
 from edge.door.remote import REMOTE_DISABLED, NonceCache, verify_unlock
+from edge.door.remote import authentic as signed_for_door
+from edge.door.state import DoorState
 
 if TYPE_CHECKING:
     from edge.config import Config
@@ -52,6 +57,7 @@ class Access:
         clock: Callable[[], float],
         wall: Callable[[], float],
         synced: Callable[[], bool],
+        state: DoorState | None = None,
     ) -> None:
         d = cfg.door
         self.door = d
@@ -60,23 +66,36 @@ class Access:
         self._clock = clock
         self._wall = wall
         self._synced = synced
+        self._state = state
         self._tz = zone(d.timezone)
         self._schedule = {k: [parse_window(w) for w in v] for k, v in d.schedule.items()}
         self._lock = threading.Lock()
         self._lockout = Lockout(d.max_denials, d.lockout_window_s, d.lockout_s)
         self._seen: deque[tuple[Any, ...]] = deque(maxlen=SEEN_KEPT)
-        self._nonces = NonceCache()
+        self._nonces = NonceCache(store=state)
         self._refused_times: deque[float] = deque()
         self.refused_unrecorded = 0
         """Refused remote commands beyond :data:`REFUSED_AUDIT_PER_MIN`, counted only."""
+        self.resumed_s = 0.0
+        """Seconds of a lockout saved before the start that still ran at start (0: none)."""
+        if state is not None:
+            self.resumed_s = state.lockout_left(wall(), d.lockout_s)
+            if self.resumed_s > 0:
+                self._lockout.until = clock() + self.resumed_s
 
     def locked(self) -> bool:
         """Whether a lockout is in force now."""
         with self._lock:
             return self._lockout.active(self._clock())
 
-    def judge(self, decision: Decision, groups: tuple[str, ...]) -> Judgement:
-        """The rules on one live decision (``groups``: the person's, from the gallery)."""
+    def judge(
+        self, decision: Decision, groups: tuple[str, ...], tampered: bool = False
+    ) -> Judgement:
+        """The rules on one live decision (``groups``: the person's, from the gallery).
+
+        ``tampered``: the tamper alarm is in force (it denies only with
+        ``door.deny_while_tampered``).
+        """
         d = self.door
         wall_now, now = self._wall(), self._clock()
         name = decision.name
@@ -97,14 +116,19 @@ class Access:
                 synced=self._synced() if windows is not None else True,
                 locked=self._lockout.active(now),
                 replayed=replayed,
+                tampered=tampered and d.deny_while_tampered,
             )
             engaged = verdict.reason == UNKNOWN and self._lockout.denied_unknown(now)
-            until = self._lockout.until
-        return Judgement(
-            verdict,
-            decision_data(decision, groups, wall_now),
-            round(wall_now + (until - now), 3) if engaged else None,
-        )
+            until = round(wall_now + (self._lockout.until - now), 3) if engaged else None
+            if until is not None and self._state is not None:
+                self._state.set_lockout(wall_now, until)  # on disk before it is reported
+        return Judgement(verdict, decision_data(decision, groups, wall_now), until)
+
+    def authentic(self, payload: bytes) -> bool:
+        """A well-formed unlock signed with this door's key (stateless; see the command gate)."""
+        if self._key is None:
+            return False
+        return signed_for_door(payload, key=self._key, device_id=self.device_id)
 
     def verify(self, payload: bytes) -> str | None:
         """A remote unlock command: None when accepted, else why it is refused."""

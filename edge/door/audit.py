@@ -1,70 +1,88 @@
-"""The door's audit log: a local SQLite table that survives power loss.
+"""The door's audit log: a local SQLite table that survives power loss and shows tampering.
 
 Every access decision and door incident is one row: grants, denials with
 their reason, requests to exit, held-open and forced doors, tamper, lockouts
-and remote commands (the kinds in :data:`KINDS`). The daemon only ever
+and remote commands (the kinds in :data:`KINDS`, sorted into the ``access``
+and ``input`` streams, :mod:`edge.door.entry`). The daemon only ever
 *appends*: :class:`AuditLog` has no update and no delete of single rows, and
 a trigger refuses ``UPDATE`` outright. Rows leave only through retention
-(:meth:`AuditLog.prune`): older than ``door.audit_max_age_days``, or the oldest
-beyond ``door.audit_max_rows``.
+(:meth:`AuditLog.prune`).
 
-Durability: WAL journal, ``synchronous=FULL`` (a committed row survives a
-power cut, not only a crash), one transaction per row. Row ids come from
-``AUTOINCREMENT``: they increase by one per entry and are never reused after
-retention, so a gap in ids means rows were pruned, never rewritten.
+**Retention never reads the wall clock.** An entry's age is the device's
+*running time* since it was written (``up``: the monotonic clock, carried
+across restarts in ``audit_meta``), so a clock set from 1970 by NTP, or a
+jump of a year, erases nothing; time the device is off does not count (it
+errs on keeping evidence). Rows older than ``door.audit_max_age_days`` of
+running time go; beyond ``door.audit_max_rows`` the oldest ``input`` rows
+go first, and decisions only once no input row is left, so flapping never
+evicts a grant or a denial.
 
-A database SQLite cannot read is moved aside (``<name>.corrupt-<time>``,
-kept as evidence) and a new log is started.
+**Durability.** A rollback journal with ``synchronous=EXTRA`` (a committed
+row survives a power cut: the journal's deletion is synced too), one
+transaction per row. No WAL: a committed row then lives in the database
+file itself, never only in a WAL that SQLite would silently cut short at a
+damaged frame. Row ids come from ``AUTOINCREMENT``: they increase by one
+per entry and are never reused.
 
-Nothing here imports anything beyond the standard library and
-:mod:`edge.errors`, so ``facegate audit`` starts fast.
+**Tamper evidence.** Each row is chained to the previous row of its stream
+by a hash (:mod:`edge.door.chain`); ``facegate audit --verify`` checks the
+chain, SQLite's own ``integrity_check`` and the header. At open,
+``PRAGMA quick_check``; a database SQLite cannot read is moved aside
+(``<name>.corrupt-<time>``, kept as evidence, reported by ``--verify``) and
+a new log is begun.
+
+Nothing here imports anything beyond the standard library,
+:mod:`edge.errors` and :mod:`edge.files`, so ``facegate audit`` starts fast.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge.errors import FacegateError
+from edge.door.chain import (
+    APPLICATION_ID,
+    GENESIS,
+    SCHEMA_VERSION,
+    STREAM_SQL,
+    UP_SQL,
+    VerifyReport,
+    row_hash,
+    verify_log,
+)
+from edge.door.entry import (
+    ACCESS,
+    DENIED,
+    DOOR_TEST,
+    EXIT,
+    FORCED,
+    GRANTED,
+    HELD_OPEN,
+    INPUT,
+    KINDS,
+    LOCKOUT,
+    REMOTE_REFUSED,
+    REMOTE_UNLOCK,
+    STREAMS,
+    TAMPER,
+    AuditBusy,
+    AuditEntry,
+    AuditError,
+    row_entry,
+    stream_of,
+)
+from edge.door.export import CSV_COLUMNS, parse_since, read_entries, to_csv
 from edge.files import move_aside
 
 log = logging.getLogger("facegate.audit")
-
-GRANTED = "access_granted"
-DENIED = "access_denied"
-EXIT = "exit_request"
-HELD_OPEN = "door_held_open"
-FORCED = "door_forced"
-TAMPER = "tamper"
-LOCKOUT = "lockout"
-REMOTE_UNLOCK = "remote_unlock"
-REMOTE_REFUSED = "remote_refused"
-DOOR_TEST = "door_test"
-KINDS = (
-    GRANTED,
-    DENIED,
-    EXIT,
-    HELD_OPEN,
-    FORCED,
-    TAMPER,
-    LOCKOUT,
-    REMOTE_UNLOCK,
-    REMOTE_REFUSED,
-    DOOR_TEST,
-)
-"""Every kind of audit entry; each is also the ``type`` of its MQTT event."""
 
 PRUNE_EVERY = 100
 """Retention runs at open and after every this many appends."""
@@ -78,86 +96,51 @@ CREATE TABLE IF NOT EXISTS audit (
     name TEXT,
     reason TEXT,
     detail TEXT NOT NULL,
-    data TEXT NOT NULL
+    data TEXT NOT NULL,
+    up REAL,
+    stream TEXT,
+    prev TEXT,
+    hash TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts);
 CREATE TRIGGER IF NOT EXISTS audit_append_only BEFORE UPDATE ON audit
 BEGIN
     SELECT RAISE(ABORT, 'the audit log is append-only');
 END;
+CREATE TABLE IF NOT EXISTS audit_anchor (
+    stream TEXT PRIMARY KEY,
+    id INTEGER NOT NULL,
+    up REAL NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_meta (key TEXT PRIMARY KEY, value);
 """
+_ADDED_COLUMNS = (("up", "REAL"), ("stream", "TEXT"), ("prev", "TEXT"), ("hash", "TEXT"))
+"""Columns older logs lack; added at open (their rows stay unchained)."""
 
 
-class AuditError(FacegateError):
-    """The audit log cannot be opened, written or read."""
-
-
-def _iso(t: float) -> str:
-    iso = datetime.fromtimestamp(t, tz=UTC).isoformat(timespec="milliseconds")
-    return iso.replace("+00:00", "Z")
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    """One row of the audit log."""
-
-    id: int
-    ts: float
-    clock_synced: bool
-    kind: str
-    name: str | None = None
-    reason: str | None = None
-    detail: str = ""
-    data: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        """The entry as ``facegate audit`` prints it (one JSON object)."""
-        return {
-            "id": self.id,
-            "ts": _iso(self.ts),
-            "ts_unix": round(self.ts, 3),
-            "clock_synced": self.clock_synced,
-            "kind": self.kind,
-            "name": self.name,
-            "reason": self.reason,
-            "detail": self.detail,
-            "data": self.data,
-        }
-
-    def event_fields(self) -> dict[str, Any]:
-        """This entry's fields in its MQTT event (beside the envelope: v, id, seq, ts, type)."""
-        return {
-            "audit_id": self.id,
-            "name": self.name,
-            "reason": self.reason,
-            "detail": self.detail,
-            **self.data,
-        }
-
-
-CSV_COLUMNS = ("id", "ts", "clock_synced", "kind", "name", "reason", "detail", "data")
-
-
-def _row_entry(row: tuple[Any, ...]) -> AuditEntry:
-    i, ts, synced, kind, name, reason, detail, data = row
-    try:
-        parsed = json.loads(data)
-    except ValueError:
-        parsed = {"unparsed": str(data)}
-    return AuditEntry(
-        int(i), float(ts), bool(synced), str(kind), name, reason, str(detail), dict(parsed)
-    )
+def _busy(e: sqlite3.Error) -> bool:
+    text = str(e).lower()
+    return "locked" in text or "busy" in text
 
 
 class AuditLog:
-    """The append-only audit table (thread-safe; one connection per instance)."""
+    """The append-only, hash-chained audit table (thread-safe; one connection per instance).
+
+    ``wall``: the clock stamped on entries; ``mono``: the monotonic clock
+    whose running time ages them (:meth:`prune`); ``busy_timeout``: how long
+    an append waits for another connection's write lock before it raises
+    :class:`AuditBusy` (the door's writer thread then tries again).
+    """
 
     def __init__(
         self,
         path: Path | str,
         max_age_days: float = 365.0,
         max_rows: int = 100_000,
-        wall: Any = time.time,
+        wall: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
+        busy_timeout: float = 5.0,
     ) -> None:
         if max_rows < 1 or max_age_days <= 0:
             raise AuditError("audit: max_rows and max_age_days must be positive")
@@ -165,33 +148,47 @@ class AuditLog:
         self.max_age_days = max_age_days
         self.max_rows = max_rows
         self._wall = wall
+        self._mono = mono
+        self._busy_timeout = busy_timeout
         self._lock = threading.Lock()
         self._appended = 0
         self._db: sqlite3.Connection | None = None
+        self._db = self._open_or_recover()
+        self._base_up = self._stored_uptime()
+        self._mono0 = mono()
+        self.prune()
+
+    # -- opening ----------------------------------------------------------------------
+
+    def _open_or_recover(self) -> sqlite3.Connection:
         try:
-            self._db = self._open()
+            return self._open()
         except sqlite3.DatabaseError as e:
             if isinstance(e, sqlite3.OperationalError):  # cannot open: not a corrupt file
                 raise AuditError(f"audit log {self.path}: cannot open ({e})") from None
             try:
                 aside = move_aside(self.path)
                 log.error("audit log %s is unreadable (%s); moved to %s", self.path, e, aside.name)
-                self._db = self._open()
+                return self._open()
             except (OSError, sqlite3.DatabaseError) as e2:
                 raise AuditError(f"audit log {self.path}: cannot recover ({e2})") from None
-        self.prune()
 
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Opening may wait for a lock as long as a start may take; appends then
+        # wait only busy_timeout (the door's writer retries on AuditBusy).
         db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            # FULL: a committed entry survives a power cut, not only a crash.
-            db.execute("PRAGMA synchronous=FULL")
-            db.executescript(_SCHEMA)
             ok = db.execute("PRAGMA quick_check").fetchone()
             if ok is None or ok[0] != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {ok}")
+            db.execute("PRAGMA journal_mode=DELETE")  # leaves an older log's WAL mode
+            # EXTRA: the journal's deletion is synced too, so a committed row
+            # survives a power cut right after the commit.
+            db.execute("PRAGMA synchronous=EXTRA")
+            db.executescript(_SCHEMA)
+            self._migrate(db)
+            db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
         except sqlite3.DatabaseError:
             db.close()
             raise
@@ -199,10 +196,40 @@ class AuditLog:
             os.chmod(self.path, 0o600)  # entries name people: keep them private
         return db
 
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Bring an older log to the current schema; its rows stay as they were (unchained)."""
+        have = {str(r[1]) for r in db.execute("PRAGMA table_info(audit)")}
+        for name, sql_type in _ADDED_COLUMNS:
+            if name not in have:
+                db.execute(f"ALTER TABLE audit ADD COLUMN {name} {sql_type}")
+        if db.execute("SELECT 1 FROM audit_meta WHERE key = 'chain_from'").fetchone() is None:
+            nxt = _next_id(db)
+            db.execute("INSERT INTO audit_meta (key, value) VALUES ('chain_from', ?)", (nxt,))
+            if nxt > 1:
+                log.warning(
+                    "audit log %s: rows before id %d predate the hash chain", self.path, nxt
+                )
+        if db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+            db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _stored_uptime(self) -> float:
+        db = self._conn()
+        row = db.execute("SELECT value FROM audit_meta WHERE key = 'uptime'").fetchone()
+        (top,) = db.execute(f"SELECT MAX({UP_SQL}) FROM audit").fetchone()
+        return max(float(row[0]) if row else 0.0, float(top or 0.0))
+
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
             raise AuditError(f"audit log {self.path}: closed")
         return self._db
+
+    def uptime(self) -> float:
+        """Running seconds of the device since the log began (across restarts)."""
+        return self._base_up + max(0.0, self._mono() - self._mono0)
+
+    # -- writing ----------------------------------------------------------------------
 
     def append(
         self,
@@ -215,57 +242,92 @@ class AuditLog:
         ts: float | None = None,
         clock_synced: bool = True,
     ) -> AuditEntry:
-        """Store one entry (its own transaction, durable on return); the stored entry."""
+        """Store one entry, chained (its own transaction, durable on return); the stored entry.
+
+        :class:`AuditBusy` when another connection held the write lock for
+        longer than ``busy_timeout`` (nothing was written).
+        """
         if kind not in KINDS:
             raise AuditError(f"audit: unknown entry kind {kind!r}")
-        t = self._wall() if ts is None else ts
+        t = float(self._wall() if ts is None else ts)
         blob = json.dumps(data or {}, sort_keys=True, separators=(",", ":"), default=str)
         with self._lock:
-            db = self._conn()
-            try:
-                cur = db.execute(
-                    "INSERT INTO audit (ts, clock_synced, kind, name, reason, detail, data) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (t, int(clock_synced), kind, name, reason, detail, blob),
-                )
-            except sqlite3.Error as e:
-                raise AuditError(f"audit log {self.path}: cannot append ({e})") from None
-            row_id = int(cur.lastrowid or 0)
+            row_id = self._insert(kind, name, reason, detail, blob, t, int(clock_synced))
             self._appended += 1
             due = self._appended % PRUNE_EVERY == 0
         if due:
-            self.prune()
+            try:
+                self.prune()
+            except AuditBusy:  # the entry is written; retention runs at the next turn
+                log.debug("audit log: retention postponed (locked)")
         return AuditEntry(row_id, t, clock_synced, kind, name, reason, detail, json.loads(blob))
 
-    def prune(self, now: float | None = None) -> int:
-        """Apply retention (age, then row count) in one transaction; how many rows went."""
-        t = self._wall() if now is None else now
-        cutoff = t - self.max_age_days * 86400.0
-        with self._lock:
-            db = self._conn()
+    def _insert(
+        self, kind: str, name: str | None, reason: str | None, detail: str, blob: str,
+        t: float, synced: int,
+    ) -> int:  # fmt: skip
+        db = self._conn()
+        stream = stream_of(kind)
+        up = self.uptime()
+        try:
+            db.execute("BEGIN IMMEDIATE")
             try:
-                db.execute("BEGIN IMMEDIATE")
-                n = db.execute("DELETE FROM audit WHERE ts < ?", (cutoff,)).rowcount
-                (count,) = db.execute("SELECT COUNT(*) FROM audit").fetchone()
-                if count > self.max_rows:
-                    n += db.execute(
-                        "DELETE FROM audit WHERE id IN (SELECT id FROM audit ORDER BY id LIMIT ?)",
-                        (count - self.max_rows,),
-                    ).rowcount
+                row_id = _next_id(db)
+                prev = _last_hash(db, stream)
+                fields = (row_id, t, synced, kind, name, reason, detail, blob, up, stream)
+                h = row_hash(prev, fields)
+                db.execute(
+                    "INSERT INTO audit (id, ts, clock_synced, kind, name, reason, detail, data,"
+                    " up, stream, prev, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*fields, prev, h),
+                )
+                _set_meta(db, {"uptime": up, f"head:{stream}": f"{row_id}:{h}"})
                 db.execute("COMMIT")
-            except sqlite3.Error as e:
+            except BaseException:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            if _busy(e):
+                raise AuditBusy(f"audit log {self.path}: busy, not written ({e})") from None
+            raise AuditError(f"audit log {self.path}: cannot append ({e})") from None
+        return row_id
+
+    def prune(self) -> int:
+        """Apply retention (running-time age, then the row bound); how many rows went.
+
+        Each stream's oldest rows go as a block; the last one removed becomes
+        the stream's anchor, so the chain stays verifiable.
+        """
+        with self._lock:
+            db = self._conn()
+            up = self.uptime()
+            cutoff = up - self.max_age_days * 86400.0
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    n = sum(_prune_age(db, s, cutoff) for s in STREAMS)
+                    n += _prune_rows(db, self.max_rows)
+                    _set_meta(db, {"uptime": up})
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as e:
+                if _busy(e):
+                    raise AuditBusy(f"audit log {self.path}: busy, retention later ({e})") from None
                 raise AuditError(f"audit log {self.path}: retention failed ({e})") from None
         if n:
             log.info("audit log: %d entries past retention removed", n)
-        return int(n)
+        return n
+
+    # -- reading ----------------------------------------------------------------------
 
     def entries(self, since: float | None = None) -> list[AuditEntry]:
         """Every stored entry (from ``since``, Unix seconds), oldest first."""
         with self._lock:
-            rows = self._conn().execute(*_select(since)).fetchall()
-        return [_row_entry(r) for r in rows]
+            return list(read_entries(self.path, since, self._conn()))
 
     def __len__(self) -> int:
         with self._lock:
@@ -273,89 +335,99 @@ class AuditLog:
         return int(n)
 
     def close(self) -> None:
-        """Close the database (idempotent)."""
+        """Record the running time, close the database (idempotent)."""
         with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+            if self._db is None:
+                return
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("BEGIN IMMEDIATE")
+                _set_meta(self._db, {"uptime": self.uptime()})
+                self._db.execute("COMMIT")
+            self._db.close()
+            self._db = None
 
 
-def _select(since: float | None) -> tuple[str, tuple[Any, ...]]:
-    cols = "id, ts, clock_synced, kind, name, reason, detail, data"
-    if since is None:
-        return f"SELECT {cols} FROM audit ORDER BY id", ()
-    return f"SELECT {cols} FROM audit WHERE ts >= ? ORDER BY id", (since,)
+# -- SQL helpers (inside the caller's transaction) ----------------------------------------
 
 
-def read_entries(path: Path | str, since: float | None = None) -> Iterator[AuditEntry]:
-    """The entries of an audit log opened read-only (``facegate audit``), oldest first."""
-    p = Path(path)
-    if not p.exists():
-        raise AuditError(f"{p}: no audit log there (is [door] enabled?)")
-    try:
-        db = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=5.0)
-    except sqlite3.Error as e:
-        raise AuditError(f"{p}: cannot open audit log ({e})") from None
-    try:
-        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'audit'").fetchone() is None:
-            return  # created this instant, the table not yet: nothing logged so far
-        for row in db.execute(*_select(since)):
-            yield _row_entry(row)
-    except sqlite3.Error as e:
-        raise AuditError(f"{p}: cannot read audit log ({e})") from None
-    finally:
-        db.close()
+def _next_id(db: sqlite3.Connection) -> int:
+    row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit'").fetchone()
+    (top,) = db.execute("SELECT MAX(id) FROM audit").fetchone()
+    return max(int(row[0]) if row else 0, int(top or 0)) + 1
 
 
-def parse_since(text: str, now: float | None = None) -> float:
-    """``--since`` as Unix seconds.
-
-    An ISO date or time (the device's local time unless it names a zone), or
-    an age: ``90s``, ``15m``, ``2h``, ``7d``.
-    """
-    t = time.time() if now is None else now
-    s = text.strip()
-    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-    if s and s[-1] in units:
-        try:
-            return t - float(s[:-1]) * units[s[-1]]
-        except ValueError:
-            pass
-    try:
-        dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
-    except ValueError:
-        raise AuditError(
-            f"--since: {text!r} is neither a date/time (2026-01-02, 2026-01-02T08:00) "
-            "nor an age (90s, 15m, 2h, 7d)"
-        ) from None
-    if dt.tzinfo is None:
-        dt = dt.astimezone()  # the device's local time
-    return dt.timestamp()
+def _last_hash(db: sqlite3.Connection, stream: str) -> str:
+    """The hash the next row of ``stream`` follows: its newest row's, its anchor's, or genesis."""
+    row = db.execute(
+        f"SELECT hash FROM audit WHERE {STREAM_SQL} = ? AND hash IS NOT NULL "
+        "ORDER BY id DESC LIMIT 1",
+        (stream,),
+    ).fetchone()
+    if row is not None:
+        return str(row[0])
+    anchor = db.execute("SELECT hash FROM audit_anchor WHERE stream = ?", (stream,)).fetchone()
+    return str(anchor[0]) if anchor is not None else GENESIS
 
 
-def to_csv(entries: Iterator[AuditEntry] | list[AuditEntry]) -> str:
-    """Entries as CSV with a header row (``data`` as compact JSON)."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_COLUMNS)
-    for e in entries:
-        j = e.to_json()
-        w.writerow(
-            [
-                j["id"],
-                j["ts"],
-                str(e.clock_synced).lower(),
-                e.kind,
-                e.name or "",
-                e.reason or "",
-                e.detail,
-                json.dumps(e.data, sort_keys=True, separators=(",", ":")),
-            ]
+def _set_meta(db: sqlite3.Connection, values: dict[str, Any]) -> None:
+    db.executemany(
+        "INSERT OR REPLACE INTO audit_meta (key, value) VALUES (?, ?)", list(values.items())
+    )
+
+
+def _remove_through(db: sqlite3.Connection, stream: str, last_id: int) -> int:
+    """Delete ``stream``'s rows up to ``last_id``; the last one with a hash becomes the anchor."""
+    row = db.execute(
+        f"SELECT id, {UP_SQL}, hash FROM audit WHERE {STREAM_SQL} = ? AND id <= ? "
+        "AND hash IS NOT NULL ORDER BY id DESC LIMIT 1",
+        (stream, last_id),
+    ).fetchone()
+    if row is not None:
+        db.execute(
+            "INSERT OR REPLACE INTO audit_anchor (stream, id, up, hash) VALUES (?, ?, ?, ?)",
+            (stream, int(row[0]), float(row[1]), str(row[2])),
         )
-    return buf.getvalue()
+    return int(
+        db.execute(
+            f"DELETE FROM audit WHERE {STREAM_SQL} = ? AND id <= ?", (stream, last_id)
+        ).rowcount
+    )
+
+
+def _prune_age(db: sqlite3.Connection, stream: str, cutoff: float) -> int:
+    (last,) = db.execute(
+        f"SELECT MAX(id) FROM audit WHERE {STREAM_SQL} = ? AND {UP_SQL} < ?", (stream, cutoff)
+    ).fetchone()
+    return 0 if last is None else _remove_through(db, stream, int(last))
+
+
+def _prune_rows(db: sqlite3.Connection, max_rows: int) -> int:
+    """Beyond ``max_rows``: the oldest ``input`` rows first, then the oldest ``access`` rows."""
+    (count,) = db.execute("SELECT COUNT(*) FROM audit").fetchone()
+    excess = int(count) - max_rows
+    removed = 0
+    for stream in (INPUT, ACCESS):
+        if excess <= 0:
+            break
+        row = db.execute(
+            f"SELECT id FROM audit WHERE {STREAM_SQL} = ? ORDER BY id LIMIT 1 OFFSET ?",
+            (stream, excess - 1),
+        ).fetchone()
+        if row is None:  # fewer rows in this stream than the excess: all of them
+            (top,) = db.execute(
+                f"SELECT MAX(id) FROM audit WHERE {STREAM_SQL} = ?", (stream,)
+            ).fetchone()
+            if top is None:
+                continue
+            row = (top,)
+        n = _remove_through(db, stream, int(row[0]))
+        removed += n
+        excess -= n
+    return removed
 
 
 __all__ = [
+    "ACCESS",
     "CSV_COLUMNS",
     "DENIED",
     "DOOR_TEST",
@@ -363,15 +435,23 @@ __all__ = [
     "FORCED",
     "GRANTED",
     "HELD_OPEN",
+    "INPUT",
     "KINDS",
     "LOCKOUT",
+    "PRUNE_EVERY",
     "REMOTE_REFUSED",
     "REMOTE_UNLOCK",
+    "STREAMS",
     "TAMPER",
+    "AuditBusy",
     "AuditEntry",
     "AuditError",
     "AuditLog",
+    "VerifyReport",
     "parse_since",
     "read_entries",
+    "row_entry",
+    "stream_of",
     "to_csv",
+    "verify_log",
 ]

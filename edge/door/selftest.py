@@ -8,10 +8,28 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import edge.door.audit as aud
+from edge.config import DoorConfig
+from edge.config.checker import check_value, field_types
 from edge.door.controller import DoorController
+from edge.errors import FacegateError
+from edge.files import StateLock
 
 if TYPE_CHECKING:
-    from edge.config import Config, DoorConfig
+    from edge.config import Config
+
+
+def pulse_seconds(seconds: float) -> float:
+    """``--seconds`` checked with ``door.unlock_s``'s own rule: finite, in (0, 120].
+
+    A test pulse is an unlock: a longer one (or ``inf``, ``nan``) would hold
+    the strike open until someone notices.
+    """
+    try:
+        return float(
+            check_value("door test --seconds", field_types(DoorConfig)["unlock_s"], seconds)
+        )
+    except FacegateError as e:
+        raise FacegateError(f"{e} (the bounds of door.unlock_s)") from None
 
 
 def door_test(
@@ -24,9 +42,23 @@ def door_test(
     """``facegate door test``: pulse the relay once, read the inputs before and after.
 
     Logged in the audit log as ``door_test``. Returns what it printed, as a dict.
+    ``seconds`` has the bounds of ``door.unlock_s`` (:func:`pulse_seconds`).
+    It holds the state_dir's lock, as the daemon does: with the service
+    running (it holds the pins) it stops in one line, before the relay.
     """
     stop = stop or threading.Event()
-    pulse_s = cfg.door.unlock_s if seconds is None else seconds
+    pulse_s = cfg.door.unlock_s if seconds is None else pulse_seconds(seconds)
+    with StateLock(cfg.state_dir):
+        return _pulse_once(cfg, pulse_s, stop, out, factory)
+
+
+def _pulse_once(
+    cfg: Config,
+    pulse_s: float,
+    stop: threading.Event,
+    out: Callable[[str], None],
+    factory: Any,
+) -> dict[str, Any]:
     ctl = DoorController(cfg, factory=factory)
     try:
         before = ctl.inputs()
@@ -65,4 +97,4 @@ def _describe(d: DoorConfig, inputs: Mapping[str, bool | None]) -> str:
     return ", ".join(parts) or "none wired"
 
 
-__all__ = ["door_test"]
+__all__ = ["door_test", "pulse_seconds"]

@@ -134,16 +134,27 @@ def ha_discovery_subscription(ha_prefix: str, device_id: str) -> str:
 
 
 def ha_static_topics(ha_prefix: str, device_id: str) -> list[str]:
-    """Every discovery topic the device may own apart from per-person triggers.
+    """Every discovery topic the device may own apart from per-person triggers."""
+    return [ha_discovery_topic(ha_prefix, c, device_id, o) for c, o in _HA_ENTITIES]
 
-    Includes those of facegate 0.1 (node id with ``-`` turned into ``_``), so
-    switching discovery off, or upgrading, clears them.
+
+def ha_legacy_node(device_id: str) -> str | None:
+    """facegate 0.1's node id for this device (``-`` turned into ``_``), when it differs.
+
+    Its configs are cleared only where a subscription finds them retained,
+    never blindly: a broker ACL grants the device its own node id only, and
+    Mosquitto 2.0 drops the connection of a client whose publish it denies.
     """
-    out = [ha_discovery_topic(ha_prefix, c, device_id, o) for c, o in _HA_ENTITIES]
     legacy = device_id.replace("-", "_")
-    if legacy != device_id:
-        out += [ha_discovery_topic(ha_prefix, c, legacy, o) for c, o in _HA_LEGACY]
-    return out
+    return legacy if legacy != device_id else None
+
+
+def ha_legacy_topics(ha_prefix: str, device_id: str) -> list[str]:
+    """The discovery topics facegate 0.1 used for this device (none if its id has no ``-``)."""
+    legacy = ha_legacy_node(device_id)
+    if legacy is None:
+        return []
+    return [ha_discovery_topic(ha_prefix, c, legacy, o) for c, o in _HA_LEGACY]
 
 
 Entity = tuple[str, dict[str, Any]]
@@ -495,6 +506,8 @@ __all__ = [
     "door_discovery",
     "ha_discovery_subscription",
     "ha_discovery_topic",
+    "ha_legacy_node",
+    "ha_legacy_topics",
     "ha_person_object_id",
     "ha_static_topics",
 ]

@@ -10,14 +10,18 @@ run announced.
   the device is ready, and when the enrolled names change): the wanted
   configs (:mod:`edge.homeassistant.discovery`, the door's too when
   ``door.enabled``) are published retained; every other topic this device
-  may own (a person removed, discovery switched off, facegate 0.1's layout)
-  is cleared with an empty retained payload, so Home Assistant removes the
-  entity.
+  may own (a person removed, discovery switched off) is cleared with an
+  empty retained payload, so Home Assistant removes the entity.
 * **Stale configs**: after announcing, it subscribes to every discovery
   topic of this device; a retained config found there that it no longer
   wants is cleared (:meth:`~HomeAssistant.message`). Only then: before the
   wanted set is known every config would look stale, and clearing it would
-  make Home Assistant drop the entities at every start.
+  make Home Assistant drop the entities at every start. facegate 0.1's
+  layout (the node id with ``-`` turned into ``_``) is cleared this way
+  only, where found: the shipped broker ACL grants the device its own node
+  id alone, and Mosquitto 2.0 drops the connection of a client whose
+  publish it denies (a blind clear cost the device its connection on
+  every connect).
 * **Last person**: each live decision event sets the ``last_person`` topic
   (:func:`~edge.homeassistant.discovery.build_last_person`), blanked
   ``homeassistant.last_person_clear_s`` later (:meth:`~HomeAssistant.tick`).
@@ -40,6 +44,7 @@ from edge.homeassistant.discovery import (
     door_discovery,
     ha_discovery_subscription,
     ha_discovery_topic,
+    ha_legacy_node,
     ha_person_object_id,
     ha_static_topics,
 )
@@ -115,7 +120,11 @@ class HomeAssistant(Extension):
 
     def announce(self, link: MqttLink) -> None:
         self.publish_discovery(link)
-        link.subscribe(ha_discovery_subscription(self.cfg.mqtt.ha_prefix, self.cfg.device.id))
+        prefix, dev = self.cfg.mqtt.ha_prefix, self.cfg.device.id
+        link.subscribe(ha_discovery_subscription(prefix, dev))
+        legacy = ha_legacy_node(dev)
+        if legacy is not None:  # where the ACL denies it, nothing comes, nothing is cleared
+            link.subscribe(ha_discovery_subscription(prefix, legacy))
 
     def gallery_changed(self, link: MqttLink | None, names: tuple[str, ...]) -> None:
         self._people = names
@@ -135,10 +144,11 @@ class HomeAssistant(Extension):
         return True
 
     def _ours(self, topic: str) -> bool:
-        """Whether ``topic`` is one of this device's discovery topics (the subscription's)."""
+        """Whether ``topic`` is one of this device's discovery topics (the subscriptions')."""
         prefix = self.cfg.mqtt.ha_prefix.rstrip("/") + "/"
         levels = topic.removeprefix(prefix).split("/") if topic.startswith(prefix) else []
-        return len(levels) == 4 and levels[1] == self.cfg.device.id and levels[3] == "config"
+        nodes = {self.cfg.device.id, ha_legacy_node(self.cfg.device.id)}
+        return len(levels) == 4 and levels[1] in nodes and levels[3] == "config"
 
     # -- last person ------------------------------------------------------------------
 

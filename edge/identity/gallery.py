@@ -414,6 +414,18 @@ def _parse(path: Path, payload: bytes) -> Gallery:
     return g
 
 
+def read_people(path: Path | str, key: bytes | None) -> dict[str, tuple[str, ...]]:
+    """Each enrolled name with its groups, read (and authenticated) without the models.
+
+    For ``check-config``, which checks the door's allow list and schedule
+    against the gallery; the gallery's binding to an embedder is not checked
+    here (``run`` does that).
+    """
+    p = Path(path)
+    g = _parse(p, _open_blob(p, read_bounded(p, MAX_GALLERY_BYTES, "gallery", GalleryError), key))
+    return {name: g.groups(name) for name in g.names}
+
+
 def gallery_key(cfg: Config) -> bytes | None:
     """The gallery key from the configured key file or systemd credential (or None)."""
     return cfg.gallery.key.read(cfg.base_dir)
