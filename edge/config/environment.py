@@ -44,9 +44,12 @@ def _check_secrets(cfg: Config) -> None:
         used.append(cfg.camera.password)
     if cfg.events.sign_key.configured:
         used.append(cfg.events.sign_key)
+    if cfg.fleet.enabled:  # fleet: the site key (secret) and the admin's public key
+        used += [cfg.fleet.site_key, cfg.fleet.public_key]
     for ref in used:
         if ref.file:
-            warn_if_exposed(cfg.resolve(ref.file), f"{ref.key}_file")
+            if ref.key != "fleet.public_key":  # a public key is no secret
+                warn_if_exposed(cfg.resolve(ref.file), f"{ref.key}_file")
             ref.read(cfg.base_dir)
         elif ref.credential and os.environ.get("CREDENTIALS_DIRECTORY"):
             ref.read(cfg.base_dir)

@@ -129,6 +129,8 @@ class DoorController:
             self._pins.close()
             raise
         self._recorder = Recorder(self.audit, events, wall, synced)
+        self.gate: Callable[[], tuple[str, str] | None] | None = None
+        """fleet: a last check on each grant; (reason, detail) denies it (edge.fleet.sync)."""
         self._s = OwnerState()
         self.relay_log: deque[tuple[float, bool, str]] = deque(maxlen=1000)
         """(clock, energised, why) for every relay change: diagnostics and tests."""
@@ -203,6 +205,9 @@ class DoorController:
             groups = tuple(gallery.groups(name))
         j = self._access.judge(decision, groups)
         verdict = j.verdict
+        held = self.gate() if verdict.granted and self.gate is not None else None
+        if held is not None:  # fleet: the gallery is not known to be the newest
+            verdict = Verdict(False, held[0], held[1])
         if verdict.granted:
             self.pulse(d.unlock_s, f"granted {name}")
         kind = aud.GRANTED if verdict.granted else aud.DENIED
