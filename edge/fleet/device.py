@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from edge.clock import clock_synced
@@ -57,6 +58,16 @@ def model_identity(cfg: Config) -> tuple[str, str, int]:
 
     m = load_manifest(cfg.model_path(cfg.embedder.model))
     return m.sha256, manifest_digest(m), m.embedding_size or 0
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The fleet's side of a door at one instant (:meth:`FleetDevice.probe`)."""
+
+    connections: int
+    phase: str
+    version: int
+    gate: tuple[str, str] | None
 
 
 class FleetDevice(Extension):
@@ -248,6 +259,12 @@ class FleetDevice(Extension):
         with self._lock:
             return self.sync.gate(self._clock())
 
+    def probe(self) -> Probe:
+        """Connections, phase, version and the gate, read at one instant (tools, tests)."""
+        with self._lock:
+            s = self.sync
+            return Probe(s.connections, s.phase, s.version, s.gate(self._clock()))
+
     # -- events ---------------------------------------------------------------------------------
     def _refused(self, refusal: Refusal) -> None:
         """DeviceSync's callback (lock held): log now, publish after the lock."""
@@ -281,4 +298,4 @@ def _refusal_fields(r: Refusal) -> dict[str, Any]:
     return {"version": r.version, "reason": r.reason, "detail": r.detail}
 
 
-__all__ = ["APPLIED", "REFUSED", "FleetDevice", "model_identity"]
+__all__ = ["APPLIED", "REFUSED", "FleetDevice", "Probe", "model_identity"]

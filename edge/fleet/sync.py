@@ -164,6 +164,8 @@ class DeviceSync:
         self.confirmed = confirmed
         """Monotonic time the gallery was last known current (-inf: never)."""
         self.last_refusal: Refusal | None = None
+        self.connections = 0
+        """Connections so far (each one starts a sync)."""
         self._on_refused, self._on_pending = refused, pending
         self._connected = False
         self._manifest_mid: int | None = None
@@ -179,6 +181,7 @@ class DeviceSync:
     def connected(self, link: SubscribeLink, now: float) -> None:
         """A (re)connect: subscribe to the manifest; grants held until it is processed."""
         self._connected = True
+        self.connections += 1
         self._fetch = None  # a clean session: the chunk subscription is gone
         self._suback_at = None
         self.phase = SYNCING
