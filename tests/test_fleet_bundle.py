@@ -155,3 +155,19 @@ def test_keygen_writes_0600_and_never_overwrites(tmp_path: Path) -> None:
     assert len(set(ids)) == 2
     with pytest.raises(ConfigError, match="no PEM public key"):
         load_public_keys(b"not a key")
+
+
+def test_an_empty_gallery_travels_too(ks: Keys) -> None:
+    admin, door = ks
+    g = gallery([])
+    bd = b.build_bundle(g, site=SITE, version=9, keys=admin, created=1.0)
+    out = b.open_bundle(_open(bd, door), bd.chunks, door.site_key)
+    assert len(out) == 0 and out.embedding_size == g.embedding_size
+
+
+def test_a_name_a_door_would_refuse_is_refused_at_push(ks: Keys) -> None:
+    admin, _ = ks
+    g = gallery(["Alice"])
+    g._people["group:staff"] = g.person("Alice")  # an old gallery may hold such a name
+    with pytest.raises(FleetError, match="cannot push 'group:staff'"):
+        b.build_bundle(g, site=SITE, version=1, keys=admin, created=1.0)

@@ -57,7 +57,7 @@ import numpy as np
 
 from edge.errors import FleetError, GalleryError
 from edge.fleet.keys import key_id
-from edge.identity.gallery import Gallery
+from edge.identity.gallery import Gallery, check_new_name
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -328,6 +328,11 @@ def build_bundle(
         raise FleetError(f"bundle version {version} out of range [1, {MAX_VERSION}]")
     if not gallery.manifest_sha256:
         raise FleetError("the gallery is not bound to an embedder manifest; re-enrol it")
+    for name in gallery.names:
+        try:
+            check_new_name(name)  # what every door checks: refuse it here, not at each door
+        except GalleryError as e:
+            raise FleetError(f"cannot push {name[:40]!r}: {e} (rename the person)") from None
     payload = encode_people(gallery)
     aad = payload_aad(site, version, gallery.model_sha256, gallery.manifest_sha256)
     nonce, ciphertext = _seal(keys.site_key, payload, aad)

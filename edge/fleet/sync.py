@@ -155,7 +155,7 @@ class DeviceSync:
         pending: Callable[[], None],
     ) -> None:
         self.topics, self.keys, self.limits = topics, keys, limits
-        self.site = topics.base.split("/")[-2]
+        self.site = topics.site
         self.model_sha256, self.manifest_sha256 = model
         self.held = held
         self.floor = floor

@@ -30,6 +30,7 @@ FLEET_LEVEL = "_fleet"
 class FleetTopics:
     """The topics of one site."""
 
+    site: str
     base: str
     manifest: str
     chunks_all: str
@@ -42,7 +43,7 @@ class FleetTopics:
         if not site or any(c in site for c in "/+#\0"):
             raise FleetError(f"fleet.site: {site!r} cannot be used in an MQTT topic")
         base = f"{prefix.rstrip('/')}/{FLEET_LEVEL}/{site}/gallery"
-        return cls(base, f"{base}/manifest", f"{base}/+/+", f"{base}/#")
+        return cls(site, base, f"{base}/manifest", f"{base}/+/+", f"{base}/#")
 
     def chunk(self, version: int, index: int) -> str:
         return f"{self.base}/{version}/{index}"
