@@ -70,3 +70,19 @@ def test_check_config_reads_the_fleet_keys(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"fleet.site_key: too short \(5 bytes, need 16\+\)"):
         load_config(cfg)
+
+
+def test_check_config_wants_a_pem_public_key(tmp_path: Path) -> None:
+    from edge.config import load_config
+
+    (tmp_path / "site.key").write_text("s" * 32)
+    (tmp_path / "public.pem").write_text("not a key")
+    cfg = tmp_path / "door.toml"
+    cfg.write_text(
+        '[camera]\nsource = "fake"\n[mqtt]\nenabled = true\n'
+        '[fleet]\nenabled = true\nsite = "hq"\nsite_key_file = "site.key"\n'
+        'public_key_file = "public.pem"\n'
+        f'[service]\nstate_dir = "{tmp_path}"\n'
+    )
+    with pytest.raises(ConfigError, match=r"fleet\.public_key: no PEM public key"):
+        load_config(cfg)

@@ -50,9 +50,9 @@ def _check_secrets(cfg: Config) -> None:
         if ref.file:
             if ref.key != "fleet.public_key":  # a public key is no secret
                 warn_if_exposed(cfg.resolve(ref.file), f"{ref.key}_file")
-            ref.read(cfg.base_dir)
+            _check_pem(ref.key, ref.read(cfg.base_dir))
         elif ref.credential and os.environ.get("CREDENTIALS_DIRECTORY"):
-            ref.read(cfg.base_dir)
+            _check_pem(ref.key, ref.read(cfg.base_dir))
         elif ref.credential:
             log.info(
                 "%s_credential: %r is read from $CREDENTIALS_DIRECTORY when systemd runs "
@@ -60,6 +60,12 @@ def _check_secrets(cfg: Config) -> None:
                 ref.key,
                 ref.credential,
             )
+
+
+def _check_pem(key: str, data: bytes | None) -> None:
+    """fleet: the doors' trusted keys must be PEM public keys (the fleet parses them at start)."""
+    if key == "fleet.public_key" and data is not None and b"-----BEGIN PUBLIC KEY-----" not in data:
+        raise ConfigError(f"{key}: no PEM public key (-----BEGIN PUBLIC KEY-----) in it")
 
 
 def _check_tls(cfg: Config) -> None:
