@@ -84,6 +84,7 @@ class Publisher(MqttPublisher):
         super().__init__(cfg, outbox, extensions=extensions)
         if self.fleet is not None:
             self.fleet.events = self
+            self.fleet.on_state = self.publish_state_now
 
 
 def make_publisher(cfg: Config) -> PublisherLike:

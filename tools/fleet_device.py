@@ -48,6 +48,7 @@ class LeanDoor:
         self.fleet = FleetDevice(cfg, model=_model(args.model))
         self.pub = MqttPublisher(cfg, extensions=[self.fleet])
         self.fleet.events = self.pub
+        self.fleet.on_state = self.pub.publish_state_now
         self.pending = threading.Event()
         self.fleet.on_pending = self.pending.set
         self.probes: list[str] = args.probe

@@ -293,6 +293,11 @@ class MqttPublisher(GatedCommands):
         """
         self.announcer.set_ready()
 
+    def publish_state_now(self) -> None:
+        """The complete state now, once ready and connected (else it goes out when it can)."""
+        if self.announcer.ready:
+            self.announcer.publish_state()
+
     def set_gallery(self, names: list[str] | tuple[str, ...]) -> None:
         """The enrolled names changed: the extensions hear it, the state goes out now."""
         self.announcer.set_gallery(names)

@@ -91,6 +91,8 @@ class FleetDevice(Extension):
         """Where ``fleet_applied`` / ``fleet_refused`` go (the daemon's publisher)."""
         self.on_pending: Callable[[], None] = lambda: None
         """Called (under the lock: only flag it) when a bundle waits to be applied."""
+        self.on_state: Callable[[], None] = lambda: None
+        """Called after a refusal, to send the state (its ``fleet.refused``) now."""
         self._model = model
         self._clock, self._wall, self._synced = clock, wall, synced
         self._lock = threading.Lock()
@@ -292,6 +294,8 @@ class FleetDevice(Extension):
                 sink.publish_event(kind, {"site": self.cfg.fleet.site, **fields})
             except FacegateError as e:
                 log.warning("fleet: event %s not stored: %s", kind, e)
+        if any(kind == REFUSED for kind, _ in out):
+            self.on_state()
 
 
 def _refusal_fields(r: Refusal) -> dict[str, Any]:
