@@ -58,3 +58,7 @@ class BrokerError(FacegateError):
 
 class ReviewError(FacegateError):
     """The unknown-visitor review ring cannot be used: no key, unreadable folder, no such entry."""
+
+
+class FleetError(FacegateError):
+    """A gallery bundle cannot be built, verified, stored or published (:mod:`edge.fleet`)."""

@@ -46,8 +46,17 @@ KEY = b"e" * 32
         ),
         ({"review": {"max_visits": 0}}, "review.max_visits: must be in [1, 100000], got 0"),
         ({"review": {"keep": True}}, "review.keep: unknown key"),
+        (
+            {
+                "mqtt": {"enabled": True, "commands": True},
+                "review": {"enrol_command": True, "enrol_key_file": "k"},
+                "fleet": {"enabled": True, "site": "hq", "site_key_file": "s",
+                          "public_key_file": "p"},
+            },
+            "review.enrol_command: not with fleet.enabled",
+        ),
     ],
-)
+)  # fmt: skip
 def test_review_config_errors_name_the_key(doc: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_config(doc)
@@ -232,3 +241,27 @@ def test_a_watcher_that_fails_does_not_stop_the_loop(caplog: pytest.LogCaptureFi
     # A watcher that wants frames gets decisions with their crops (mqtt.snapshot is off).
     assert Broken.snapshots == len(pub.payloads) >= 1
     assert "Broken failed on frame" in caplog.text
+
+
+def test_a_fleet_door_does_not_enrol_from_the_review(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With fleet.enabled the gallery comes from the admin: unknowns enroll and the signed
+    enrol command refuse, saying where to enrol; the review itself still lists."""
+    from edge.cli import main
+
+    for name in ("g.key", "s.key", "e.key"):
+        (tmp_path / name).write_bytes(name.encode() * 8)
+    (tmp_path / "p.pem").write_text("-----BEGIN PUBLIC KEY-----\n")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[mqtt]\nenabled = true\n[gallery]\nkey_file = "g.key"\n'
+        '[review]\nkeep_unknown = true\nenrol_key_file = "e.key"\n'
+        '[fleet]\nenabled = true\nsite = "hq"\nsite_key_file = "s.key"\npublic_key_file = "p.pem"\n'
+    )
+    assert main(["unknowns", "enroll", "1", "--name", "Bob", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "unknowns enroll: fleet.enabled = true" in err and "fleet push" in err
+    assert main(["enroll", "--config", str(cfg), "--name", "Bob", "--signed-command"]) == 2
+    assert "fleet.enabled = true" in capsys.readouterr().err
+    assert main(["unknowns", "list", "--config", str(cfg)]) == 0

@@ -78,6 +78,16 @@ def register(sub: Subcommands) -> None:
     p.set_defaults(func=cmd_identify)
 
 
+def refuse_fleet_gallery(cfg: Config, what: str) -> None:
+    """A door with ``fleet.enabled`` takes its gallery from the fleet: no local changes."""
+    if cfg.fleet.enabled:
+        raise FacegateError(
+            f"{what}: fleet.enabled = true in this config: the door's gallery comes from the "
+            f"fleet (site {cfg.fleet.site!r}) and is the only one it uses; enrol on the admin "
+            "machine (a config without fleet.enabled), then `facegate fleet push`"
+        )
+
+
 def cmd_enroll(args: argparse.Namespace) -> int:
     from edge.identity.enrol import PhotoMeasure
     from edge.identity.gallery import check_new_name
@@ -91,6 +101,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     if args.camera != (not args.images):
         raise FacegateError("enroll: give photos, or --camera (not both)")
     cfg = config_from_args(args)
+    refuse_fleet_gallery(cfg, "enroll")
     rec = recognizer_for(cfg)
     if args.camera:
         labels, measures = _camera_frames(cfg, rec, args.photos, args.seconds)
@@ -141,6 +152,7 @@ def _print_signed_enrol(args: argparse.Namespace) -> int:
     from edge.door.remote import sign_enrol
 
     cfg = config_from_args(args)
+    refuse_fleet_gallery(cfg, "enroll --signed-command")
     key = cfg.review.enrol_key.read(cfg.base_dir)
     if key is None:
         raise FacegateError("enroll --signed-command: no review.enrol_key_file in the config")
@@ -233,6 +245,8 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     from edge.vision.embedder import Embedder
 
     cfg = config_from_args(args)
+    if args.action in ("remove", "set-groups", "rebind"):
+        refuse_fleet_gallery(cfg, f"gallery {args.action}")
     path = cfg.resolve(cfg.gallery.path)
     if not exists(path, "gallery"):
         raise FacegateError(f"{path}: no gallery there")
@@ -300,4 +314,11 @@ def cmd_identify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-__all__ = ["cmd_enroll", "cmd_gallery", "cmd_identify", "enrol_measures", "register"]
+__all__ = [
+    "cmd_enroll",
+    "cmd_gallery",
+    "cmd_identify",
+    "enrol_measures",
+    "refuse_fleet_gallery",
+    "register",
+]

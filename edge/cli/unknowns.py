@@ -62,6 +62,12 @@ def cmd_unknowns(args: argparse.Namespace) -> int:
     if args.action != "list" and args.id is None:
         raise FacegateError(f"unknowns {args.action}: give the entry's ID (see unknowns list)")
     cfg = config_from_args(args)
+    if args.action == "enroll":
+        from edge.cli.gallery import refuse_fleet_gallery
+
+        # fleet: a door does not enrol on its own; `unknowns show ID --jpeg F` hands the
+        # crop to the admin, who enrols it and pushes the gallery.
+        refuse_fleet_gallery(cfg, "unknowns enroll")
     ring = _ring(cfg)
     if args.action == "list":
         for s in ring.strangers():

@@ -25,6 +25,7 @@ from edge.config.sections import (
     DoorConfig,
     EmbedderConfig,
     EventsConfig,
+    FleetConfig,
     GalleryConfig,
     HomeAssistantConfig,
     MatchingConfig,
@@ -55,6 +56,7 @@ class Config:
     service: ServiceConfig = field(default_factory=ServiceConfig)
     door: DoorConfig = field(default_factory=DoorConfig)
     review: ReviewConfig = field(default_factory=ReviewConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
     base_dir: Path = field(default_factory=Path.cwd, compare=False)
 
     def __post_init__(self) -> None:
@@ -100,6 +102,15 @@ class Config:
             )
         if r.notify and not self.mqtt.enabled:
             raise ConfigError("review.notify: needs mqtt.enabled = true")
+        if r.enrol_command and self.fleet.enabled:
+            raise ConfigError(
+                "review.enrol_command: not with fleet.enabled = true (the door's gallery comes "
+                "from the fleet: enrol on the admin machine, then `facegate fleet push`)"
+            )
+        if self.fleet.enabled and not self.mqtt.enabled:
+            raise ConfigError("fleet.enabled: needs mqtt.enabled = true (bundles come over MQTT)")
+        if self.fleet.enabled and self.device.id == "_fleet":
+            raise ConfigError("device.id: '_fleet' is the topic level of gallery bundles")
 
     def files(self) -> dict[str, Path]:
         """Every file the config names (models excluded), by key path, resolved."""
@@ -116,6 +127,9 @@ class Config:
             "review.enrol_key_file",
             "door.remote_key_file",
             "events.sign_key_file",
+            "fleet.site_key_file",
+            "fleet.public_key_file",
+            "fleet.signing_key_file",
             "mqtt.password_file",
             "camera.password_file",
             "mqtt.tls_ca_file",

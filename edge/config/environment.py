@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge.config.secrets import MAX_SECRET_BYTES, warn_if_exposed
+from edge.config.secrets import MAX_SECRET_BYTES, SecretRef, warn_if_exposed
 from edge.errors import ConfigError
 from edge.files import read_bounded
 
@@ -33,8 +33,8 @@ def _stat(path: Path, key: str) -> os.stat_result | None:
         raise ConfigError(f"{key}: cannot look up {path} ({e.strerror or e})") from None
 
 
-def _check_secrets(cfg: Config) -> None:
-    """The secrets ``run`` will read: readable files, and credentials when systemd passes them."""
+def _secrets_used(cfg: Config) -> list[SecretRef]:
+    """The secrets ``run`` will read with this config."""
     used = [cfg.gallery.key]
     if cfg.door.enabled and cfg.door.remote_unlock:
         used.append(cfg.door.remote_key)
@@ -48,13 +48,24 @@ def _check_secrets(cfg: Config) -> None:
         used.append(cfg.review.key)
     if cfg.review.enrol_command:
         used.append(cfg.review.enrol_key)
+    if cfg.fleet.enabled:  # fleet: the site key (secret) and the admin's public key
+        used += [cfg.fleet.site_key, cfg.fleet.public_key]
+    return used
+
+
+def _check_secrets(cfg: Config) -> None:
+    """The secrets ``run`` will read: readable files, and credentials when systemd passes them."""
+    used = _secrets_used(cfg)
     read: dict[str, bytes | None] = {}
     for ref in used:
         if ref.file:
-            warn_if_exposed(cfg.resolve(ref.file), f"{ref.key}_file")
+            if ref.key != "fleet.public_key":  # a public key is no secret
+                warn_if_exposed(cfg.resolve(ref.file), f"{ref.key}_file")
             read[ref.key] = ref.read(cfg.base_dir)
+            _check_pem(ref.key, read[ref.key])
         elif ref.credential and os.environ.get("CREDENTIALS_DIRECTORY"):
             read[ref.key] = ref.read(cfg.base_dir)
+            _check_pem(ref.key, read[ref.key])
         elif ref.credential:
             log.info(
                 "%s_credential: %r is read from $CREDENTIALS_DIRECTORY when systemd runs "
@@ -87,6 +98,12 @@ def check_distinct_keys(unlock: bytes | None, sign: bytes | None) -> None:
             "door.remote_key: the same key as events.sign_key (the same bytes); every "
             "event consumer could then sign unlocks: give the door a key of its own"
         )
+
+
+def _check_pem(key: str, data: bytes | None) -> None:
+    """fleet: the doors' trusted keys must be PEM public keys (the fleet parses them at start)."""
+    if key == "fleet.public_key" and data is not None and b"-----BEGIN PUBLIC KEY-----" not in data:
+        raise ConfigError(f"{key}: no PEM public key (-----BEGIN PUBLIC KEY-----) in it")
 
 
 def _check_tls(cfg: Config) -> None:
