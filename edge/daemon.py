@@ -17,6 +17,11 @@ joined with a timeout, so SIGTERM ends the process within
 Signals only set events: SIGTERM/SIGINT the stop event, SIGHUP a gallery
 reload (as does the MQTT ``reload-gallery`` command); the loop acts on them.
 
+Watchers (:class:`Watcher`) see every frame's result and decisions after
+the door and the publisher did, on the loop's thread: the unknown-visitor
+review and the signed "enrol the next face" (:mod:`edge.review.watch`), each
+only when configured. The loop treats them all alike.
+
 The systemd watchdog is pinged only while the service is healthy: a frame was
 processed within the last half watchdog period and the publisher's network
 thread is alive. A stuck camera or a dead MQTT thread therefore gets the
@@ -39,7 +44,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from edge.decide.tracker import Tracker
 from edge.delivery.mqtt import MqttPublisher
@@ -48,6 +53,7 @@ from edge.errors import FacegateError
 from edge.files import StateLock
 from edge.fleet.device import FleetDevice
 from edge.homeassistant.extension import HomeAssistant
+from edge.homeassistant.review import UnknownNotifier
 from edge.sdnotify import Notifier, watchdog_interval
 from edge.types import Decision, Frame, FrameResult
 
@@ -57,6 +63,7 @@ if TYPE_CHECKING:
     from edge.delivery.outbox import Outbox
     from edge.door.controller import DoorController
     from edge.identity.gallery import Gallery
+    from edge.review.watch import EnrolRecognizer
 
 log = logging.getLogger("facegate.daemon")
 
@@ -78,9 +85,10 @@ class Publisher(MqttPublisher):
     """
 
     def __init__(self, cfg: Config, outbox: Outbox | None = None) -> None:
+        self.unknown_notifier = UnknownNotifier(cfg)
         # fleet: with fleet.enabled the gallery comes from the site's bundles.
         self.fleet = FleetDevice(cfg) if cfg.fleet.enabled else None
-        extensions: list[Extension] = [HomeAssistant(cfg)]
+        extensions: list[Extension] = [HomeAssistant(cfg), self.unknown_notifier]
         if self.fleet is not None:
             extensions.append(self.fleet)
         super().__init__(cfg, outbox, extensions=extensions)
@@ -111,6 +119,17 @@ class RecognizerLike(Protocol):
     def set_gallery(self, gallery: Gallery) -> None: ...
 
     def process(self, frame: Frame) -> FrameResult: ...
+
+
+class Watcher(Protocol):
+    """Something that watches the decision flow from beside it (:mod:`edge.review.watch`)."""
+
+    @property
+    def wants_frames(self) -> bool:
+        """Whether decisions must carry their crops (the tracker is handed each frame)."""
+        ...
+
+    def observe(self, frame: Frame, result: FrameResult, decisions: Sequence[Decision]) -> None: ...
 
 
 class CaptureLike(Protocol):
@@ -198,6 +217,7 @@ def run(
     recognizer: RecognizerLike | None = None,
     capture_factory: Callable[[Config, threading.Event], CaptureLike] = make_capture,
     door_factory: Callable[[Config, PublisherLike], DoorController] | None = None,
+    watchers_factory: Callable[..., list[Watcher]] | None = None,
 ) -> int:
     """Run the service until ``stop`` is set or a finite replay ends; the exit status.
 
@@ -214,12 +234,14 @@ def run(
         # door: built (relay released) before anything else starts; it gets every
         # decision in-process from this loop, never from the broker or the outbox.
         door = _door(cfg, pub, door_factory) if cfg.door.enabled else None
-        return _run(cfg, stop, pub, door, reload, notifier, recognizer, capture_factory)
+        return _run(
+            cfg, stop, pub, door, reload, notifier, recognizer, capture_factory, watchers_factory
+        )
 
 
 def _state_lock(cfg: Config) -> contextlib.AbstractContextManager[object]:
     """The state_dir's lock (:class:`edge.files.StateLock`) when the daemon writes state there."""
-    if not (cfg.mqtt.enabled or cfg.door.enabled):
+    if not (cfg.mqtt.enabled or cfg.door.enabled or cfg.review.keep_unknown):
         return contextlib.nullcontext()
     return StateLock(cfg.state_dir)
 
@@ -233,6 +255,7 @@ def _run(
     notifier: Notifier,
     recognizer: RecognizerLike | None,
     capture_factory: Callable[[Config, threading.Event], CaptureLike],
+    watchers_factory: Callable[..., list[Watcher]] | None = None,
 ) -> int:
     """The service with its publisher and door made: start, loop, shut down."""
     cap_stop = threading.Event()
@@ -249,9 +272,11 @@ def _run(
         if door is not None:  # door: an allow/schedule entry that matches nobody (issue 19)
             door.check_gallery(rec.gallery)
         _wire_commands(pub, reload, door)
+        watchers = (watchers_factory or make_watchers)(cfg, pub, rec, reload)
         cap = capture_factory(cfg, cap_stop)
         cap.start()
-        return _Loop(cfg, pub, rec, cap, door, notifier, reload, fleet).run(stop)
+        loop = _Loop(cfg, pub, rec, cap, door, notifier, reload, fleet, watchers)
+        return loop.run(stop)
     except FacegateError:
         raise
     except Exception:
@@ -259,6 +284,62 @@ def _run(
         return 1
     finally:
         _shutdown(cfg, pub, cap, cap_stop, door, notifier)
+
+
+def make_watchers(
+    cfg: Config, pub: PublisherLike, rec: RecognizerLike, reload: threading.Event
+) -> list[Watcher]:
+    """The configured watchers: the unknown-visitor ring, remote enrolment (none by default)."""
+    out: list[Watcher] = []
+    # The service's recognizer is an edge.decide.recognizer.Recognizer (tests may hand
+    # in a stand-in without these features); the review reads its calibration.
+    full = cast("EnrolRecognizer", rec)
+    if cfg.review.keep_unknown:
+        from edge.review.ring import ring_for_config
+        from edge.review.watch import UnknownReview
+
+        notify = pub.unknown_notifier.push if isinstance(pub, Publisher) else None
+        ring = ring_for_config(cfg, full.calibration.threshold)
+        out.append(UnknownReview(ring, rec.model_sha256, notify))
+    if cfg.review.enrol_command:
+        from edge.review.watch import RemoteEnrolment
+
+        verify, authentic = _enrol_verifier(cfg)
+        enrol = RemoteEnrolment(cfg, full, verify, reload, pub.publish_event)
+        pub.verify_enrol = authentic  # forged commands spend no token of the rate limit
+        pub.on_enrol = enrol.command
+        out.append(enrol)
+    return out
+
+
+def _enrol_verifier(
+    cfg: Config,
+) -> tuple[Callable[[bytes], tuple[str | None, str | None]], Callable[[bytes], bool]]:
+    """The enrol command's checks, the door's signed-command code with the review's key: the
+    whole verification, and the stateless one the command gate runs first."""
+    from edge.clock import clock_synced
+    from edge.config.environment import check_enrol_key
+    from edge.door.remote import NonceCache, authentic_enrol, verify_enrol
+
+    key = cfg.review.enrol_key.read(cfg.base_dir)
+    if key is None:
+        raise FacegateError("review.enrol_command: no review.enrol_key configured")
+    if cfg.events.sign_key.configured:
+        check_enrol_key(key, cfg.events.sign_key.read(cfg.base_dir))
+    nonces = NonceCache()
+
+    def verify(payload: bytes) -> tuple[str | None, str | None]:
+        return verify_enrol(
+            payload,
+            key=key,
+            device_id=cfg.device.id,
+            now=time.time(),
+            mono=time.monotonic(),
+            synced=clock_synced(),
+            nonces=nonces,
+        )
+
+    return verify, lambda payload: authentic_enrol(payload, key=key, device_id=cfg.device.id)
 
 
 def _load_recognizer(cfg: Config, fleet: FleetDevice | None = None) -> RecognizerLike:
@@ -308,9 +389,13 @@ class _Loop:
         notifier: Notifier,
         reload: threading.Event,
         fleet: FleetDevice | None = None,
+        watchers: Sequence[Watcher] = (),
     ) -> None:
         self.cfg, self.pub, self.rec, self.cap, self.door = cfg, pub, rec, cap, door
         self.notifier, self.reload, self.fleet = notifier, reload, fleet
+        self.watchers = tuple(watchers)
+        # Decisions carry their crops for the snapshot topic or a watcher that keeps them.
+        self.want_frames = cfg.mqtt.snapshot or any(w.wants_frames for w in self.watchers)
         self.model_sha = rec.model_sha256
         # A face that jumps identity by more than the open-set threshold is
         # someone else: it ends its track (edge.decide.tracker.identity_jump).
@@ -411,13 +496,18 @@ class _Loop:
         result = self.rec.process(frame)
         if not self.ready:
             self.become_ready()
-        snapshot = frame.image if self.cfg.mqtt.snapshot else None
-        for d in self.tracker.update(result, snapshot):
+        decisions = self.tracker.update(result, frame.image if self.want_frames else None)
+        for d in decisions:
             if self.door is not None:  # door: every decision, live from the tracker
                 self.door.on_decision(d, self.rec.gallery)
             payload = self.pub.publish_decision(d)
             self.events += 1
             log.info("%s", _event_line(d, payload))
+        for w in self.watchers:
+            try:
+                w.observe(frame, result, decisions)
+            except Exception:  # a watcher's bug must not stop the door
+                log.exception("%s failed on frame %d", type(w).__name__, frame.index)
         self.frames += 1
         self.window_frames += 1
         self.health.frame_done()

@@ -56,5 +56,9 @@ class BrokerError(FacegateError):
     """The MQTT broker cannot be reached or refused us."""
 
 
+class ReviewError(FacegateError):
+    """The unknown-visitor review ring cannot be used: no key, unreadable folder, no such entry."""
+
+
 class FleetError(FacegateError):
     """A gallery bundle cannot be built, verified, stored or published (:mod:`edge.fleet`)."""

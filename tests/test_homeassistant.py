@@ -120,6 +120,26 @@ TEST_AUTOMATIONS = """
     - service: lock.unlock
       target:
         entity_id: lock.front_door_door_lock
+- id: test_enrol_name
+  alias: "Type a name into the device's Enrol name when the test asks"
+  trigger:
+    - platform: mqtt
+      topic: test/ha/enrol_name
+  action:
+    - service: text.set_value
+      target:
+        entity_id: text.front_door_enrol_name
+      data:
+        value: "{{ trigger.payload }}"
+- id: test_enrol_press
+  alias: "Press Enrol next face when the test asks"
+  trigger:
+    - platform: mqtt
+      topic: test/ha/enrol_press
+  action:
+    - service: button.press
+      target:
+        entity_id: button.front_door_enrol_next_face
 - id: test_press
   alias: "Press the reload button when the test asks"
   trigger:
@@ -168,6 +188,22 @@ automation: !include automations.yaml
 """
 
 
+ENROL_KEY = b"enrol-key-" * 4
+
+
+def readme_enrolment(cfg_dir: Path) -> tuple[str, str]:
+    """The README's "Enrol next face" set-up, as users copy it: the signing script and its
+    key into the config folder, its ``shell_command`` (configuration) and its automation."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    (script,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "enrol-v1" in b]
+    (cfg_dir / "facegate-enrol.py").write_text(script)
+    (cfg_dir / "facegate-enrol.key").write_bytes(ENROL_KEY)
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "sign_enrol" in b]
+    shell, automation = block.replace("/config/", f"{cfg_dir}/").split("\nautomation:\n")
+    listed = "\n".join(line.removeprefix("  ") for line in automation.splitlines())
+    return shell.rstrip("\n") + "\n", listed + "\n"
+
+
 def write_ha_config(
     cfg_dir: Path,
     broker: Broker,
@@ -182,11 +218,16 @@ def write_ha_config(
     ``automations``: YAML added to ``configuration.yaml`` and ``automations.yaml``.
     """
     (cfg_dir / ".storage").mkdir(parents=True)
+    shell, enrol = readme_enrolment(cfg_dir)
+    if "shell_command:\n" in configuration:  # one shell_command table: both recipes' entries
+        configuration = configuration.replace("shell_command:\n", shell, 1)
+    else:
+        configuration = shell + configuration
     (cfg_dir / "configuration.yaml").write_text(
         CONFIGURATION.format(http_port=free_port(), state=STATE) + configuration
     )
     (cfg_dir / "automations.yaml").write_text(
-        readme_automation("facegate_unlock_alice") + TEST_AUTOMATIONS + automations
+        readme_automation("facegate_unlock_alice") + enrol + TEST_AUTOMATIONS + automations
     )
     data: dict[str, Any] = {"broker": broker.host, "port": broker.port, "discovery": True}
     if login is not None:
@@ -740,3 +781,74 @@ def raw_as(broker: Broker, auth: tuple[str, str], topic: str, payload: bytes) ->
     finally:
         c.disconnect()
         c.loop_stop()
+
+
+UNKNOWN_IMAGE = "image/front_door_unknown_visitor"
+ENROL_NAME = "text/front_door_enrol_name"
+ENROL_BUTTON = "button/front_door_enrol_next_face"
+
+
+def test_home_assistant_shows_unknown_visitors_and_its_button_enrols_signed(
+    home_assistant: HomeAssistant, mqtt_broker: Broker, tmp_path: Path
+) -> None:
+    """The review's entities: the "Unknown visitor" image follows each new visit; "Enrol
+    name" and "Enrol next face", through the README's automation and signing script, put a
+    command on the command topic that the device's check accepts, for that name."""
+    from edge.door.remote import NonceCache, verify_enrol
+    from edge.imageio import encode_jpeg
+    from edge.review.ring import Visit
+
+    ha = home_assistant
+    device = tmp_path / "device"
+    device.mkdir()
+    base = device_config(device, mqtt_broker)
+    cfg = parse_config(
+        {
+            "device": {"id": DEVICE, "name": "Front door"},
+            "mqtt": {
+                "enabled": True, "host": mqtt_broker.host, "port": mqtt_broker.port,
+                "ha_discovery": True, "commands": True,
+            },
+            "gallery": {"key_file": "g.key"},
+            "review": {
+                "keep_unknown": True, "notify": True, "enrol_command": True,
+                "enrol_key_file": "e.key",
+            },
+            "service": {"state_dir": str(device)},
+        },
+        base_dir=base.base_dir,
+    )  # fmt: skip
+    pub = online(cfg)
+    got: list[tuple[str | None, str | None]] = []
+    nonces = NonceCache()
+    pub.on_enrol = lambda payload: got.append(
+        verify_enrol(
+            payload,
+            key=ENROL_KEY,
+            device_id=DEVICE,
+            now=time.time(),
+            mono=time.monotonic(),
+            synced=True,
+            nonces=nonces,
+        )
+    )
+    try:
+        ha.wait(lambda: ha.last(ENROL_BUTTON) not in (None, "unavailable"), 60, "the button")
+        ha.wait(lambda: ha.last(ENROL_NAME) not in (None, "unavailable"), 30, "the text")
+        ha.wait(lambda: ha.last(UNKNOWN_IMAGE) not in (None, "unavailable"), 30, "the image")
+        pictures = len(ha.values(UNKNOWN_IMAGE))
+        jpeg = encode_jpeg(np.full((96, 80, 3), 140, np.uint8), 320, 90)
+        pub.unknown_notifier.push(Visit(7, time.time(), 7, 0.8, 4, "m", np.zeros(4), jpeg), 1)
+        ha.wait(lambda: len(ha.values(UNKNOWN_IMAGE)) > pictures, why="a new unknown visitor")
+        raw(mqtt_broker, "test/ha/enrol_name", "Zoë Adams".encode())
+        ha.wait(lambda: ha.last(ENROL_NAME) == "Zoë Adams", why="the name typed in")
+        # A bare PRESS on the button's topic (what any broker client could send) enrols nobody.
+        raw(mqtt_broker, f"{T.base}/enrol/set", b"PRESS")
+        raw(mqtt_broker, "test/ha/enrol_press", b"1")
+        ha.wait(lambda: bool(got), 60, "the signed command from the README's automation")
+        time.sleep(1.0)
+        assert got == [(None, "Zoë Adams")]
+    finally:
+        pub.stop(timeout=3.0)
+    problems = ha.problems()
+    assert not problems, "\n".join(problems)

@@ -40,7 +40,14 @@ import numpy.typing as npt
 
 from edge.decide.recognizer import Recognizer, calibration_for
 from edge.errors import FacegateError
-from edge.identity.enrol import DEFAULT_RULES, EnrolmentRules, PhotoMeasure, plan_enrolment
+from edge.identity.camera import CameraCollector, CameraRules
+from edge.identity.enrol import (
+    DEFAULT_RULES,
+    EnrolmentRules,
+    PhotoMeasure,
+    outlier_distance,
+    plan_enrolment,
+)
 from edge.identity.gallery import Gallery
 from edge.identity.matcher import Matcher
 from edge.identity.thresholds import DEFAULT_TARGET_FPIR, operating_point
@@ -341,6 +348,9 @@ class DoorSplit:
     mated: list[LabelledImage]
     strangers: list[LabelledImage]
     stranger_people: list[str]
+    # Camera enrolment stood in for by other photos (``--camera-frames F``): each
+    # enrolled person's next F photos after the E enrolment photos, never a probe.
+    frames: dict[str, list[LabelledImage]] = field(default_factory=dict)
 
 
 def door_split(
@@ -349,35 +359,48 @@ def door_split(
     enroll_photos: int,
     probes_per_person: int,
     stranger_photos: int | None = None,
+    camera_frames: int = 0,
+    probe_start: int | None = None,
 ) -> DoorSplit:
-    """The first ``gallery_size`` people (sorted by name) with at least ``E + 1`` photos enrol.
+    """The first ``gallery_size`` people (sorted by name) with at least ``S + 1`` photos enrol.
 
-    Each enrols from their first ``E`` photos (sorted by file name); their
-    next ``P`` photos (at most) are genuine probes. Every other person is a
-    stranger, with their first ``stranger_photos`` photos (default: ``P``;
-    0 or None: all). Deterministic: the same folder always gives the same split.
+    Each enrols from their first ``E`` photos (sorted by file name), plus, with
+    ``camera_frames`` ``F``, their next ``F`` photos as the frames a camera
+    would offer; their photos from ``S`` on (``probe_start``, default
+    ``E + F``; at least that) are genuine probes, ``P`` at most. A larger
+    ``S`` puts runs with different ``E`` on the same people and the same
+    probes. Every other person is a stranger, with their first
+    ``stranger_photos`` photos (default: ``P``; 0 or None: all).
+    Deterministic: the same folder always gives the same split.
     """
-    if gallery_size < 1 or enroll_photos < 1 or probes_per_person < 1:
+    if gallery_size < 1 or enroll_photos < 1 or probes_per_person < 1 or camera_frames < 0:
         raise FacegateError("--gallery-size, --enroll-photos and --probes-per-person must be >= 1")
+    start = enroll_photos + camera_frames if probe_start is None else probe_start
+    if start < enroll_photos + camera_frames:
+        raise FacegateError(
+            f"--probe-start {start}: probes must come after the {enroll_photos} enrolment "
+            f"photo(s) and {camera_frames} camera frame(s)"
+        )
     by: dict[str, list[LabelledImage]] = {}
     for it in items:
         by.setdefault(it.label, []).append(it)
     people = sorted(by)
     for name in people:
         by[name].sort(key=lambda it: it.path.name)
-    eligible = [n for n in people if len(by[n]) >= enroll_photos + 1]
+    eligible = [n for n in people if len(by[n]) >= start + 1]
     if len(eligible) < gallery_size:
         raise FacegateError(
-            f"only {len(eligible)} people have {enroll_photos + 1}+ photos; "
+            f"only {len(eligible)} people have {start + 1}+ photos; "
             f"--gallery-size {gallery_size} needs that many"
         )
     chosen = eligible[:gallery_size]
     enrolled = [(n, by[n][:enroll_photos]) for n in chosen]
-    mated = [it for n in chosen for it in by[n][enroll_photos : enroll_photos + probes_per_person]]
+    frames = {n: by[n][enroll_photos : enroll_photos + camera_frames] for n in chosen}
+    mated = [it for n in chosen for it in by[n][start : start + probes_per_person]]
     rest = [n for n in people if n not in set(chosen)]
     cap = stranger_photos or None
     strangers = [it for n in rest for it in (by[n][:cap] if cap else by[n])]
-    return DoorSplit(enrolled, mated, strangers, rest)
+    return DoorSplit(enrolled, mated, strangers, rest, frames if camera_frames else {})
 
 
 @dataclass(frozen=True)
@@ -430,6 +453,10 @@ class DoorResult:
     # FNIR over the genuine probes of the people who could be enrolled (their photos were
     # accepted): recognition alone, without the failures to enrol that ``fnir`` counts.
     fnir_enrolled: Rate | None = None
+    # Camera enrolment stood in for by other photos: frames offered, and kept by the
+    # collector (edge.identity.camera) before the enrolment checks.
+    camera_frames_offered: int = 0
+    camera_frames_kept: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -440,6 +467,7 @@ def door_protocol(
     measures: dict[Path, PhotoMeasure],
     recognizer: Recognizer,
     rules: EnrolmentRules = DEFAULT_RULES,
+    camera: CameraRules | None = None,
 ) -> DoorResult:
     """Enrol as ``facegate enroll`` does, then decide every probe as the device does.
 
@@ -452,9 +480,11 @@ def door_protocol(
     is matched by ``recognizer.match_embeddings`` (the device's matcher, its
     threshold and margin). A person none of whose photos is accepted is not
     enrolled: their probes still count (as misses). A probe without a face
-    is a miss if mated, and names no one if a stranger.
+    is a miss if mated, and names no one if a stranger. Camera frames in the
+    split go through camera enrolment's collector first (``camera``: its
+    rules; :func:`_camera_frames`), as ``facegate enroll --camera`` does.
     """
-    enrolment = _enrol_as_the_device(split, measures, recognizer, rules)
+    enrolment = _enrol_as_the_device(split, measures, recognizer, rules, camera)
     gallery, failed = enrolment.gallery, enrolment.failed
     recognizer.set_gallery(gallery)
     point = recognizer.operating_point
@@ -465,13 +495,9 @@ def door_protocol(
         1 for it, n in zip(split.mated, mated_names, strict=True) if n is not None and n != it.label
     )
     fp = sum(1 for n in stranger_names if n is not None)
-    not_enrolled = set(failed)
-    in_gallery = [i for i, it in enumerate(split.mated) if it.label not in not_enrolled]
+    in_gallery = [i for i, it in enumerate(split.mated) if it.label not in set(failed)]
     fn_in = sum(1 for i in in_gallery if mated_names[i] != split.mated[i].label)
-    named_as: dict[str, int] = {}
-    for n in stranger_names:
-        if n is not None:
-            named_as[n] = named_as.get(n, 0) + 1
+    named_as = _named_as(stranger_names)
     return DoorResult(
         gallery_size=len(split.enrolled),
         enroll_photos=max((len(p) for _, p in split.enrolled), default=0),
@@ -491,9 +517,20 @@ def door_protocol(
         mated_undetected=mated_und,
         strangers_undetected=str_und,
         calibration_source=recognizer.calibration.source,
-        strangers_named_as=dict(sorted(named_as.items(), key=lambda kv: (-kv[1], kv[0]))),
+        strangers_named_as=named_as,
         fnir_enrolled=Rate.of(fn_in, len(in_gallery)),
+        camera_frames_offered=enrolment.frames_offered,
+        camera_frames_kept=enrolment.frames_kept,
     )
+
+
+def _named_as(names: Sequence[str | None]) -> dict[str, int]:
+    """How many strangers got each enrolled name, most first."""
+    counts: dict[str, int] = {}
+    for n in names:
+        if n is not None:
+            counts[n] = counts.get(n, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 @dataclass
@@ -504,6 +541,20 @@ class _Enrolment:
     failed: list[str] = field(default_factory=list)
     refused: list[tuple[str, str]] = field(default_factory=list)
     lookalikes: int = 0
+    frames_offered: int = 0
+    frames_kept: int = 0
+
+
+def _camera_frames(
+    frames: Sequence[LabelledImage], measures: dict[Path, PhotoMeasure], rules: CameraRules
+) -> tuple[list[LabelledImage], list[PhotoMeasure]]:
+    """The frames camera enrolment keeps of ``frames`` (and their measures)."""
+    collector = CameraCollector(rules)
+    for it in frames:
+        collector.offer(measures[it.path])
+    chosen = collector.chosen()
+    kept = [it for it in frames if any(measures[it.path] is m for m in chosen)]
+    return kept, [measures[it.path] for it in kept]
 
 
 def _enrol_as_the_device(
@@ -511,10 +562,22 @@ def _enrol_as_the_device(
     measures: dict[Path, PhotoMeasure],
     recognizer: Recognizer,
     rules: EnrolmentRules,
+    camera: CameraRules | None = None,
 ) -> _Enrolment:
-    """Each person through :func:`~edge.identity.enrol.plan_enrolment`, in order."""
+    """Each person through :func:`~edge.identity.enrol.plan_enrolment`, in order (their
+    photos, then the camera frames kept)."""
     out = _Enrolment(Gallery(recognizer.model_sha256))
-    for name, photos in split.enrolled:
+    for name, given in split.enrolled:
+        photos = list(given)
+        offered = split.frames.get(name, [])
+        if offered:
+            cam = camera or CameraRules()
+            if cam.max_distance is None:  # as enroll --camera sets it
+                cam = replace(cam, max_distance=outlier_distance(recognizer.calibration))
+            kept, _ = _camera_frames(offered, measures, cam)
+            out.frames_offered += len(offered)
+            out.frames_kept += len(kept)
+            photos += kept
         names, emb, starts = out.gallery.matrix()
         plan = plan_enrolment(
             name,
@@ -627,8 +690,9 @@ def run_door(a: argparse.Namespace) -> int:
         runs = []
         measures = faces.measures()
         for n in sizes:
-            split = door_split(items, n, a.enroll_photos, a.probes_per_person, a.stranger_photos)
-            runs.append((f"N={n}", 0, door_protocol(split, measures, _recognizer(a, fe, cal))))
+            split = _split(a, items, n)
+            result = door_protocol(split, measures, _recognizer(a, fe, cal), camera=_camera(a))
+            runs.append((f"N={n}", 0, result))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     pooled: dict[str, dict[str, Any]] = {}
@@ -645,6 +709,24 @@ def run_door(a: argparse.Namespace) -> int:
     write_json_atomic(out / "door.json", data)
     _print_door(a, data, runs, pooled, out)
     return 0
+
+
+def _split(a: argparse.Namespace, items: Sequence[LabelledImage], n: int) -> DoorSplit:
+    """The door split the flags ask for, with ``n`` people enrolled."""
+    return door_split(
+        items,
+        n,
+        a.enroll_photos,
+        a.probes_per_person,
+        a.stranger_photos,
+        camera_frames=a.camera_frames,
+        probe_start=a.probe_start,
+    )
+
+
+def _camera(a: argparse.Namespace) -> CameraRules:
+    """Camera enrolment's rules with ``--camera-photos`` frames kept at most."""
+    return CameraRules(photos=a.camera_photos)
 
 
 def _recognizer(a: argparse.Namespace, fe: FaceEmbedder, cal: Calibration) -> Recognizer:
@@ -695,10 +777,8 @@ def _cross_calibrated_runs(
         folds.append({"fold": j + 1, "people": len(fold), "calibration": asdict(cal)})
         fold_items = [it for it in items if it.label in inside]
         for n in sizes:
-            split = door_split(
-                fold_items, n, a.enroll_photos, a.probes_per_person, a.stranger_photos
-            )
-            result = door_protocol(split, measures, _recognizer(a, fe, cal))
+            split = _split(a, fold_items, n)
+            result = door_protocol(split, measures, _recognizer(a, fe, cal), camera=_camera(a))
             runs.append((f"fold {j + 1}/{k} N={n}", j, result))
     return runs
 
@@ -710,6 +790,9 @@ def _door_protocol_record(a: argparse.Namespace, sizes: list[int]) -> dict[str, 
         "model": Path(a.model).stem,
         "gallery_sizes": sizes,
         "enroll_photos": a.enroll_photos,
+        "camera_frames": a.camera_frames,
+        "camera_photos": a.camera_photos if a.camera_frames else None,
+        "probe_start": a.probe_start,
         "probes_per_person": a.probes_per_person,
         "stranger_photos": a.stranger_photos or "all",
         "target_fpir": a.target_fpir,
@@ -728,8 +811,15 @@ def _print_door(
     """The door protocol's results on stdout: a header, the table, the pooled rates."""
     print(
         f"door protocol on {data['protocol']['folder']} with {data['protocol']['model']}: "
-        f"enrol {a.enroll_photos} photo(s), up to {a.probes_per_person} probe(s) per person, "
-        f"target FPIR {100 * a.target_fpir:g}%"
+        f"enrol {a.enroll_photos} photo(s)"
+        + (
+            f" + up to {a.camera_photos} of {a.camera_frames} camera frame(s) (other photos)"
+            if a.camera_frames
+            else ""
+        )
+        + f", up to {a.probes_per_person} probe(s) per person"
+        + ("" if a.probe_start is None else f" from photo {a.probe_start + 1}")
+        + f", target FPIR {100 * a.target_fpir:g}%"
         + (
             f", calibrated on the other {a.cross_calibrate - 1} fold(s)"
             if a.cross_calibrate
@@ -747,6 +837,10 @@ def _print_door(
             f"  pooled N={size}: FNIR {Rate(**p['fnir']).text()}  wrong name "
             f"{Rate(**p['wrong_name']).text()}  FPIR {Rate(**p['fpir']).text()}{enrolled}"
         )
+    offered = sum(r.camera_frames_offered for _, _, r in runs)
+    if offered:
+        kept = sum(r.camera_frames_kept for _, _, r in runs)
+        print(f"camera frames: {kept} of {offered} kept by the collector")
     refused = sum(len(r.refused_photos) for _, _, r in runs)
     print(f"enrolment photos refused: {refused}; report: {out / 'door.json'}")
 
@@ -885,6 +979,28 @@ def _add_door_args(p: argparse.ArgumentParser) -> None:
     door.add_argument("--enroll-photos", type=int, default=2, help="E: photos each enrols from")
     door.add_argument(
         "--probes-per-person", type=int, default=4, help="P: genuine probes per enrolled person"
+    )
+    door.add_argument(
+        "--camera-frames",
+        type=int,
+        default=0,
+        metavar="F",
+        help="camera enrolment stood in for by each person's next F photos after the E "
+        "enrolment photos (never probes): they go through the camera collector",
+    )
+    door.add_argument(
+        "--camera-photos",
+        type=int,
+        default=5,
+        metavar="K",
+        help="frames the camera collector keeps at most (facegate enroll --camera --photos)",
+    )
+    door.add_argument(
+        "--probe-start",
+        type=int,
+        metavar="S",
+        help="probes are each person's photos from the S-th on (0-based; default E + F): the "
+        "same S puts runs with different E on the same people and probes",
     )
     door.add_argument(
         "--stranger-photos",

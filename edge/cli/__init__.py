@@ -2,7 +2,8 @@
 
 Sub-commands: ``enroll``, ``gallery list|stats|remove|set-groups|rebind``,
 ``identify``, ``demo``, ``check-config``, ``run``, ``audit``,
-``door test|sign-unlock``, ``events verify``, ``fleet keygen|push|status``.
+``door test|sign-unlock``, ``events verify``, ``fleet keygen|push|status``,
+``unknowns list|show|enroll|forget``.
 Bad input never produces a traceback: every
 :class:`~edge.errors.FacegateError` becomes one ``facegate: error: ...``
 line on stderr and exit code 2; per-image problems are reported as
@@ -13,7 +14,7 @@ its sub-commands and their ``cmd_*`` functions: :mod:`~edge.cli.gallery`
 (``enroll``, ``gallery``, ``identify``), :mod:`~edge.cli.service`
 (``demo``, ``check-config``, ``run``), :mod:`~edge.cli.door` (``audit``,
 ``door``), :mod:`~edge.cli.events` (``events``), :mod:`~edge.cli.fleet`
-(``fleet``); what they share is
+(``fleet``), :mod:`~edge.cli.unknowns` (``unknowns``); what they share is
 :mod:`~edge.cli.common`. A new command (``facegate doctor``) is a new module
 listed in :data:`COMMAND_MODULES`.
 """
@@ -26,12 +27,12 @@ import sys
 from collections.abc import Sequence
 
 from edge import __version__
-from edge.cli import door, events, fleet, gallery, service
+from edge.cli import door, events, fleet, gallery, service, unknowns
 from edge.errors import FacegateError
 
 log = logging.getLogger("facegate")
 
-COMMAND_MODULES = (gallery, service, door, events, fleet)
+COMMAND_MODULES = (gallery, service, door, events, fleet, unknowns)
 """Each adds its sub-commands to the parser (``register``); a new command is a new module."""
 
 

@@ -21,22 +21,38 @@ if TYPE_CHECKING:
     from edge.cli.common import Subcommands
     from edge.config import Config
     from edge.decide.recognizer import Recognizer
+    from edge.identity.enrol import PhotoMeasure
     from edge.vision.manifest import Manifest
 
 
 def register(sub: Subcommands) -> None:
     """``enroll``, ``gallery`` and ``identify``."""
-    p = sub.add_parser("enroll", help="add a person to the gallery from photos")
-    p.add_argument("--gallery", required=True, help="gallery file (.fgg)")
+    p = sub.add_parser("enroll", help="add a person to the gallery from photos or the camera")
+    p.add_argument("--gallery", help="gallery file (.fgg; default: the config's gallery.path)")
     p.add_argument("--name", required=True)
     p.add_argument(
         "--group", action="append", default=[], help="add the person to this group (repeatable)"
     )
-    p.add_argument("images", nargs="+", help="images or folders of images")
+    p.add_argument("images", nargs="*", help="images or folders of images")
     p.add_argument(
         "--force",
         action="store_true",
         help="keep photos refused as too small, blurred, turned or unlike the others",
+    )
+    p.add_argument(
+        "--camera",
+        action="store_true",
+        help="enrol from the configured camera (camera.source): a few seconds of diverse frames",
+    )
+    p.add_argument("--photos", type=int, default=5, help="--camera: frames to keep (default 5)")
+    p.add_argument(
+        "--seconds", type=float, default=15.0, help="--camera: give up after this long (15)"
+    )
+    p.add_argument(
+        "--signed-command",
+        action="store_true",
+        help="print the signed MQTT command that makes the running service enrol the next "
+        "face as NAME (review.enrol_command; the key is review.enrol_key_*)",
     )
     add_model_args(p)
     p.set_defaults(func=cmd_enroll)
@@ -73,16 +89,23 @@ def refuse_fleet_gallery(cfg: Config, what: str) -> None:
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
-    from edge.identity.enrol import PhotoMeasure, lookalike_message, plan_enrolment
-    from edge.identity.gallery import check_new_name, gallery_key
+    from edge.identity.enrol import PhotoMeasure
+    from edge.identity.gallery import check_new_name
     from edge.imageio import read_image
 
     check_new_name(args.name)  # before any photo is read
+    if args.gallery is None and args.config is None:
+        raise FacegateError("enroll: give --gallery, or --config with a gallery.path")
+    if args.signed_command:
+        return _print_signed_enrol(args)
+    if args.camera != (not args.images):
+        raise FacegateError("enroll: give photos, or --camera (not both)")
     cfg = config_from_args(args)
     refuse_fleet_gallery(cfg, "enroll")
     rec = recognizer_for(cfg)
-    gallery = rec.gallery
-    key = gallery_key(cfg)
+    if args.camera:
+        labels, measures = _camera_frames(cfg, rec, args.photos, args.seconds)
+        return enrol_measures(args, cfg, rec, labels, measures, force=args.force)
     paths = image_paths(args.images)
     measures = []
     for p in paths:
@@ -90,6 +113,71 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             measures.append(rec.measure_photo(read_image(p)))
         except FacegateError as e:
             measures.append(PhotoMeasure(None, None, str(e).removeprefix(f"{p}: ")))
+    return enrol_measures(args, cfg, rec, [str(p) for p in paths], measures, force=args.force)
+
+
+def _camera_frames(
+    cfg: Config, rec: Recognizer, photos: int, seconds: float
+) -> tuple[list[str], list[PhotoMeasure]]:
+    """``enroll --camera``: the frames camera enrolment keeps (edge.identity.camera)."""
+    from edge.identity.camera import CameraCollector, CameraRules, collect
+    from edge.identity.enrol import outlier_distance
+    from edge.sources import frames, open_source
+
+    if photos < 1 or seconds <= 0:
+        raise FacegateError("enroll --camera: --photos and --seconds must be positive")
+    rules = CameraRules(photos=photos, max_distance=outlier_distance(rec.calibration))
+    collector = CameraCollector(rules)
+    source = open_source(cfg)
+    print(f"camera: {cfg.camera.source}; look at the camera", file=sys.stderr)
+    collect(
+        (f.image for f in frames(source, timeout=min(seconds, 5.0))),
+        rec.measure_photo,
+        collector,
+        seconds,
+        lambda advice: print(f"camera: {advice}", file=sys.stderr),
+    )
+    print(f"camera: {collector.summary()}", file=sys.stderr)
+    chosen = collector.chosen()
+    if not chosen:
+        raise FacegateError(
+            f"no usable camera frame within {seconds:g} s ({collector.advice}); "
+            f"{cfg.camera.source} source"
+        )
+    return [f"frame {i + 1}" for i in range(len(chosen))], chosen
+
+
+def _print_signed_enrol(args: argparse.Namespace) -> int:
+    """``enroll --signed-command``: the service's enrol command, signed, on stdout."""
+    from edge.door.remote import sign_enrol
+
+    cfg = config_from_args(args)
+    refuse_fleet_gallery(cfg, "enroll --signed-command")
+    key = cfg.review.enrol_key.read(cfg.base_dir)
+    if key is None:
+        raise FacegateError("enroll --signed-command: no review.enrol_key_file in the config")
+    print(json.dumps(sign_enrol(key, cfg.device.id, args.name.strip())))
+    return 0
+
+
+def enrol_measures(
+    args: argparse.Namespace,
+    cfg: Config,
+    rec: Recognizer,
+    labels: list[str],
+    measures: list[PhotoMeasure],
+    *,
+    force: bool = False,
+) -> int:
+    """Plan ``args.name``'s enrolment from measured photos, say what was refused, save.
+
+    The one tail of ``enroll`` (photos or ``--camera``) and ``unknowns enroll``.
+    """
+    from edge.identity.enrol import lookalike_message, plan_enrolment
+    from edge.identity.gallery import gallery_key
+
+    gallery = rec.gallery
+    key = gallery_key(cfg)
     names, emb, starts = gallery.matrix()
     plan = plan_enrolment(
         args.name,
@@ -99,21 +187,21 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         starts,
         rec.calibration,
         rec.operating_point_for,
-        force=args.force,
+        force=force,
     )
     for i, why in plan.refused:
-        skip(paths[i], why)
+        skip(labels[i], why)
     for i, text in plan.warnings:
-        print(f"warning: {paths[i]}: {text}", file=sys.stderr)
+        print(f"warning: {labels[i]}: {text}", file=sys.stderr)
     for i, note in plan.notes:
-        print(f"note: {paths[i]}: {note}", file=sys.stderr)
+        print(f"note: {labels[i]}: {note}", file=sys.stderr)
     if not plan.accepted:
-        hint = "" if args.force else " (--force keeps photos refused for quality or as outliers)"
+        hint = "" if force else " (--force keeps photos refused for quality or as outliers)"
         raise FacegateError(
-            f"no usable photo among {len(paths)} image(s); {args.name!r} not enrolled{hint}"
+            f"no usable photo among {len(labels)} image(s); {args.name!r} not enrolled{hint}"
         )
     gallery.add(args.name, plan.embeddings)
-    if args.group:  # door: person metadata for door.allow = ["group:NAME"]
+    if getattr(args, "group", None):  # door: person metadata for door.allow = ["group:NAME"]
         gallery.set_groups(args.name, sorted({*gallery.groups(args.name), *args.group}))
     path = cfg.resolve(cfg.gallery.path)
     gallery.save(path, key)
@@ -122,7 +210,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     point = plan.point
     after = "" if point is None else f"; {point.describe()}"
     print(
-        f"enrolled {args.name!r}: {len(plan.accepted)} of {len(paths)} image(s) used; "
+        f"enrolled {args.name!r}: {len(plan.accepted)} of {len(labels)} image(s) used; "
         f"gallery {path} holds {len(gallery)} people{after}"
     )
     return 0
@@ -134,7 +222,7 @@ def _gallery_report(rec: Recognizer) -> dict[str, object]:
 
     names, emb, starts = rec.gallery.matrix()
     point = rec.operating_point
-    pairs = lookalikes(names, emb, starts, point.threshold, rec.margin)
+    pairs = lookalikes(names, emb, starts, point.threshold, rec.calibration.far_table)
     for la in pairs:
         print(f"warning: {lookalike_message(la)}", file=sys.stderr)
     return {
@@ -226,4 +314,11 @@ def cmd_identify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-__all__ = ["cmd_enroll", "cmd_gallery", "cmd_identify", "refuse_fleet_gallery", "register"]
+__all__ = [
+    "cmd_enroll",
+    "cmd_gallery",
+    "cmd_identify",
+    "enrol_measures",
+    "refuse_fleet_gallery",
+    "register",
+]

@@ -30,6 +30,7 @@ from edge.config.sections import (
     HomeAssistantConfig,
     MatchingConfig,
     MqttConfig,
+    ReviewConfig,
     ServiceConfig,
 )
 from edge.errors import ConfigError
@@ -54,6 +55,7 @@ class Config:
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     door: DoorConfig = field(default_factory=DoorConfig)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
     base_dir: Path = field(default_factory=Path.cwd, compare=False)
 
@@ -88,6 +90,23 @@ class Config:
                 f"events.sign_key_credential: {cred!r} is also door.remote_key_credential; "
                 "every event consumer could then sign unlocks: give each its own key"
             )
+        r = self.review
+        if r.enrol_command and not (self.mqtt.enabled and self.mqtt.commands):
+            raise ConfigError(
+                "review.enrol_command: needs mqtt.enabled = true and mqtt.commands = true"
+            )
+        if r.keep_unknown and not (r.key.configured or self.gallery.key.configured):
+            raise ConfigError(
+                "review.keep_unknown: the ring of unknown visitors is always encrypted: set "
+                "review.key_file or review.key_credential (or a gallery key)"
+            )
+        if r.notify and not self.mqtt.enabled:
+            raise ConfigError("review.notify: needs mqtt.enabled = true")
+        if r.enrol_command and self.fleet.enabled:
+            raise ConfigError(
+                "review.enrol_command: not with fleet.enabled = true (the door's gallery comes "
+                "from the fleet: enrol on the admin machine, then `facegate fleet push`)"
+            )
         if self.fleet.enabled and not self.mqtt.enabled:
             raise ConfigError("fleet.enabled: needs mqtt.enabled = true (bundles come over MQTT)")
         if self.fleet.enabled and self.device.id == "_fleet":
@@ -100,8 +119,12 @@ class Config:
             out["mqtt.outbox_path"] = self.outbox_file
         if self.door.enabled:
             out["door.audit_path"] = self.audit_file
+        if self.review.keep_unknown:
+            out["review.path"] = self.review_dir
         for key in (
             "gallery.key_file",
+            "review.key_file",
+            "review.enrol_key_file",
             "door.remote_key_file",
             "events.sign_key_file",
             "fleet.site_key_file",
@@ -139,6 +162,12 @@ class Config:
     def audit_file(self) -> Path:
         """``door.audit_path``; a relative path is taken inside ``service.state_dir``."""
         p = Path(self.door.audit_path).expanduser()
+        return Path(os.path.normpath(p if p.is_absolute() else self.state_dir / p))
+
+    @property
+    def review_dir(self) -> Path:
+        """``review.path``; a relative path is taken inside ``service.state_dir``."""
+        p = Path(self.review.path).expanduser()
         return Path(os.path.normpath(p if p.is_absolute() else self.state_dir / p))
 
     def model_path(self, p: str) -> Path:

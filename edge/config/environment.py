@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge.config.secrets import MAX_SECRET_BYTES, warn_if_exposed
+from edge.config.secrets import MAX_SECRET_BYTES, SecretRef, warn_if_exposed
 from edge.errors import ConfigError
 from edge.files import read_bounded
 
@@ -33,8 +33,8 @@ def _stat(path: Path, key: str) -> os.stat_result | None:
         raise ConfigError(f"{key}: cannot look up {path} ({e.strerror or e})") from None
 
 
-def _check_secrets(cfg: Config) -> None:
-    """The secrets ``run`` will read: readable files, and credentials when systemd passes them."""
+def _secrets_used(cfg: Config) -> list[SecretRef]:
+    """The secrets ``run`` will read with this config."""
     used = [cfg.gallery.key]
     if cfg.door.enabled and cfg.door.remote_unlock:
         used.append(cfg.door.remote_key)
@@ -44,8 +44,18 @@ def _check_secrets(cfg: Config) -> None:
         used.append(cfg.camera.password)
     if cfg.events.sign_key.configured:
         used.append(cfg.events.sign_key)
+    if cfg.review.keep_unknown and cfg.review.key.configured:
+        used.append(cfg.review.key)
+    if cfg.review.enrol_command:
+        used.append(cfg.review.enrol_key)
     if cfg.fleet.enabled:  # fleet: the site key (secret) and the admin's public key
         used += [cfg.fleet.site_key, cfg.fleet.public_key]
+    return used
+
+
+def _check_secrets(cfg: Config) -> None:
+    """The secrets ``run`` will read: readable files, and credentials when systemd passes them."""
+    used = _secrets_used(cfg)
     read: dict[str, bytes | None] = {}
     for ref in used:
         if ref.file:
@@ -64,6 +74,17 @@ def _check_secrets(cfg: Config) -> None:
                 ref.credential,
             )
     check_distinct_keys(read.get("door.remote_key"), read.get("events.sign_key"))
+    check_enrol_key(read.get("review.enrol_key"), read.get("events.sign_key"))
+
+
+def check_enrol_key(enrol: bytes | None, sign: bytes | None) -> None:
+    """The review's enrol key must not be the event signing key: enrolling grants access,
+    and every event consumer holds the signing key."""
+    if enrol is not None and sign is not None and enrol == sign:
+        raise ConfigError(
+            "review.enrol_key: the same key as events.sign_key (the same bytes); every "
+            "event consumer could then enrol people: give enrolment a key of its own"
+        )
 
 
 def check_distinct_keys(unlock: bytes | None, sign: bytes | None) -> None:
@@ -150,10 +171,14 @@ def check_environment(cfg: Config, config_path: Path | None = None) -> None:
         st = _stat(path, key)
         if st is not None and not stat.S_ISREG(st.st_mode):
             raise ConfigError(f"{key}: {path} exists and is not a regular file")
+    if cfg.review.keep_unknown:
+        st = _stat(cfg.review_dir, "review.path")
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"review.path: {cfg.review_dir} exists and is not a folder")
     _check_secrets(cfg)
     if cfg.mqtt.enabled and cfg.mqtt.tls:
         _check_tls(cfg)
     _check_camera(cfg)
 
 
-__all__ = ["check_distinct_keys", "check_environment"]
+__all__ = ["check_distinct_keys", "check_enrol_key", "check_environment"]

@@ -351,6 +351,51 @@ def _check_who(path: str, who: str) -> None:
 
 
 @dataclass(frozen=True)
+class ReviewConfig(Section):
+    """Unknown-visitor review and enrolment while the service runs; both off by default.
+
+    ``keep_unknown``: keep the last unknown visitors (best crop, embedding,
+    time) in an encrypted ring in ``path`` (a folder, relative to
+    ``service.state_dir``), at most ``max_visits`` visits and ``max_age_days``
+    days; recurring strangers are one entry. Biometric data of people who did
+    not consent: README's "Unknown visitors" says what that means. The key is
+    ``key_file`` / ``key_credential``, else the gallery key (one of them is
+    required: the ring is never stored in the clear). ``notify``: each new
+    visit's crop and entry on MQTT (a Home Assistant image entity).
+
+    ``enrol_command``: accept the signed MQTT command "enrol the next face
+    as NAME" (HMAC with ``enrol_key_*``, its own key), which enrols up to
+    ``enrol_photos`` camera frames collected within ``enrol_timeout_s``.
+    Enrolling grants access: it needs its key, ``mqtt.commands`` and a
+    synchronised clock, like the door's remote unlock.
+    """
+
+    SECTION = "review"
+    keep_unknown: bool = False
+    path: Annotated[str, DirPath()] = "unknowns"
+    key_file: OptionalFile = ""
+    key_credential: Credential = ""
+    key = Secret(min_bytes=KEY_MIN_BYTES)
+    max_visits: Annotated[int, Range(ge=1, le=100_000)] = 200
+    max_age_days: Annotated[float, Range(gt=0, le=3650)] = 7.0
+    notify: bool = False
+    enrol_command: bool = False
+    enrol_key_file: OptionalFile = ""
+    enrol_key_credential: Credential = ""
+    enrol_key = Secret(min_bytes=KEY_MIN_BYTES)
+    enrol_photos: Annotated[int, Range(ge=1, le=20)] = 5
+    enrol_timeout_s: Annotated[float, Range(gt=0, le=600)] = 30.0
+
+    def check(self) -> None:
+        if self.notify and not self.keep_unknown:
+            raise ConfigError("review.notify: needs review.keep_unknown = true")
+        if self.enrol_command and not self.enrol_key.configured:
+            raise ConfigError(
+                "review.enrol_command: needs review.enrol_key_file or review.enrol_key_credential"
+            )
+
+
+@dataclass(frozen=True)
 class FleetConfig(Section):
     """Many doors, one gallery: signed gallery bundles over the broker (:mod:`edge.fleet`).
 
@@ -433,6 +478,7 @@ __all__ = [
     "ModelPath",
     "MqttConfig",
     "OptionalFile",
+    "ReviewConfig",
     "ServiceConfig",
     "SourceName",
     "uri_has_password",

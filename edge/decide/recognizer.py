@@ -294,7 +294,7 @@ def measure_photo(cropper: FaceCropper, embedder: Embedder, rgb: Image) -> Photo
     face = crops.faces[0]
     q = face_quality(face, crops.areas, template_points(cropper.template, cropper.size))
     vec: npt.NDArray[np.float32] = embedder.embed([face.crop])[0]
-    return PhotoMeasure(vec, q)
+    return PhotoMeasure(vec, q, keypoints=face.detection.keypoints)
 
 
 def calibration_for(

@@ -68,6 +68,17 @@ class _Track:
     # Sum of the unit embeddings seen on this track (its direction is the
     # running embedding), None until a face with an embedding arrives.
     embedding_sum: Vector | None = None
+    # The crop of the track's best frame so far (its largest face box), kept only
+    # when frames are handed in (snapshots or the review ring want them).
+    best_crop: Image | None = None
+    best_area: float = -1.0
+
+    def keep_best(self, image: Image | None, box: Box) -> None:
+        """Remember this frame's crop when its face box is the track's largest so far."""
+        area = box.w * box.h
+        if image is not None and area > self.best_area:
+            self.best_area = area
+            self.best_crop = crop_snapshot(image, box)
 
     def add_embedding(self, embedding: Vector | None) -> None:
         if embedding is None:
@@ -168,7 +179,10 @@ class Tracker:
     def update(self, result: FrameResult, image: Image | None = None) -> list[Decision]:
         """Feed one frame's faces; return the decisions this frame completes.
 
-        ``image`` (the frame) is only needed for decision snapshots.
+        ``image`` (the frame) is only needed for decision snapshots: each
+        decision's ``snapshot`` is the crop of its track's best frame so far
+        (the largest face box: the person nearest the camera), and its
+        ``embedding`` the track's mean embedding.
         """
         now = result.timestamp
         # Drop tracks that have not been seen for too long (a face that left).
@@ -190,6 +204,7 @@ class Tracker:
                 self._tracks.append(track)
             m = face.match
             track.add_embedding(face.embedding)
+            track.keep_best(image, box)
             track.history.append(_Observation(m.name, m.distance, m.confidence, box))
             track.box, track.last_seen = box, now
             track.length += 1
@@ -242,7 +257,8 @@ class Tracker:
             track_length=t.length,
             timestamp=now,
             box=t.box,
-            snapshot=None if image is None else crop_snapshot(image, t.box),
+            snapshot=None if image is None else t.best_crop,
+            embedding=None if t.embedding_sum is None else l2_normalize(t.embedding_sum),
         )
 
 

@@ -12,6 +12,9 @@ decides, in this order:
    (``verify_unlock``: one parse, one HMAC) runs *before* the rate limit. An
    unlock that fails it spends no token: it is counted as rejected and still
    handed to the door, which records the refusal within its own budget;
+   an enrol command needs ``review.enrol_command`` (``on_enrol``), and its
+   signature is checked the same way (``verify_enrol``); a forged one is
+   counted and logged here and goes no further (no event per forgery);
 4. at most :data:`COMMAND_BURST` commands at once and :data:`COMMAND_RATE`
    per second after that are acted on (a :class:`~edge.delivery.ratelimit.TokenBucket`);
    the rest are dropped and counted. Refused payloads cost no token, so junk
@@ -41,8 +44,11 @@ RELOAD_GALLERY = "reload-gallery"
 COMMANDS = (RELOAD_GALLERY,)
 UNLOCK = "unlock"
 """The door's signed remote unlock, checked by :func:`edge.door.remote.verify_unlock`."""
-MAX_COMMAND_BYTES = 256
-"""Command payloads longer than this are rejected before they are parsed."""
+ENROL = "enrol"
+"""review: the signed "enrol the next face as N" (:func:`edge.door.remote.verify_enrol`)."""
+MAX_COMMAND_BYTES = 2048
+"""Command payloads longer than this are rejected before they are parsed (an enrol command
+carries a name of up to 128 characters, each up to 12 bytes as JSON escapes)."""
 
 
 class CommandError(FacegateError):
@@ -68,6 +74,8 @@ def parse_command(payload: bytes) -> str:
         raise CommandError("command: payload is not UTF-8 JSON") from None
     if isinstance(doc, dict) and doc.get("command") == UNLOCK:
         return UNLOCK  # door: the signed unlock, verified by edge.door.remote (ts, nonce, hmac)
+    if isinstance(doc, dict) and doc.get("command") == ENROL:
+        return ENROL  # review: signed like the unlock, verified by whoever enrols (on_enrol)
     if not isinstance(doc, dict) or set(doc) != {"command"}:
         raise CommandError('command: expected exactly {"command": ...}')
     cmd = doc["command"]
@@ -96,8 +104,12 @@ class CommandGate:
         """Called with the command's name (``reload-gallery``)."""
         self.on_unlock: Callable[[bytes], object] | None = None
         """door: called with the whole payload of an unlock, which the door verifies."""
+        self.on_enrol: Callable[[bytes], object] | None = None
+        """review: called with the whole payload of an enrol command, which it verifies."""
         self.verify_unlock: Callable[[bytes], bool] | None = None
         """door: whether an unlock is signed with its key (checked before a token is spent)."""
+        self.verify_enrol: Callable[[bytes], bool] | None = None
+        """review: whether an enrol command is signed with its key (the same, for enrolment)."""
         self.accepted = 0
         self.rejected = 0
         self.limited = 0
@@ -113,10 +125,10 @@ class CommandGate:
             cmd = self._check(now, payload, retained)
             if cmd is None:
                 return False
-            forged = cmd == UNLOCK and not self._authentic(payload)
+            forged = not self._authentic(cmd, payload)
             if forged:
                 self.rejected += 1
-                self._log.note(now, REJECTED, "rejected: unlock not signed with the door's key",
+                self._log.note(now, REJECTED, f"rejected: {cmd} not signed with its key",
                                logging.WARNING)  # fmt: skip
             elif not self._bucket.take(now):
                 self.limited += 1
@@ -132,23 +144,28 @@ class CommandGate:
                 self.accepted += 1
                 self._log.note(now, ACCEPTED, f"{cmd!r} received")
         # Outside the lock: the callbacks may take their time (the door's). A forged
-        # unlock goes to the door too, which records the refusal (within its budget).
+        # unlock goes to the door too, which records the refusal (within its budget);
+        # a forged enrol command stops here (counted and logged above).
         if cmd == UNLOCK:
             if self.on_unlock is not None:
                 self.on_unlock(payload)
+        elif cmd == ENROL:
+            if self.on_enrol is not None and not forged:
+                self.on_enrol(payload)
         elif self.on_command is not None:
             self.on_command(cmd)
         return not forged
 
-    def _authentic(self, payload: bytes) -> bool:
-        """The door's pre-verification of an unlock (True when no door hook is set)."""
-        check = self.verify_unlock
+    def _authentic(self, cmd: str, payload: bytes) -> bool:
+        """The stateless signature check of an unlock or enrol command (True for others, and
+        when no check is set)."""
+        check = {UNLOCK: self.verify_unlock, ENROL: self.verify_enrol}.get(cmd)
         if check is None:
             return True
         try:
             return bool(check(payload))
         except Exception:
-            log.exception("command: unlock pre-verification failed; refused")
+            log.exception("command: %s pre-verification failed; refused", cmd)
             return False
 
     def _check(self, now: float, payload: bytes, retained: bool) -> str | None:
@@ -164,6 +181,8 @@ class CommandGate:
                 why = str(e).removeprefix("command: ")
             if cmd == UNLOCK and self.on_unlock is None:
                 why = "unlock: no door on this device"
+            if cmd == ENROL and self.on_enrol is None:
+                why = "enrol: off on this device (review.enrol_command)"
         if why is None:
             return cmd
         self.rejected += 1
@@ -200,6 +219,15 @@ class GatedCommands:
         self.commands.on_unlock = fn
 
     @property
+    def on_enrol(self) -> Callable[[bytes], object] | None:
+        """review: called with the payload of each accepted enrol command (it verifies it)."""
+        return self.commands.on_enrol
+
+    @on_enrol.setter
+    def on_enrol(self, fn: Callable[[bytes], object] | None) -> None:
+        self.commands.on_enrol = fn
+
+    @property
     def verify_unlock(self) -> Callable[[bytes], bool] | None:
         """door: the stateless signature check run before an unlock spends a token."""
         return self.commands.verify_unlock
@@ -207,6 +235,15 @@ class GatedCommands:
     @verify_unlock.setter
     def verify_unlock(self, fn: Callable[[bytes], bool] | None) -> None:
         self.commands.verify_unlock = fn
+
+    @property
+    def verify_enrol(self) -> Callable[[bytes], bool] | None:
+        """review: the stateless signature check run before an enrol command spends a token."""
+        return self.commands.verify_enrol
+
+    @verify_enrol.setter
+    def verify_enrol(self, fn: Callable[[bytes], bool] | None) -> None:
+        self.commands.verify_enrol = fn
 
     @property
     def rejected_commands(self) -> int:
@@ -218,6 +255,7 @@ __all__ = [
     "COMMAND_BURST",
     "COMMAND_LOG_FIRST",
     "COMMAND_RATE",
+    "ENROL",
     "MAX_COMMAND_BYTES",
     "RELOAD_GALLERY",
     "UNLOCK",

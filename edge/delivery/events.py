@@ -21,8 +21,6 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from edge.errors import FacegateError
 from edge.types import Decision, Image
 
@@ -58,21 +56,13 @@ def iso_utc(t: float) -> str:
 
 def snapshot_jpeg(image: Image, max_side: int = SNAPSHOT_MAX_SIDE) -> bytes:
     """An RGB face crop as JPEG bytes, downscaled so its longer side is at most ``max_side``."""
-    import cv2
+    from edge.errors import ImageError
+    from edge.imageio import encode_jpeg
 
-    h, w = image.shape[:2]
-    scale = min(1.0, max_side / max(h, w, 1))
-    if scale < 1.0:
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        image = np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), np.uint8)
-    ok, buf = cv2.imencode(
-        ".jpg",
-        cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-        [cv2.IMWRITE_JPEG_QUALITY, SNAPSHOT_JPEG_QUALITY],
-    )
-    if not ok:
-        raise FacegateError("snapshot: JPEG encoding failed")
-    return bytes(buf.tobytes())
+    try:
+        return encode_jpeg(image, max_side, SNAPSHOT_JPEG_QUALITY)
+    except ImageError:
+        raise FacegateError("snapshot: JPEG encoding failed") from None
 
 
 def is_late(

@@ -35,7 +35,9 @@ class PublisherLike(Protocol):
 
     on_command: Callable[[str], None] | None
     on_unlock: Callable[[bytes], object] | None
+    on_enrol: Callable[[bytes], object] | None
     verify_unlock: Callable[[bytes], bool] | None
+    verify_enrol: Callable[[bytes], bool] | None
 
     def start(self) -> None: ...
 
@@ -174,12 +176,28 @@ class StdoutPublisher:
         self._inner.on_unlock = fn
 
     @property
+    def on_enrol(self) -> Callable[[bytes], object] | None:
+        return self._inner.on_enrol
+
+    @on_enrol.setter
+    def on_enrol(self, fn: Callable[[bytes], object] | None) -> None:
+        self._inner.on_enrol = fn
+
+    @property
     def verify_unlock(self) -> Callable[[bytes], bool] | None:
         return self._inner.verify_unlock
 
     @verify_unlock.setter
     def verify_unlock(self, fn: Callable[[bytes], bool] | None) -> None:
         self._inner.verify_unlock = fn
+
+    @property
+    def verify_enrol(self) -> Callable[[bytes], bool] | None:
+        return self._inner.verify_enrol
+
+    @verify_enrol.setter
+    def verify_enrol(self, fn: Callable[[bytes], bool] | None) -> None:
+        self._inner.verify_enrol = fn
 
     def _print(self, payload: dict[str, Any]) -> dict[str, Any]:
         out = self._out or sys.stdout

@@ -27,6 +27,10 @@
     (:func:`edge.door.remote.verify_unlock`).
 ``door``
     The door's retained status (:mod:`edge.door.controller`), when ``door.enabled``.
+``unknown`` and ``unknown/image``
+    Only with ``review.notify = true``: each new unknown visit kept for review
+    (:mod:`edge.review`), its entry as JSON and its crop as a raw JPEG (the
+    picture first); never retained.
 
 Home Assistant discovery configs go to ``<mqtt.ha_prefix>/...``
 (:mod:`edge.homeassistant`).
@@ -51,6 +55,8 @@ class Topics:
     last_person: str
     presence: str
     snapshot: str
+    unknown: str
+    unknown_image: str
 
     @classmethod
     def for_device(cls, prefix: str, device_id: str) -> Topics:
@@ -70,6 +76,8 @@ class Topics:
             last_person=f"{base}/last_person",
             presence=f"{base}/presence",
             snapshot=f"{base}/snapshot",
+            unknown=f"{base}/unknown",
+            unknown_image=f"{base}/unknown/image",
         )
 
 

@@ -1,11 +1,19 @@
-"""Remote unlock: a signed command over MQTT, verified here, never trusted by topic.
+"""Signed remote commands: verified here, never trusted by topic.
 
-The command is ``{"command": "unlock", "ts", "nonce", "hmac"}``; ``hmac`` is
-HMAC-SHA256 over :func:`unlock_message` (``facegate-unlock-v1``, the
-``device.id``, ``ts`` and ``nonce``) with ``door.remote_key_*``. It is only
-accepted with ``door.remote_unlock = true``, a synchronised clock, ``ts``
-within :data:`REMOTE_MAX_AGE_S` of the device's clock and a nonce not seen
-before (:class:`NonceCache`). :func:`verify_unlock` says why a command is refused.
+The door's remote unlock is ``{"command": "unlock", "ts", "nonce", "hmac"}``;
+``hmac`` is HMAC-SHA256 over :func:`unlock_message` (``facegate-unlock-v1``,
+the ``device.id``, ``ts`` and ``nonce``) with ``door.remote_key_*``. It is
+only accepted with ``door.remote_unlock = true``, a synchronised clock,
+``ts`` within :data:`REMOTE_MAX_AGE_S` of the device's clock and a nonce not
+seen before (:class:`NonceCache`). :func:`verify_unlock` says why a command
+is refused.
+
+The same code checks every signed command (:func:`parse_signed`,
+:func:`signed_by`, :func:`verify_signed`): each has its own domain string
+and its own key, and may sign fields of its own after the nonce. The second
+one is the review's "enrol the next face as N" (:func:`verify_enrol`:
+``facegate-enrol-v1``, ``review.enrol_key_*``, the name signed), so a
+signature for one command never passes for the other.
 """
 
 from __future__ import annotations
@@ -51,31 +59,66 @@ NONCE_KEEP_S = 600.0
 NONCE_MAX = 4096
 """More remembered nonces than this: further commands are refused (``busy``)."""
 UNLOCK_MESSAGE_VERSION = "facegate-unlock-v1"
+ENROL_MESSAGE_VERSION = "facegate-enrol-v1"
+ENROL_FIELDS = ("name",)
+"""The enrol command's own fields, signed after the nonce, in this order."""
+MAX_SIGNED_FIELD = 512
+"""A signed command's own fields (the name to enrol) are strings of at most this length."""
 
 _NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _HMAC_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
-def unlock_message(device_id: str, ts: int, nonce: str) -> bytes:
-    """The bytes a remote unlock signs: ``facegate-unlock-v1\\n<device.id>\\n<ts>\\n<nonce>``.
+def signed_message(domain: str, device_id: str, ts: int, nonce: str, *fields: str) -> bytes:
+    """The bytes a signed command signs: ``<domain>\\n<device.id>\\n<ts>\\n<nonce>[\\n<field>...]``.
 
-    The device id is part of it, so a command signed for one door opens no other.
+    The device id is part of it, so a command signed for one door acts on no
+    other; the domain names the command, so one command's signature is no
+    other's. Fields are UTF-8.
     """
-    return f"{UNLOCK_MESSAGE_VERSION}\n{device_id}\n{ts}\n{nonce}".encode()
+    return "\n".join([domain, device_id, str(ts), nonce, *fields]).encode()
+
+
+def unlock_message(device_id: str, ts: int, nonce: str) -> bytes:
+    """The bytes a remote unlock signs: ``facegate-unlock-v1\\n<device.id>\\n<ts>\\n<nonce>``."""
+    return signed_message(UNLOCK_MESSAGE_VERSION, device_id, ts, nonce)
+
+
+def sign_command(
+    key: bytes,
+    device_id: str,
+    command: str,
+    domain: str,
+    fields: Mapping[str, str] | None = None,
+    ts: int | None = None,
+    nonce: str | None = None,
+) -> dict[str, Any]:
+    """A signed ``{"command": command, **fields, "ts", "nonce", "hmac"}`` command.
+
+    ``ts``: integer Unix seconds (now by default); ``nonce``: 32 random hex
+    digits by default; ``hmac``: hex HMAC-SHA256 of :func:`signed_message`
+    (the fields' values in the order given) with ``key``.
+    """
+    t = int(time.time()) if ts is None else ts
+    n = nonce or secrets.token_hex(16)
+    extra = dict(fields or {})
+    msg = signed_message(domain, device_id, t, n, *extra.values())
+    mac = hmac.new(key, msg, hashlib.sha256).hexdigest()
+    return {"command": command, **extra, "ts": t, "nonce": n, "hmac": mac}
 
 
 def sign_unlock(
     key: bytes, device_id: str, ts: int | None = None, nonce: str | None = None
 ) -> dict[str, Any]:
-    """A signed ``{"command": "unlock", "ts", "nonce", "hmac"}`` command.
+    """A signed ``{"command": "unlock", "ts", "nonce", "hmac"}`` command (:func:`sign_command`)."""
+    return sign_command(key, device_id, "unlock", UNLOCK_MESSAGE_VERSION, None, ts, nonce)
 
-    ``ts``: integer Unix seconds (now by default); ``nonce``: 32 random hex
-    digits by default; ``hmac``: hex HMAC-SHA256 of :func:`unlock_message` with ``key``.
-    """
-    t = int(time.time()) if ts is None else ts
-    n = nonce or secrets.token_hex(16)
-    mac = hmac.new(key, unlock_message(device_id, t, n), hashlib.sha256).hexdigest()
-    return {"command": "unlock", "ts": t, "nonce": n, "hmac": mac}
+
+def sign_enrol(
+    key: bytes, device_id: str, name: str, ts: int | None = None, nonce: str | None = None
+) -> dict[str, Any]:
+    """A signed ``{"command": "enrol", "name", "ts", "nonce", "hmac"}`` (the name is signed)."""
+    return sign_command(key, device_id, "enrol", ENROL_MESSAGE_VERSION, {"name": name}, ts, nonce)
 
 
 class NonceStore(Protocol):
@@ -127,8 +170,14 @@ class NonceCache:
         return None
 
 
-def parse_unlock(payload: bytes | Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The command ``{"command": "unlock", "ts": INT, "nonce": STR, "hmac": HEX}``, or None."""
+def parse_signed(
+    payload: bytes | Mapping[str, Any], command: str, fields: tuple[str, ...] = ()
+) -> Mapping[str, Any] | None:
+    """``{"command": command, <fields>, "ts": INT, "nonce": STR, "hmac": HEX}``, or None.
+
+    Each field a string of at most :data:`MAX_SIGNED_FIELD` characters; every
+    key once (a key given twice is malformed); nothing else.
+    """
     if isinstance(payload, bytes | bytearray):
         try:
             doc = loads_strict(bytes(payload))  # a key given twice is malformed
@@ -136,25 +185,42 @@ def parse_unlock(payload: bytes | Mapping[str, Any]) -> Mapping[str, Any] | None
             return None
     else:
         doc = payload
-    if not isinstance(doc, Mapping) or set(doc) != {"command", "ts", "nonce", "hmac"}:
+    if not isinstance(doc, Mapping) or set(doc) != {"command", "ts", "nonce", "hmac", *fields}:
         return None
     ts, nonce, mac = doc["ts"], doc["nonce"], doc["hmac"]
     if (
-        doc["command"] != "unlock"
+        doc["command"] != command
         or not isinstance(ts, int)
         or isinstance(ts, bool)
         or not isinstance(nonce, str)
         or not _NONCE_RE.match(nonce)
         or not isinstance(mac, str)
         or not _HMAC_RE.match(mac)
+        or not all(isinstance(doc[f], str) and len(doc[f]) <= MAX_SIGNED_FIELD for f in fields)
     ):
         return None
     return doc
 
 
-def signed_by(doc: Mapping[str, Any], key: bytes, device_id: str) -> bool:
-    """Whether a parsed command's ``hmac`` is ``key``'s for ``device_id`` (constant time)."""
-    want = hmac.new(key, unlock_message(device_id, doc["ts"], doc["nonce"]), hashlib.sha256)
+def parse_unlock(payload: bytes | Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The command ``{"command": "unlock", "ts": INT, "nonce": STR, "hmac": HEX}``, or None."""
+    return parse_signed(payload, "unlock")
+
+
+def signed_by(
+    doc: Mapping[str, Any],
+    key: bytes,
+    device_id: str,
+    domain: str = UNLOCK_MESSAGE_VERSION,
+    fields: tuple[str, ...] = (),
+) -> bool:
+    """Whether a parsed command's ``hmac`` is ``key``'s for ``device_id`` (constant time).
+
+    The message is :func:`signed_message` under ``domain`` with the values of
+    ``fields`` (an unlock: none).
+    """
+    msg = signed_message(domain, device_id, doc["ts"], doc["nonce"], *(doc[f] for f in fields))
+    want = hmac.new(key, msg, hashlib.sha256)
     return hmac.compare_digest(want.hexdigest(), doc["hmac"])
 
 
@@ -166,6 +232,50 @@ def authentic(payload: bytes | Mapping[str, Any], *, key: bytes, device_id: str)
     """
     doc = parse_unlock(payload)
     return doc is not None and signed_by(doc, key, device_id)
+
+
+def authentic_enrol(payload: bytes | Mapping[str, Any], *, key: bytes, device_id: str) -> bool:
+    """:func:`authentic` for the enrol command (``facegate-enrol-v1``, the name signed)."""
+    doc = parse_signed(payload, "enrol", ENROL_FIELDS)
+    return doc is not None and signed_by(doc, key, device_id, ENROL_MESSAGE_VERSION, ENROL_FIELDS)
+
+
+def verify_signed(
+    payload: bytes | Mapping[str, Any],
+    *,
+    command: str,
+    domain: str,
+    fields: tuple[str, ...] = (),
+    key: bytes,
+    device_id: str,
+    now: float,
+    mono: float,
+    synced: bool,
+    nonces: NonceCache,
+) -> str | None:
+    """Check a signed command; None when accepted, else why it is refused.
+
+    In order: the payload is exactly ``{"command": command, <fields>, "ts":
+    INT, "nonce": STR, "hmac": HEX}`` (:func:`parse_signed`; else
+    :data:`MALFORMED`); the HMAC of :func:`signed_message` under ``domain``
+    matches (constant-time compare; else :data:`BAD_SIGNATURE`); the clock
+    is synced (else :data:`CLOCK_NOT_SYNCED`); ``|now - ts| <=
+    REMOTE_MAX_AGE_S`` (else :data:`STALE`); the nonce is new, also across
+    restarts where ``nonces`` has a store (else :data:`REPLAYED`), and saved
+    (else :data:`UNSAVED`). Only an accepted command's nonce is remembered,
+    so unsigned junk cannot fill the cache.
+    """
+    doc = parse_signed(payload, command, fields)
+    if doc is None:
+        return MALFORMED
+    if not signed_by(doc, key, device_id, domain, fields):
+        return BAD_SIGNATURE
+    if not synced:
+        return CLOCK_NOT_SYNCED
+    ts = doc["ts"]
+    if abs(now - ts) > REMOTE_MAX_AGE_S:
+        return STALE
+    return nonces.add(doc["nonce"], float(ts), now, mono)
 
 
 def verify_unlock(
@@ -180,25 +290,51 @@ def verify_unlock(
 ) -> str | None:
     """Check a remote unlock command; None when accepted, else why it is refused.
 
-    In order: the payload is exactly ``{"command": "unlock", "ts": INT,
-    "nonce": STR, "hmac": HEX}`` (else :data:`MALFORMED`); the HMAC matches
-    (constant-time compare; else :data:`BAD_SIGNATURE`); the clock is synced
-    (else :data:`CLOCK_NOT_SYNCED`); ``|now - ts| <= REMOTE_MAX_AGE_S``
-    (else :data:`STALE`); the nonce is new, also across restarts (else
-    :data:`REPLAYED`), and saved (else :data:`UNSAVED`). Only an accepted
-    command's nonce is remembered, so unsigned junk cannot fill the cache.
+    :func:`verify_signed` for ``{"command": "unlock", "ts", "nonce", "hmac"}``
+    under ``facegate-unlock-v1``.
     """
-    doc = parse_unlock(payload)
-    if doc is None:
-        return MALFORMED
-    if not signed_by(doc, key, device_id):
-        return BAD_SIGNATURE
-    if not synced:
-        return CLOCK_NOT_SYNCED
-    ts = doc["ts"]
-    if abs(now - ts) > REMOTE_MAX_AGE_S:
-        return STALE
-    return nonces.add(doc["nonce"], float(ts), now, mono)
+    return verify_signed(
+        payload,
+        command="unlock",
+        domain=UNLOCK_MESSAGE_VERSION,
+        key=key,
+        device_id=device_id,
+        now=now,
+        mono=mono,
+        synced=synced,
+        nonces=nonces,
+    )
+
+
+def verify_enrol(
+    payload: bytes | Mapping[str, Any],
+    *,
+    key: bytes,
+    device_id: str,
+    now: float,
+    mono: float,
+    synced: bool,
+    nonces: NonceCache,
+) -> tuple[str | None, str | None]:
+    """Check an "enrol the next face as N" command: (None, N) when accepted, else (why, None).
+
+    :func:`verify_signed` for ``{"command": "enrol", "name", "ts", "nonce",
+    "hmac"}`` under ``facegate-enrol-v1``, with the name signed after the nonce.
+    """
+    doc = parse_signed(payload, "enrol", ENROL_FIELDS)
+    why = verify_signed(
+        payload if doc is None else doc,
+        command="enrol",
+        domain=ENROL_MESSAGE_VERSION,
+        fields=ENROL_FIELDS,
+        key=key,
+        device_id=device_id,
+        now=now,
+        mono=mono,
+        synced=synced,
+        nonces=nonces,
+    )
+    return (None, str(doc["name"])) if why is None and doc is not None else (why, None)
 
 
 def remote_key(cfg: Config) -> bytes | None:
@@ -216,6 +352,7 @@ def remote_key(cfg: Config) -> bytes | None:
 __all__ = [
     "BAD_SIGNATURE",
     "BUSY",
+    "ENROL_MESSAGE_VERSION",
     "MALFORMED",
     "NONCE_KEEP_S",
     "NONCE_MAX",
@@ -228,10 +365,17 @@ __all__ = [
     "NonceCache",
     "NonceStore",
     "authentic",
+    "authentic_enrol",
+    "parse_signed",
     "parse_unlock",
     "remote_key",
+    "sign_command",
+    "sign_enrol",
     "sign_unlock",
     "signed_by",
+    "signed_message",
     "unlock_message",
+    "verify_enrol",
+    "verify_signed",
     "verify_unlock",
 ]

@@ -28,6 +28,11 @@ STRANGER = "Stranger"
 """What "Last person" shows for an unknown face (Home Assistant's ``unknown`` means "no value")."""
 HA_COMMAND_SUFFIX = "door/set"
 """Home Assistant's lock entity publishes LOCK/UNLOCK here; the device never acts on it."""
+HA_ENROL_NAME_SUFFIX = "enrol/name"
+"""Home Assistant's "Enrol name" text entity publishes here; the device never acts on it."""
+HA_ENROL_PRESS_SUFFIX = "enrol/set"
+"""Home Assistant's "Enrol next face" button publishes ``PRESS`` here; the device never acts
+on it: an automation signs the enrol command (README) and publishes that."""
 
 
 def build_last_person(event: dict[str, Any] | None) -> dict[str, Any]:
@@ -80,6 +85,9 @@ _HA_ENTITIES = (
     ("binary_sensor", "person_at_door"),
     ("button", "reload_gallery"),
     ("image", "snapshot"),
+    ("image", "unknown_visitor"),
+    ("text", "enrol_name"),
+    ("button", "enrol_next_face"),
     ("sensor", "fps"),
     ("sensor", "gallery_size"),
     ("sensor", "outbox_pending"),
@@ -195,6 +203,8 @@ def build_ha_discovery(
     commands: bool = False,
     snapshot: bool = False,
     people: Sequence[str] = (),
+    unknown_visitors: bool = False,
+    enrol: bool = False,
 ) -> list[Entity]:
     """Home Assistant MQTT discovery messages: ``(topic, config)`` pairs, to publish retained.
 
@@ -213,6 +223,12 @@ def build_ha_discovery(
     - ``binary_sensor`` "Person at door" (occupancy) from ``presence``;
     - ``button`` "Reload gallery" (only with ``commands``);
     - ``image`` "Snapshot" (only with ``snapshot``);
+    - ``image`` "Unknown visitor" (only with ``unknown_visitors``:
+      ``review.notify``), the crop of the last unknown visit kept for review;
+    - ``text`` "Enrol name" and ``button`` "Enrol next face" (only with
+      ``enrol``: ``review.enrol_command``); they publish to topics the device
+      ignores (:data:`HA_ENROL_NAME_SUFFIX`, :data:`HA_ENROL_PRESS_SUFFIX`):
+      an automation signs the command (README);
     - diagnostic sensors from the state topic (fps, enrolled people,
       undelivered events) with ``state_class: measurement`` and
       ``expire_after`` of three state intervals;
@@ -230,6 +246,7 @@ def build_ha_discovery(
     return [
         *_face_entities(dev),
         *_optional_entities(dev, commands=commands, snapshot=snapshot),
+        *_review_entities(dev, unknown_visitors=unknown_visitors, enrol=enrol),
         *_diagnostics(dev, state_interval_s),
         *_triggers(dev, people),
     ]
@@ -293,6 +310,50 @@ def _optional_entities(dev: _Device, *, commands: bool, snapshot: bool) -> list[
                 "Snapshot",
                 image_topic=dev.topics.snapshot,
                 content_type="image/jpeg",
+            )
+        )
+    return out
+
+
+def _review_entities(dev: _Device, *, unknown_visitors: bool, enrol: bool) -> list[Entity]:
+    """ "Unknown visitor" (review.notify), "Enrol name" and "Enrol next face" (enrol_command)."""
+    out = []
+    if unknown_visitors:
+        out.append(
+            dev.entity(
+                "image",
+                "unknown_visitor",
+                "Unknown visitor",
+                image_topic=dev.topics.unknown_image,
+                content_type="image/jpeg",
+                icon="mdi:account-question",
+            )
+        )
+    if enrol:
+        base = dev.topics.base
+        out.append(
+            dev.entity(
+                "text",
+                "enrol_name",
+                "Enrol name",
+                command_topic=f"{base}/{HA_ENROL_NAME_SUFFIX}",
+                min=1,
+                max=128,
+                retain=False,
+                entity_category="config",
+                icon="mdi:account-edit",
+            )
+        )
+        out.append(
+            dev.entity(
+                "button",
+                "enrol_next_face",
+                "Enrol next face",
+                command_topic=f"{base}/{HA_ENROL_PRESS_SUFFIX}",
+                payload_press="PRESS",
+                retain=False,
+                entity_category="config",
+                icon="mdi:account-plus",
             )
         )
     return out
@@ -433,6 +494,8 @@ def _door_inputs(d: DoorConfig, entity: Callable[..., Entity]) -> list[Entity]:
 
 __all__ = [
     "HA_COMMAND_SUFFIX",
+    "HA_ENROL_NAME_SUFFIX",
+    "HA_ENROL_PRESS_SUFFIX",
     "HA_EVENT_TEMPLATE",
     "HA_ORIGIN",
     "HA_TRIGGER_TEMPLATE",

@@ -88,6 +88,8 @@ class HomeAssistant(Extension):
             commands=m.commands,
             snapshot=m.snapshot,
             people=self._people,
+            unknown_visitors=self.cfg.review.notify,
+            enrol=self.cfg.review.enrol_command,
         )
         if self.cfg.door.enabled:  # door: its entities join the same device
             wanted += door_discovery(self.topics.base, self.cfg, like=wanted[0][1])
