@@ -263,7 +263,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from edge.demo import run_demo
 
-    return run_demo(broker=args.broker, out=sys.stdout)
+    return run_demo(broker=args.broker, out=sys.stdout, models=args.models)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -438,6 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the whole pipeline on built-in photos")
     p.add_argument("--broker", help="also publish to this MQTT broker (HOST[:PORT])")
+    p.add_argument(
+        "--models",
+        type=Path,
+        help="folder with the default models and manifests (default: the checkout's models/; "
+        "an installed package: e.g. /opt/facegate/models)",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("check-config", help="validate a TOML config")

@@ -37,7 +37,7 @@ from edge.config import (
     ServiceConfig,
 )
 from edge.errors import FacegateError
-from edge.types import Image
+from edge.types import Frame, Image
 
 CANVAS = (480, 640)  # height, width of the demo "camera"
 FPS = 10.0
@@ -48,7 +48,7 @@ def _package_file(module: str, *parts: str) -> Path:
         mod = __import__(module)
     except ImportError:
         raise FacegateError(
-            f"the demo's photos come from the {module!r} package: pip install 'facegate[tools]'"
+            f"the demo's photos come from the {module!r} package: pip install 'facegate[demo]'"
         ) from None
     path = Path(str(mod.__file__)).resolve().parent.joinpath(*parts)
     if not path.is_file():
@@ -109,8 +109,14 @@ def scene(photos: dict[str, Image]) -> list[Image]:
     return frames
 
 
-def run_demo(broker: str | None = None, out: IO[str] | None = None) -> int:
-    """Enroll, replay, print the events; publish them too when ``broker`` is given."""
+def run_demo(
+    broker: str | None = None, out: IO[str] | None = None, models: Path | None = None
+) -> int:
+    """Enroll, replay, print the events; publish them too when ``broker`` is given.
+
+    ``models``: the folder holding the config's default models (default: the
+    checkout's ``models/``, which an installed package, as on a Pi, does not have).
+    """
     from edge.daemon import run
     from edge.gallery import Gallery
     from edge.imageio import read_image
@@ -122,12 +128,14 @@ def run_demo(broker: str | None = None, out: IO[str] | None = None) -> int:
     out = out or sys.stdout
     photos = {k: read_image(p) for k, p in demo_photos().items()}
     # The config's defaults: the demo runs what a fresh install runs.
-    detector = MODELS_DIR / DetectorConfig().model
-    embedder = MODELS_DIR / EmbedderConfig().model
+    folder = MODELS_DIR if models is None else models
+    detector = folder / DetectorConfig().model
+    embedder = folder / EmbedderConfig().model
     for m in (detector, embedder):
         if not m.exists():
             raise FacegateError(
-                f"{m} is missing: build the models with `python -m tools.models build`"
+                f"{m} is missing: build the models with `python -m tools.models build` "
+                "(on a Pi: copy them from a workstation and give `--models DIR`)"
             )
 
     rec = Recognizer.from_models(detector, embedder)
@@ -159,7 +167,29 @@ def run_demo(broker: str | None = None, out: IO[str] | None = None) -> int:
         else:
             publisher = StdoutPublisher(cfg, out)
 
+        class SceneSource(FakeSource):
+            """The scene stamped on its own schedule, ``t0 + index / fps``.
+
+            The capture thread keeps every frame of a replay and waits while
+            the pipeline catches up, so on a CPU slower than 10 fps (emulated
+            arm64, a small board) frames read as they are processed would be
+            stamped seconds apart: the tracker (which ages tracks by frame
+            time) would end each visitor's track before k of n frames agree.
+            Stamped as a camera would have taken them, the decisions are the
+            same on any CPU; only the events come ``late`` on a slow one.
+            """
+
+            t0: float | None = None
+
+            def read(self, timeout: float) -> Frame | None:
+                frame = super().read(timeout)
+                if frame is None:
+                    return None
+                if self.t0 is None:
+                    self.t0 = frame.timestamp
+                return replace(frame, timestamp=self.t0 + frame.index / FPS)
+
         def capture(c: Config, stop: threading.Event) -> CaptureThread:
-            return CaptureThread(FakeSource(frames, fps=FPS, label="demo"), stop, keep_all=True)
+            return CaptureThread(SceneSource(frames, fps=FPS, label="demo"), stop, keep_all=True)
 
         return run(cfg, threading.Event(), publisher, recognizer=rec, capture_factory=capture)
