@@ -1,7 +1,7 @@
 """The ``facegate`` command line (also ``python -m edge``).
 
 Sub-commands: ``enroll``, ``gallery list|stats|remove|set-groups|rebind``,
-``identify``, ``demo``, ``check-config``, ``run``, ``audit``,
+``identify``, ``demo``, ``doctor``, ``check-config``, ``run``, ``audit``,
 ``door test|sign-unlock``, ``events verify``. Bad input never produces a traceback: every
 :class:`~edge.errors.FacegateError` becomes one ``facegate: error: ...``
 line on stderr and exit code 2; per-image problems are reported as
@@ -260,6 +260,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from edge.doctor import doctor
+
+    return doctor(args.config)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from edge.demo import run_demo
 
@@ -445,6 +451,12 @@ def build_parser() -> argparse.ArgumentParser:
         "an installed package: e.g. /opt/facegate/models)",
     )
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "doctor", help="check that this device is ready: one line per check, with a fix"
+    )
+    p.add_argument("--config", type=Path, help="TOML config (default: the built-in defaults)")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("check-config", help="validate a TOML config")
     p.add_argument("path", type=Path)
