@@ -247,6 +247,29 @@ class Context:
 # -- the checks ------------------------------------------------------------------------
 
 
+def _unreadable(ctx: Context, path: Path, what: str) -> Check | None:
+    """A fail line when the service user cannot read ``path`` (a folder on the way, or it)."""
+    why = ctx.user.reach(path, os.R_OK)
+    if why is None:
+        return None
+    block = ctx.user.blocker(path, os.R_OK)
+    fix = (
+        f"sudo chmod o+x {block} (it holds no secret; the secrets stay 0600)"
+        if block != Path(os.path.abspath(path))
+        else f"sudo chmod o+r {path}"
+    )
+    return _fail(what, f"{why}: the service runs as {ctx.user.name}", fix)
+
+
+def check_config_file(ctx: Context) -> list[Check]:
+    """The service user can read the config (it holds no secret: 0644 in a 0755 folder)."""
+    path = ctx.system.config_path
+    if path is None:
+        return []
+    bad = _unreadable(ctx, path, "config")
+    return [bad] if bad else [_pass("config", f"{path} readable by {ctx.user.name}")]
+
+
 def check_python(ctx: Context) -> list[Check]:
     v = sys.version_info
     where = f"Python {platform.python_version()} on {platform.machine()} ({sys.executable})"
@@ -331,8 +354,14 @@ def check_models(ctx: Context) -> list[Check]:
             out.append(_fail(name, str(e), _model_fix(path)))
             continue
         m = model.manifest
-        cal = f", calibration {m.calibration.source}" if m.calibration else ""
-        out.append(_pass(name, f"{path} matches its manifest (sha256 {m.sha256[:12]}...{cal})"))
+        bad = next(
+            (c for p in (path, m.path) if p and (c := _unreadable(ctx, Path(p), name))), None
+        )
+        if bad is not None:
+            out.append(bad)
+            continue
+        cal = " (calibrated)" if m.calibration else ""
+        out.append(_pass(name, f"{path} matches its manifest{cal}, sha256 {m.sha256[:12]}..."))
     return out
 
 
@@ -915,6 +944,7 @@ def check_gallery(ctx: Context) -> list[Check]:
 
 
 CHECKS: tuple[Callable[[Context], list[Check]], ...] = (
+    check_config_file,
     check_python,
     check_runtime,
     check_models,

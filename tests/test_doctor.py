@@ -32,6 +32,7 @@ from edge.doctor import (
     check_broker,
     check_camera,
     check_clock,
+    check_config_file,
     check_disk,
     check_gallery,
     check_gpio,
@@ -217,6 +218,32 @@ def test_key_file_modes(tmp_path: Path) -> None:
     key.unlink()
     m = only(check_secrets(ctx_for(cfg)))
     assert m.status == "fail" and "No such file" in m.message
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a folder others cannot enter")
+def test_a_config_or_model_in_a_closed_folder_fails_for_the_service_user(open_dir: Path) -> None:
+    """As docs/service.md once had it: /etc/facegate 0700 root, the config inside."""
+    etc = open_dir / "etc"
+    etc.mkdir(mode=0o700)
+    cfg = write(etc, "")
+    ok = only(check_config_file(ctx_for(cfg, config_path=cfg)))
+    assert ok.status == "pass"  # root reads it
+    c = only(check_config_file(ctx_for(cfg, config_path=cfg, user="nobody")))
+    assert c.status == "fail" and f"nobody cannot enter {etc}" in c.message
+    assert c.fix.startswith(f"sudo chmod o+x {etc}")
+    assert check_config_file(ctx_for(cfg)) == []  # no --config: nothing to read
+    models_there()
+    m = open_dir / "models"
+    m.mkdir()
+    for p in (DETECTOR, DETECTOR.with_suffix(".json"), EMBEDDER, EMBEDDER.with_suffix(".json")):
+        shutil.copy(p, m)
+    (m / EMBEDDER.name).chmod(0o600)
+    body = f'[detector]\nmodel = "{m / DETECTOR.name}"\n[embedder]\nmodel = "{m / EMBEDDER.name}"\n'
+    (open_dir / "c.toml").write_text(body)
+    det, emb = check_models(ctx_for(open_dir / "c.toml", user="nobody"))
+    assert det.status == "pass"
+    assert emb.status == "fail" and "nobody cannot read" in emb.message
+    assert emb.fix == f"sudo chmod o+r {m / EMBEDDER.name}"
 
 
 def test_no_gallery_key_is_a_warning(tmp_path: Path) -> None:
@@ -537,7 +564,14 @@ def test_doctor_command_line(tmp_path: Path) -> None:
         timeout=120,
     )
     names = [ln[6:].split(":")[0] for ln in r.stdout.splitlines()[:-1]]
-    assert names[:5] == ["config", "python", "runtime", "model detector", "model embedder"]
+    assert names[:6] == [
+        "config",
+        "config",
+        "python",
+        "runtime",
+        "model detector",
+        "model embedder",
+    ]
     for want in ("camera (fake)", "clock", "gallery.key", "broker", "disk", "gpio", "systemd"):
         assert want in names, r.stdout
     assert "Traceback" not in r.stderr

@@ -74,8 +74,13 @@ RUNTIMES = {"litert": "ai_edge_litert", "tflite": "tflite_runtime"}
 DEV_ROOT = "/opt/facegate"
 
 
+_T0 = time.monotonic()
+
+
 def say(msg: str) -> None:
-    print(f"arm64: {msg}", file=sys.stderr, flush=True)
+    """A progress line on stderr, with the minutes and seconds since the run started."""
+    m, sec = divmod(int(time.monotonic() - _T0), 60)
+    print(f"arm64 [{m:3d}:{sec:02d}]: {msg}", file=sys.stderr, flush=True)
 
 
 def register_line(interpreter: str = QEMU) -> str:
@@ -332,7 +337,10 @@ class Chroot:
 
     def run(self, script: str, capture: bool = False) -> str:
         """Run a shell script inside; its output is shown (or returned when ``capture``)."""
-        say("(arm64) $ " + script if len(script) < 300 else "(arm64) $ " + script[:300] + " ...")
+        lines = [ln.strip() for ln in script.splitlines() if ln.strip()]
+        shown = [ln for ln in lines if not ln.startswith(("#", "echo "))] or [""]
+        more = f" (+{len(lines) - 1} lines)" if len(lines) > 1 else ""
+        say(f"inside: {shown[0][:100]}{more}")
         done = subprocess.run(
             self.argv(script),
             check=False,
@@ -415,9 +423,9 @@ def signals_raise() -> Iterator[None]:
 # -- the run inside ----------------------------------------------------------------
 
 RUN_CONFIG = """\
-# The arm64 check's config: what a Pi owner's /etc/facegate/facegate.toml
-# holds for enrolment and identification (docs/service.md), with a folder of
-# photos for a camera. Written by tools/arm64.py.
+# The arm64 check's config: docs/service.md's /etc/facegate/facegate.toml with
+# a folder of photos for a camera and MQTT off (no broker in the check).
+# Written by tools/arm64.py.
 [device]
 id = "arm64-check"
 
@@ -433,7 +441,7 @@ model = "{models}/sface_int8.tflite"
 
 [gallery]
 path = "{state}/gallery.fgg"
-key_file = "{key}"
+{key_line}
 
 [mqtt]
 enabled = false
@@ -464,10 +472,6 @@ class Layout:
     @property
     def out(self) -> Path:
         return self.base / "out"
-
-    @property
-    def etc(self) -> Path:
-        return self.base / "etc"
 
     def venv(self, runtime: str) -> Path:
         return self.base / f"venv-{runtime}"
@@ -548,7 +552,7 @@ def stage_files(rootfs: Path, photos: Path) -> Layout:
     return inside
 
 
-def write_config(path: Path, models: Path, camera: Path, state: Path, key: Path) -> None:
+def write_config(path: Path, models: Path, camera: Path, state: Path, key_line: str) -> None:
     """The run config at ``path`` (paths as the reader of the config sees them)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
@@ -556,7 +560,7 @@ def write_config(path: Path, models: Path, camera: Path, state: Path, key: Path)
             camera=camera.as_posix(),
             models=models.as_posix(),
             state=state.as_posix(),
-            key=key.as_posix(),
+            key_line=key_line,
         )
     )
 
@@ -605,14 +609,36 @@ fi
 """
 
 
+SERVICE_SETUP = """
+# docs/service.md, steps 1-5, as a Pi owner types them (less apt's picamera2
+# and systemctl: no systemd runs in the check).
+id facegate >/dev/null 2>&1 || useradd --system --home-dir /var/lib/facegate \\
+    --shell /usr/sbin/nologin --user-group --groups video facegate
+install -d -o facegate -g facegate -m 0700 /var/lib/facegate
+install -d -m 0755 /etc/facegate
+[ -s /etc/facegate/gallery.key ] || \\
+    sh -c 'umask 077; head -c 32 /dev/urandom | base64 > /etc/facegate/gallery.key'
+chmod 0644 /etc/facegate/facegate.toml
+mkdir -p /etc/systemd/system
+cp {src}/systemd/facegate.service /etc/systemd/system/
+"""
+
+
 def run_script(runtime: str, enrol: list[tuple[str, str]], probes: list[str]) -> str:
-    """Demo, enrolment, identify and doctor inside, with the runtime's venv."""
+    """Demo, then docs/service.md's enrolment, identify and doctor, with the runtime's venv.
+
+    The unit's ``/opt/facegate/venv`` is a link to the runtime's venv, so its
+    ``ExecStart`` exists for the doctor.
+    """
     venv = f"{DEV_ROOT}/venv-{runtime}"
     out = f"{DEV_ROOT}/out/{runtime}"
-    cfg = f"{DEV_ROOT}/etc/facegate.toml"
-    gallery = f"{DEV_ROOT}/state/{runtime}/gallery.fgg"
+    cfg = "/etc/facegate/facegate.toml"
+    gallery = "/var/lib/facegate/gallery.fgg"
+    key = "--key-file /etc/facegate/gallery.key"
     lines = [
-        f"mkdir -p {out} {DEV_ROOT}/state/{runtime}",
+        SERVICE_SETUP.format(src=f"{DEV_ROOT}/src"),
+        f"ln -sfn {venv} {DEV_ROOT}/venv",
+        f"mkdir -p {out}",
         f"rm -f {gallery} {gallery}.generation",
         "cd /tmp",
         f"{venv}/bin/python -c "
@@ -637,20 +663,19 @@ def run_script(runtime: str, enrol: list[tuple[str, str]], probes: list[str]) ->
     ]
     for name, photo in enrol:
         lines.append(
-            f"{venv}/bin/facegate enroll --config {cfg} --gallery {gallery} "
+            f"{venv}/bin/facegate enroll --config {cfg} {key} --gallery {gallery} "
             f"--name {shlex.quote(name)} {shlex.quote(photo)} >>{out}/enroll.log 2>&1"
             f" || echo 'exit '$? >>{out}/enroll.log"
         )
     lines += [
-        f"{venv}/bin/facegate identify --config {cfg} --gallery {gallery} "
+        f"chown facegate:facegate {gallery}",
+        f"{venv}/bin/facegate identify --config {cfg} {key} --gallery {gallery} "
         + " ".join(shlex.quote(p) for p in probes)
         + f" >{out}/identify.jsonl 2>{out}/identify.err || echo $? >{out}/identify.rc",
         "cd /tmp",
-        f"if {venv}/bin/facegate doctor --help >/dev/null 2>&1; then",
-        "  echo '(arm64) facegate doctor' >&2",
-        f"  {venv}/bin/facegate doctor --config {cfg} >{out}/doctor.txt 2>&1"
+        "echo '(arm64) facegate doctor' >&2",
+        f"{venv}/bin/facegate doctor --config {cfg} >{out}/doctor.txt 2>&1"
         f" && echo 0 >{out}/doctor.rc || echo $? >{out}/doctor.rc",
-        "fi",
     ]
     return "\n".join(lines) + "\n"
 
@@ -678,7 +703,9 @@ def x86_identify(photos: Path, work: Path, enrol: list[tuple[str, str]], probes:
         shutil.rmtree(state)
     state.mkdir(parents=True)
     cfg, key = base / "facegate.toml", base / "gallery.key"
-    write_config(cfg, ROOT / "models", photos / person_of(enrol[0][1]), state, key)
+    write_config(
+        cfg, ROOT / "models", photos / person_of(enrol[0][1]), state, f'key_file = "{key}"'
+    )
     write_key(key)
     facegate = [sys.executable, "-m", "edge"]
     gallery = state / "gallery.fgg"
@@ -851,23 +878,22 @@ def run_checks(args: argparse.Namespace, rootfs: Path) -> Result:
     x86_ident = read_identify(x86_identify(photos, work, enrol, probes))
 
     write_config(
-        inside.etc / "facegate.toml",
+        rootfs / "etc" / "facegate" / "facegate.toml",
         dev.models,
         dev.photos / person_of(enrol[0][1]),
-        Path(DEV_ROOT) / "state",
-        dev.etc / "gallery.key",
+        Path("/var/lib/facegate"),
+        'key_credential = "gallery-key"',
     )
-    write_key(inside.etc / "gallery.key")
     stamp = dependency_stamp()
     outcomes: list[Outcome] = []
     main_cpu = CPUS[args.cpus[0]]
     for rt in args.runtimes:
-        say(f"arm64: installing facegate[{rt},demo] in a venv, as the README says")
+        say(f"installing facegate[{rt},demo] in a venv inside, as the README says")
         try:
             Chroot(rootfs, main_cpu).run(install_script(rt, stamp))
         except FacegateError:
             outcome = collect(inside, rt)
-            say(f"arm64: {rt} did not install:\n{outcome.error}")
+            say(f"{rt} did not install inside:\n{outcome.error}")
             outcomes.append(outcome)
             continue
         Chroot(rootfs, main_cpu).run(run_script(rt, enrol, probes))
