@@ -267,7 +267,8 @@ def check_config_file(ctx: Context) -> list[Check]:
     if path is None:
         return []
     bad = _unreadable(ctx, path, "config")
-    return [bad] if bad else [_pass("config", f"{path} readable by {ctx.user.name}")]
+    note = f" ({ctx.user.note})" if ctx.user.note else ""
+    return [bad] if bad else [_pass("config", f"{path} readable by {ctx.user.name}{note}")]
 
 
 def check_python(ctx: Context) -> list[Check]:
@@ -366,10 +367,11 @@ def check_models(ctx: Context) -> list[Check]:
 
 
 CAMERA_FIX = {
-    "picamera2": "check the ribbon cable and `rpicam-hello --list-cameras`; install "
-    "python3-picamera2 with apt and make the venv with --system-site-packages",
-    "opencv": "check camera.uri (a USB index such as 0, or an rtsp:// URL) and "
-    "`v4l2-ctl --list-devices`; the service user needs the video group",
+    "picamera2": "stop the service first if it runs (it holds the camera); check the ribbon "
+    "cable and `rpicam-hello --list-cameras`; install python3-picamera2 with apt and make "
+    "the venv with --system-site-packages",
+    "opencv": "stop the service first if it runs (it holds the camera); check camera.uri "
+    "(a USB index such as 0, or an rtsp:// URL) and `v4l2-ctl --list-devices`",
     "folder": "put readable images into camera.path",
     "fake": "camera.source = 'fake' always delivers: report a bug",
 }

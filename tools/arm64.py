@@ -674,7 +674,7 @@ def run_script(runtime: str, enrol: list[tuple[str, str]], probes: list[str]) ->
         + f" >{out}/identify.jsonl 2>{out}/identify.err || echo $? >{out}/identify.rc",
         "cd /tmp",
         "echo '(arm64) facegate doctor' >&2",
-        f"{venv}/bin/facegate doctor --config {cfg} >{out}/doctor.txt 2>&1"
+        f"{venv}/bin/facegate doctor --config {cfg} >{out}/doctor.txt 2>{out}/doctor.err"
         f" && echo 0 >{out}/doctor.rc || echo $? >{out}/doctor.rc",
     ]
     return "\n".join(lines) + "\n"
