@@ -8,7 +8,7 @@ complete state and the enrolled names and announces ``online`` (with Home
 Assistant discovery), and systemd gets ``READY=1``. A service that fails
 before that (bad model, gallery or camera) never says ``online``. The loop
 takes the newest frame, recognizes it, feeds the
-:class:`~edge.tracker.Tracker` (which ends a track whose face changes
+:class:`~edge.decide.tracker.Tracker` (which ends a track whose face changes
 identity, at the recognizer's calibrated threshold) and publishes each
 decision. Shutdown goes in reverse order (capture, publisher), each part
 joined with a timeout, so SIGTERM ends the process within
@@ -31,6 +31,7 @@ keeps only the newest frame.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
@@ -40,16 +41,20 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from edge.decide.tracker import Tracker
+from edge.delivery.mqtt import MqttPublisher
+from edge.delivery.publishers import PublisherLike, StdoutPublisher
 from edge.errors import FacegateError
-from edge.publishers import PublisherLike, make_publisher
+from edge.files import StateLock
+from edge.homeassistant.extension import HomeAssistant
 from edge.sdnotify import Notifier, watchdog_interval
-from edge.tracker import Tracker
 from edge.types import Decision, Frame, FrameResult
 
 if TYPE_CHECKING:
     from edge.config import Config
-    from edge.door import DoorController
-    from edge.gallery import Gallery
+    from edge.delivery.outbox import Outbox
+    from edge.door.controller import DoorController
+    from edge.identity.gallery import Gallery
 
 log = logging.getLogger("facegate.daemon")
 
@@ -61,8 +66,28 @@ FRAME_WAIT_S = 0.2
 STATUS_EVERY_S = 5.0
 
 
+class Publisher(MqttPublisher):
+    """The device's MQTT publisher: the delivery core with the extensions that watch it.
+
+    :class:`~edge.delivery.mqtt.MqttPublisher` carries events, state and
+    commands; the extensions (Home Assistant: :mod:`edge.homeassistant`)
+    hang off it here, where the service is put together, so the delivery
+    stage never imports them.
+    """
+
+    def __init__(self, cfg: Config, outbox: Outbox | None = None) -> None:
+        super().__init__(cfg, outbox, extensions=[HomeAssistant(cfg)])
+
+
+def make_publisher(cfg: Config) -> PublisherLike:
+    """The MQTT publisher when ``mqtt.enabled``, else JSON lines on stdout."""
+    if cfg.mqtt.enabled:
+        return Publisher(cfg)
+    return StdoutPublisher(cfg)
+
+
 class RecognizerLike(Protocol):
-    """What the daemon needs from :class:`edge.recognizer.Recognizer`."""
+    """What the daemon needs from :class:`edge.decide.recognizer.Recognizer`."""
 
     @property
     def gallery(self) -> Gallery: ...
@@ -172,10 +197,34 @@ def run(
     """
     notifier = notifier or Notifier()
     reload = reload or threading.Event()
-    pub = publisher or make_publisher(cfg)
-    # door: built (relay released) before anything else starts; it gets every
-    # decision in-process from this loop, never from the broker or the outbox.
-    door = _door(cfg, pub, door_factory) if cfg.door.enabled else None
+    # One process per state_dir (outbox, audit log, door state): a second one
+    # stops here, before it touches the relay or the broker.
+    with _state_lock(cfg):
+        pub = publisher or make_publisher(cfg)
+        # door: built (relay released) before anything else starts; it gets every
+        # decision in-process from this loop, never from the broker or the outbox.
+        door = _door(cfg, pub, door_factory) if cfg.door.enabled else None
+        return _run(cfg, stop, pub, door, reload, notifier, recognizer, capture_factory)
+
+
+def _state_lock(cfg: Config) -> contextlib.AbstractContextManager[object]:
+    """The state_dir's lock (:class:`edge.files.StateLock`) when the daemon writes state there."""
+    if not (cfg.mqtt.enabled or cfg.door.enabled):
+        return contextlib.nullcontext()
+    return StateLock(cfg.state_dir)
+
+
+def _run(
+    cfg: Config,
+    stop: threading.Event,
+    pub: PublisherLike,
+    door: DoorController | None,
+    reload: threading.Event,
+    notifier: Notifier,
+    recognizer: RecognizerLike | None,
+    capture_factory: Callable[[Config, threading.Event], CaptureLike],
+) -> int:
+    """The service with its publisher and door made: start, loop, shut down."""
     cap_stop = threading.Event()
     cap: CaptureLike | None = None
     notifier.status("starting")
@@ -183,6 +232,8 @@ def run(
     try:
         # This also opens the gallery: a bad one fails start-up, before READY.
         rec = recognizer if recognizer is not None else _load_recognizer(cfg)
+        if door is not None:  # door: an allow/schedule entry that matches nobody (issue 19)
+            door.check_gallery(rec.gallery)
         _wire_commands(pub, reload, door)
         cap = capture_factory(cfg, cap_stop)
         cap.start()
@@ -197,7 +248,7 @@ def run(
 
 
 def _load_recognizer(cfg: Config) -> RecognizerLike:
-    from edge.recognizer import Recognizer
+    from edge.decide.recognizer import Recognizer
 
     return Recognizer.from_config(cfg)
 
@@ -215,6 +266,8 @@ def _wire_commands(
     pub.on_command = on_command
     if door is not None:  # door: the signed remote unlock (refused unless enabled)
         pub.on_unlock = door.remote_command
+        # Verify before spending: a wrong-key flood costs no token of the rate limit.
+        pub.verify_unlock = door.authentic
 
 
 class _Loop:
@@ -234,7 +287,7 @@ class _Loop:
         self.notifier, self.reload = notifier, reload
         self.model_sha = rec.model_sha256
         # A face that jumps identity by more than the open-set threshold is
-        # someone else: it ends its track (edge.tracker.identity_jump).
+        # someone else: it ends its track (edge.decide.tracker.identity_jump).
         self.tracker = Tracker(cfg.decision, identity_threshold=rec.threshold)
         self.health = _Health(notifier, pub, watchdog_interval())
         self.started = time.monotonic()
@@ -287,7 +340,7 @@ class _Loop:
 
     def reload_gallery(self) -> None:
         """The gallery file again (SIGHUP, ``reload-gallery``); the old one stays on failure."""
-        from edge.gallery import reload_for_config
+        from edge.identity.gallery import reload_for_config
 
         if self.door is not None:  # door: fail-secure on reload
             self.door.release("reload")
@@ -297,6 +350,8 @@ class _Loop:
             log.error("gallery reload failed, keeping the old one: %s", e)
             return
         log.info("gallery reloaded: %d people", len(self.rec.gallery))
+        if self.door is not None:
+            self.door.check_gallery(self.rec.gallery, strict=False)
         # The open-set threshold follows the gallery size: so does the
         # identity check of the tracks (the tracks themselves go on).
         self.tracker.identity_threshold = self.rec.threshold
@@ -380,7 +435,7 @@ def _door(
 ) -> DoorController:
     if factory is not None:
         return factory(cfg, pub)
-    from edge.door import make_door
+    from edge.door.controller import make_door
 
     return make_door(cfg, pub)
 

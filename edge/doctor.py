@@ -41,6 +41,8 @@ from edge.errors import FacegateError
 
 if TYPE_CHECKING:
     from edge.config import Config, SecretRef
+    from edge.identity.gallery import Gallery
+    from edge.vision.manifest import Manifest
 
 Status = Literal["pass", "warn", "fail"]
 
@@ -285,7 +287,7 @@ def check_runtime(ctx: Context) -> list[Check]:
 
     import numpy as np
 
-    from edge.runtime import resolve_runtime
+    from edge.vision.runtime import resolve_runtime
 
     fix = "pip install ai-edge-litert (or 'tflite-runtime==2.14.*' 'numpy<2')"
     try:
@@ -307,7 +309,7 @@ def check_runtime(ctx: Context) -> list[Check]:
         ]
     out = [_pass("runtime", what)]
     if ctx.cfg.embedder.edgetpu:
-        from edge.runtime import EDGETPU_LIB, _import_runtime
+        from edge.vision.runtime import EDGETPU_LIB, _import_runtime
 
         _, load_delegate = _import_runtime(name)
         try:
@@ -335,8 +337,8 @@ def _model_fix(path: Path) -> str:
 
 def check_models(ctx: Context) -> list[Check]:
     """Both models load and match their manifests (sha256, input shape, dtype, quantisation)."""
-    from edge.detector import FaceDetector
-    from edge.embedder import Embedder
+    from edge.vision.detector import FaceDetector
+    from edge.vision.embedder import Embedder
 
     cfg = ctx.cfg
     out = []
@@ -419,7 +421,7 @@ def check_camera(ctx: Context) -> list[Check]:
 
 def check_clock(ctx: Context) -> list[Check]:
     """The kernel's clock state (what ``timedatectl`` shows) and a plausible date."""
-    from edge.events import adjtimex_state, clock_synced
+    from edge.clock import adjtimex_state, clock_synced
 
     state = ctx.system.clock_state or adjtimex_state
     now = ctx.system.now()
@@ -469,9 +471,9 @@ def secret_path(ctx: Context, ref: SecretRef) -> tuple[Path | None, str]:
     return None, "credential"
 
 
-def _check_secret(ctx: Context, ref: SecretRef) -> Check:
+def _no_secret_file(ctx: Context, ref: SecretRef) -> Check:
+    """The line for a secret without a file to check: unset, or a credential nobody hands over."""
     name = ref.key
-    path, how = secret_path(ctx, ref)
     if not ref.configured:
         if ref.key == "gallery.key":
             return _warn(
@@ -481,18 +483,40 @@ def _check_secret(ctx: Context, ref: SecretRef) -> Check:
                 "set gallery.key_credential (docs/service.md)",
             )
         return _pass(name, "not configured")
-    if path is None:
-        if ctx.unit is None:
-            return _warn(
-                name,
-                f"credential {ref.credential!r}: the unit that hands it over is not installed",
-                "install the systemd unit (docs/service.md), or use a *_file",
-            )
-        return _fail(
+    if ctx.unit is None:
+        return _warn(
             name,
-            f"credential {ref.credential!r} is not in the unit's LoadCredential=",
-            f"add LoadCredential={ref.credential}:/etc/facegate/{ref.credential} to the unit",
+            f"credential {ref.credential!r}: the unit that hands it over is not installed",
+            "install the systemd unit (docs/service.md), or use a *_file",
         )
+    return _fail(
+        name,
+        f"credential {ref.credential!r} is not in the unit's LoadCredential=",
+        f"add LoadCredential={ref.credential}:/etc/facegate/{ref.credential} to the unit",
+    )
+
+
+def _unreadable_secret(ctx: Context, ref: SecretRef, path: Path) -> Check | None:
+    """A fail line when the service user cannot read a ``*_file`` secret itself."""
+    why = ctx.user.reach(path, os.R_OK)
+    if why is None:
+        return None
+    block = ctx.user.blocker(path, os.R_OK)
+    user = ctx.user.name
+    fix = (
+        f"sudo chown {user} {path} && sudo chmod 600 {path}"
+        if block == Path(os.path.abspath(path))
+        else f"sudo chgrp {user} {block} && sudo chmod g+x {block}"
+    )
+    return _fail(ref.key, f"{why} (the service reads {ref.key}_file itself)", fix)
+
+
+def _check_secret(ctx: Context, ref: SecretRef) -> Check:
+    """One secret: a regular file, not world-readable, long enough, readable by its reader."""
+    name = ref.key
+    path, how = secret_path(ctx, ref)
+    if not ref.configured or path is None:
+        return _no_secret_file(ctx, ref)
     try:
         st = os.stat(path)
     except OSError as e:
@@ -506,30 +530,21 @@ def _check_secret(ctx: Context, ref: SecretRef) -> Check:
             f"{path} is world-{'readable' if mode & 0o004 else 'accessible'} (mode {mode:04o})",
             f"sudo chmod 600 {path}",
         )
-    if how == "file":
-        why = ctx.user.reach(path, os.R_OK)
-        if why is not None:
-            block = ctx.user.blocker(path, os.R_OK)
-            user = ctx.user.name
-            fix = (
-                f"sudo chown {user} {path} && sudo chmod 600 {path}"
-                if block == Path(os.path.abspath(path))
-                else f"sudo chgrp {user} {block} && sudo chmod g+x {block}"
-            )
-            return _fail(name, f"{why} (the service reads {ref.key}_file itself)", fix)
-    min_bytes = ref.min_bytes
-    if min_bytes and st.st_size < min_bytes:
+    if how == "file" and (bad := _unreadable_secret(ctx, ref, path)) is not None:
+        return bad
+    if ref.min_bytes and st.st_size < ref.min_bytes:
         return _fail(
             name,
-            f"{path} holds {st.st_size} bytes, at least {min_bytes} needed",
+            f"{path} holds {st.st_size} bytes, at least {ref.min_bytes} needed",
             f"head -c 32 /dev/urandom | sudo tee {path} >/dev/null",
         )
     where = "handed over by systemd" if how == "credential" else f"read by {ctx.user.name}"
     note = f" ({ctx.user.note})" if ctx.user.note and how == "file" else ""
-    group = " group-readable," if mode & 0o040 else ""
-    if group:
+    if mode & 0o040:
         return _warn(
-            name, f"{path}:{group} mode {mode:04o}, {where}{note}", f"sudo chmod 600 {path}"
+            name,
+            f"{path}: group-readable, mode {mode:04o}, {where}{note}",
+            f"sudo chmod 600 {path}",
         )
     return _pass(name, f"{path}: mode {mode:04o}, {where}{note}")
 
@@ -753,29 +768,14 @@ def check_disk(ctx: Context) -> list[Check]:
     return out
 
 
-def check_gpio(ctx: Context) -> list[Check]:
-    """The door's pins: the GPIO character devices the service user may open, gpiozero there."""
-    door = ctx.cfg.door
-    if not door.enabled:
-        return [_pass("gpio", "the door is off (door.enabled = false)")]
-    pins = [f"relay {door.relay_pin}"] + [
-        f"{n} {p}"
-        for n, p in (
-            ("contact", door.contact_pin),
-            ("exit", door.exit_pin),
-            ("tamper", door.tamper_pin),
-        )
-        if p is not None
-    ]
-    what = "pins " + ", ".join(pins)
-    if door.pin_factory == "mock":
-        return [_pass("gpio", f"{what}: mock pins (a dry run: nothing is switched)")]
+def _gpio_modules(pin_factory: str) -> list[Check]:
+    """gpiozero there, and lgpio (a Pi 5's backend) when the factory may pick it."""
     from importlib.util import find_spec
 
     out = []
     if find_spec("gpiozero") is None:
         out.append(_fail("gpio", "gpiozero is not installed", "pip install 'facegate[door]'"))
-    if door.pin_factory in ("auto", "lgpio") and find_spec("lgpio") is None:
+    if pin_factory in ("auto", "lgpio") and find_spec("lgpio") is None:
         out.append(
             _warn(
                 "gpio",
@@ -783,6 +783,36 @@ def check_gpio(ctx: Context) -> list[Check]:
                 "sudo apt install python3-lgpio (the venv made with --system-site-packages)",
             )
         )
+    return out
+
+
+def _gpio_unit(ctx: Context) -> list[Check]:
+    """A unit with a closed device policy must admit the GPIO chips."""
+    unit = ctx.unit
+    if unit is None or unit.get("DevicePolicy") not in ("closed", "strict"):
+        return []
+    if "gpiochip" in " ".join(unit.all("DeviceAllow")):
+        return []
+    return [
+        _fail(
+            "gpio",
+            f"{unit.path}: DevicePolicy={unit.get('DevicePolicy')} does not allow the GPIO chips",
+            "add DeviceAllow=char-gpiochip rw to the unit",
+        )
+    ]
+
+
+def check_gpio(ctx: Context) -> list[Check]:
+    """The door's pins: the GPIO character devices the service user may open, gpiozero there."""
+    door = ctx.cfg.door
+    if not door.enabled:
+        return [_pass("gpio", "the door is off (door.enabled = false)")]
+    wired = (("contact", door.contact_pin), ("exit", door.exit_pin), ("tamper", door.tamper_pin))
+    pins = [f"relay {door.relay_pin}"] + [f"{n} {p}" for n, p in wired if p is not None]
+    what = "pins " + ", ".join(pins)
+    if door.pin_factory == "mock":
+        return [_pass("gpio", f"{what}: mock pins (a dry run: nothing is switched)")]
+    out = _gpio_modules(door.pin_factory)
     chips = ctx.system.gpio_chips()
     if not chips:
         out.append(
@@ -805,18 +835,7 @@ def check_gpio(ctx: Context) -> list[Check]:
         )
     else:
         out.append(_pass("gpio", f"{what}: {ctx.user.name} can open {', '.join(map(str, chips))}"))
-    if ctx.unit is not None and ctx.unit.get("DevicePolicy") in ("closed", "strict"):
-        allowed = " ".join(ctx.unit.all("DeviceAllow"))
-        if "gpiochip" not in allowed:
-            out.append(
-                _fail(
-                    "gpio",
-                    f"{ctx.unit.path}: DevicePolicy={ctx.unit.get('DevicePolicy')} "
-                    "does not allow the GPIO chips",
-                    "add DeviceAllow=char-gpiochip rw to the unit",
-                )
-            )
-    return out
+    return out + _gpio_unit(ctx)
 
 
 def check_unit(ctx: Context) -> list[Check]:
@@ -869,46 +888,38 @@ def check_unit(ctx: Context) -> list[Check]:
     return out
 
 
-def check_gallery(ctx: Context) -> list[Check]:
-    """The gallery opens with the key and belongs to the configured embedder and its manifest."""
+def _gallery_key(ctx: Context) -> bytes | None:
+    """The gallery key, read from its file or the unit's credential source; _Refused if not."""
+    from edge.config import read_secret
+
+    ref = ctx.cfg.gallery.key
+    if not ref.configured:
+        return None
+    source, _ = secret_path(ctx, ref)
+    if source is None:
+        raise _Refused(
+            _warn("gallery", "cannot check: the key is not readable here", "see gallery.key")
+        )
+    try:
+        return read_secret(str(source), "", "gallery.key")
+    except FacegateError as e:
+        raise _Refused(_fail("gallery", f"cannot check: {e}", "see gallery.key")) from None
+
+
+def _open_copy(ctx: Context, path: Path, key: bytes | None) -> tuple[Gallery, Manifest]:
+    """The gallery loaded from a temporary copy (loading may raise the generation mark)."""
     import shutil
 
-    from edge.config import read_secret
-    from edge.gallery import Gallery, manifest_digest, read_high_water
-    from edge.manifest import load_manifest
+    from edge.identity.gallery import Gallery, manifest_digest
+    from edge.vision.manifest import load_manifest
 
     cfg = ctx.cfg
-    path = cfg.resolve(cfg.gallery.path)
-    enrol = f"facegate enroll --config {ctx.config_arg} --name NAME PHOTO..."
-    if not path.exists():
-        return [_warn("gallery", f"{path} does not exist: nobody is enrolled", enrol)]
     try:
         manifest = load_manifest(cfg.model_path(cfg.embedder.model))
     except FacegateError as e:
-        return [
-            _fail(
-                "gallery",
-                f"cannot check without the embedder's manifest ({e})",
-                "see the model line",
-            )
-        ]
-    key = None
-    ref = cfg.gallery.key
-    if ref.configured:
-        source, _ = secret_path(ctx, ref)
-        if source is None:
-            return [
-                _warn(
-                    "gallery",
-                    "cannot check: the key is not readable here",
-                    "see the gallery.key line",
-                )
-            ]
-        try:
-            key = read_secret(str(source), "", "gallery.key")
-        except FacegateError as e:
-            return [_fail("gallery", f"cannot check: {e}", "see the gallery.key line")]
-    # A temporary copy: loading may raise the generation mark beside the gallery.
+        raise _Refused(
+            _fail("gallery", f"cannot check without the embedder's manifest ({e})", "see model")
+        ) from None
     with tempfile.TemporaryDirectory(prefix="facegate-doctor-") as tmp:
         copy = Path(tmp) / path.name
         shutil.copyfile(path, copy)
@@ -922,9 +933,24 @@ def check_gallery(ctx: Context) -> list[Check]:
             )
         except FacegateError as e:
             rebind = f"facegate gallery rebind --config {ctx.config_arg} --gallery {path}"
-            return [
+            raise _Refused(
                 _fail("gallery", str(e).replace(str(copy), str(path)), f"{rebind}, or re-enrol")
-            ]
+            ) from None
+    return g, manifest
+
+
+def check_gallery(ctx: Context) -> list[Check]:
+    """The gallery opens with the key and belongs to the configured embedder and its manifest."""
+    from edge.identity.gallery import read_high_water
+
+    path = ctx.cfg.resolve(ctx.cfg.gallery.path)
+    enrol = f"facegate enroll --config {ctx.config_arg} --name NAME PHOTO..."
+    if not path.exists():
+        return [_warn("gallery", f"{path} does not exist: nobody is enrolled", enrol)]
+    try:
+        g, manifest = _open_copy(ctx, path, _gallery_key(ctx))
+    except _Refused as e:
+        return [e.check]
     mark = read_high_water(path)
     if g.generation < mark:
         return [

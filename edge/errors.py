@@ -48,7 +48,7 @@ class SourceError(FacegateError):
 class SignatureError(FacegateError):
     """A signed event's signature is missing, malformed or wrong.
 
-    Raised by :func:`edge.events.verify_payload`.
+    Raised by :func:`edge.delivery.signing.verify_payload`.
     """
 
 

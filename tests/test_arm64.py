@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.manifest import load_manifest
+from edge.vision.manifest import load_manifest
 from tools.arm64 import (
     BINFMT,
     CACHE,
@@ -167,7 +167,7 @@ def test_emulated_cpuinfo_is_an_arm64_linux_cpuinfo() -> None:
 
 def test_chroot_command_binds_nothing_of_the_host(tmp_path: Path) -> None:
     argv = Chroot(tmp_path / "rootfs", CPUS["pi5"]).argv("true")
-    assert argv[:5] == ["unshare", "--mount", "--pid", "--fork", "--propagation"]
+    assert argv[:6] == ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation"]
     assert f"--mount-proc={tmp_path / 'rootfs' / 'proc'}" in argv
     setup = argv[argv.index("-ec") + 1]
     assert "mount -t sysfs sysfs" in setup and "mount -t tmpfs" in setup

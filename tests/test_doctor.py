@@ -114,7 +114,7 @@ def test_python_and_runtime_pass_here(tmp_path: Path) -> None:
 
 
 def test_a_runtime_that_is_not_installed_fails_with_the_pip_line(tmp_path: Path) -> None:
-    from edge.runtime import available_runtimes
+    from edge.vision.runtime import available_runtimes
 
     missing = [r for r in ("tflite_runtime", "ai_edge_litert") if r not in available_runtimes()]
     if not missing:
@@ -476,8 +476,8 @@ def test_unit_missing_broken_disabled_enabled(tmp_path: Path) -> None:
 
 
 def enrolled(path: Path, manifest_path: Path, key: bytes | None) -> None:
-    from edge.gallery import Gallery
-    from edge.manifest import load_manifest
+    from edge.identity.gallery import Gallery
+    from edge.vision.manifest import load_manifest
 
     m = load_manifest(manifest_path)
     g = Gallery.for_manifest(m)

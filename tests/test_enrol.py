@@ -1,4 +1,4 @@
-"""Enrolment that prevents mix-ups (edge.enrol): the numbers on synthetic data, the
+"""Enrolment that prevents mix-ups (edge.identity.enrol): the numbers on synthetic data, the
 warnings and refusals on real photos through ``facegate enroll`` / ``gallery list``."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from conftest import DETECTOR, EMBEDDER
 
 from edge.cli import main
-from edge.enrol import (
+from edge.identity.enrol import (
     DEFAULT_RULES,
     FaceQuality,
     PhotoMeasure,
@@ -22,9 +22,8 @@ from edge.enrol import (
     outlier_distance,
     photo_problem,
 )
-from edge.manifest import Calibration
 from edge.numerics import laplacian_variance, yaw_ratio
-from edge.thresholds import RateTable
+from edge.vision.manifest import Calibration, RateTable
 
 
 # -- the pure numbers -------------------------------------------------------------------
@@ -164,8 +163,8 @@ def test_lookalikes_are_named_at_enrolment_and_in_gallery_list(
     distance must lie under the threshold plus the margin the warning names, and the
     threshold must be the one the gallery-size rule gives for the gallery after enrolment.
     """
+    from edge.decide.recognizer import Recognizer
     from edge.imageio import read_image
-    from edge.recognizer import Recognizer
 
     faces = shared / "faces"
     g = tmp_path / "g.fgg"
@@ -305,7 +304,7 @@ def test_gallery_stats_with_calibration_tables(
     """A manifest with tables: the threshold follows the gallery, stats shows it."""
     import shutil
 
-    from edge.manifest import load_manifest, save_manifest
+    from edge.vision.manifest import load_manifest, save_manifest
 
     model = tmp_path / "facenet_int8.tflite"
     shutil.copy(models / "facenet_int8.tflite", model)

@@ -12,8 +12,8 @@ import pytest
 from conftest import SHARED
 
 from edge.errors import FacegateError
-from edge.manifest import Calibration, load_manifest
-from edge.thresholds import operating_point
+from edge.identity.thresholds import operating_point
+from edge.vision.manifest import Calibration, load_manifest
 from tools import calibrate, evaluate, stats
 from tools._faces import FaceSet, LabelledImage, list_people
 
@@ -298,7 +298,7 @@ def test_door_protocol_bad_options(capsys: pytest.CaptureFixture[str], tmp_path:
 
 
 def test_embedding_cache_keeps_the_enrolment_measures(tmp_path: Path) -> None:
-    from edge.enrol import FaceQuality, PhotoMeasure
+    from edge.identity.enrol import FaceQuality, PhotoMeasure
     from tools._faces import EmbeddingCache
 
     path = tmp_path / "c.npz"

@@ -2,8 +2,9 @@
 
 Home Assistant 2024.1 (the newest release that installs on Python 3.11) runs
 from its own virtualenv, ``.venv-ha/`` in the checkout (git-ignored), which
-this module creates on first use (about 2 minutes, needs the package index;
-without it the test is skipped, saying why). It runs as a process with its
+``bash tools/setup.sh --dev`` builds (:mod:`tools.ha_venv`, about 2 minutes,
+needs the package index). Nothing is installed here: when the venv is missing
+or stale the tests are skipped, saying how to build it. It runs as a process with its
 config folder in a temporary directory; its MQTT integration is configured
 through a config entry written to ``.storage/core.config_entries`` (2024.1 has
 no YAML for the broker) and pointed at the test's Mosquitto. Home Assistant
@@ -30,9 +31,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -46,9 +47,12 @@ from broker import Broker, Collector, free_port, mosquitto_path, mqtt_broker
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import Config, parse_config
-from edge.events import Topics, build_event, encode, iso_utc
-from edge.mqtt import Publisher
+from edge.daemon import Publisher
+from edge.delivery.codec import encode
+from edge.delivery.events import build_event, iso_utc
+from edge.delivery.topics import Topics
 from edge.types import Box, Decision
+from tools import ha_venv
 
 pytestmark = [
     pytest.mark.homeassistant,
@@ -58,19 +62,7 @@ pytestmark = [
 __all__ = ["mqtt_broker"]
 
 REPO = Path(__file__).resolve().parents[1]
-HA_VENV = REPO / ".venv-ha"
-HA_VERSION = "2024.1.6"
-# Home Assistant itself, and what the integrations used here need: mqtt (paho
-# 1.6), file_upload (janus), camera, loaded by mqtt (numpy, PyTurboJPEG). The
-# versions are those Home Assistant 2024.1 pins; it runs with --skip-pip.
-HA_REQUIREMENTS = (
-    f"homeassistant=={HA_VERSION}",
-    "paho-mqtt==1.6.1",
-    "janus==1.0.0",
-    "numpy==1.26.0",
-    "PyTurboJPEG==1.7.1",
-)
-# The one warning we cause on purpose (--skip-pip: the test installed everything).
+# The one warning we cause on purpose (--skip-pip: the setup installed everything).
 EXPECTED_WARNINGS = ("Skipping pip installation of required modules",)
 
 DEVICE = "front-door"
@@ -82,24 +74,10 @@ NAIVE = "counter/naive"
 
 
 def ha_python() -> Path:
-    """The virtualenv's python with Home Assistant installed (created once)."""
-    python = HA_VENV / "bin" / "python"
-    stamp = HA_VENV / "facegate-requirements.txt"
-    wanted = "\n".join(HA_REQUIREMENTS) + "\n"
-    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
-        return python
-    t0 = time.monotonic()
-    steps = [
-        [sys.executable, "-m", "venv", "--clear", str(HA_VENV)],
-        [str(python), "-m", "pip", "install", "--quiet", *HA_REQUIREMENTS],
-    ]
-    for cmd in steps:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
-        if p.returncode != 0:
-            tail = (p.stderr or p.stdout)[-600:]
-            pytest.skip(f"cannot install Home Assistant {HA_VERSION} into {HA_VENV}: {tail}")
-    stamp.write_text(wanted)
-    print(f"\nHome Assistant {HA_VERSION} installed in {time.monotonic() - t0:.0f} s")
+    """Home Assistant's python (``.venv-ha/``, built by the setup), else skip saying why."""
+    python, why = ha_venv.status()
+    if python is None:
+        pytest.skip(why)
     return python
 
 
@@ -190,21 +168,36 @@ automation: !include automations.yaml
 """
 
 
-def write_ha_config(cfg_dir: Path, broker: Broker) -> None:
+def write_ha_config(
+    cfg_dir: Path,
+    broker: Broker,
+    *,
+    login: tuple[str, str] | None = None,
+    configuration: str = "",
+    automations: str = "",
+) -> None:
+    """Home Assistant's config folder: the test's configuration and automations, the broker.
+
+    ``login``: Home Assistant's broker user; ``configuration`` and
+    ``automations``: YAML added to ``configuration.yaml`` and ``automations.yaml``.
+    """
     (cfg_dir / ".storage").mkdir(parents=True)
     (cfg_dir / "configuration.yaml").write_text(
-        CONFIGURATION.format(http_port=free_port(), state=STATE)
+        CONFIGURATION.format(http_port=free_port(), state=STATE) + configuration
     )
     (cfg_dir / "automations.yaml").write_text(
-        readme_automation("facegate_unlock_alice") + TEST_AUTOMATIONS
+        readme_automation("facegate_unlock_alice") + TEST_AUTOMATIONS + automations
     )
+    data: dict[str, Any] = {"broker": broker.host, "port": broker.port, "discovery": True}
+    if login is not None:
+        data.update(username=login[0], password=login[1])
     entry = {
         "entry_id": uuid.uuid4().hex,
         "version": 1,
         "minor_version": 1,
         "domain": "mqtt",
         "title": "test broker",
-        "data": {"broker": broker.host, "port": broker.port, "discovery": True},
+        "data": data,
         "options": {},
         "pref_disable_new_entities": False,
         "pref_disable_polling": False,
@@ -218,12 +211,19 @@ def write_ha_config(cfg_dir: Path, broker: Broker) -> None:
 
 
 class HomeAssistant:
-    """A Home Assistant process and what it tells the broker (states via statestream)."""
+    """A Home Assistant process and what it tells the broker (states via statestream).
 
-    def __init__(self, python: Path, cfg_dir: Path, broker: Broker) -> None:
+    ``auth``: the test's own broker user (a broker with the shipped ACL).
+    """
+
+    def __init__(
+        self, python: Path, cfg_dir: Path, broker: Broker, auth: tuple[str, str] | None = None
+    ) -> None:
         self.cfg_dir = cfg_dir
         self.log = cfg_dir / "home-assistant.log"
-        self.states = Collector(broker, [f"{STATE}/#", "test/ha/#"], persistent=False).start()
+        self.states = Collector(
+            broker, [f"{STATE}/#", "test/ha/#"], persistent=False, auth=auth
+        ).start()
         out = (cfg_dir / "stdout.txt").open("wb")
         self.proc = subprocess.Popen(
             [
@@ -367,7 +367,7 @@ def test_home_assistant_runs_the_readme_unlock_automation_safely(
 ) -> None:
     ha = home_assistant
     # A door's clock is synchronised; this test machine's may not be.
-    monkeypatch.setattr("edge.mqtt.clock_synced", lambda: True)
+    monkeypatch.setattr("edge.delivery.mqtt.clock_synced", lambda: True)
     cfg = device_config(tmp_path / "device", mqtt_broker)
     commands: list[str] = []
     pub = online(cfg)
@@ -493,10 +493,10 @@ def test_home_assistant_shows_the_door_and_cannot_open_it(
     pytest.importorskip("gpiozero", reason="gpiozero is not installed (the door extra)")
     from gpiozero.pins.mock import MockFactory
 
-    from edge.door import DoorController
+    from edge.door.controller import DoorController
 
     ha = home_assistant
-    monkeypatch.setattr("edge.mqtt.clock_synced", lambda: True)
+    monkeypatch.setattr("edge.delivery.mqtt.clock_synced", lambda: True)
     door = {
         "enabled": True,
         "pin_factory": "mock",
@@ -554,3 +554,189 @@ def test_home_assistant_shows_the_door_and_cannot_open_it(
         pub.stop(timeout=3.0)
     problems = ha.problems()
     assert not problems, "\n".join(problems)
+
+
+# -- the README's door recipe, end to end, with the shipped broker config and ACL ---------------
+
+ROOT_SYSTEMD = REPO / "systemd"
+ACL_USERS = {
+    "front-door": "door-pw",
+    "homeassistant": "ha-pw",
+    "tester": "t-pw",  # reads Home Assistant's state stream
+    "poker": "p-pw",  # pokes Home Assistant's test automations
+    "watcher": "w-pw",  # reads facegate/#: what reaches the broker's subscribers
+    "widened": "x-pw",  # an admin widened the ACL: may write door/set
+    "mallory": "m-pw",  # any other user
+}
+# The shipped ACL, plus what only this test needs (one user per connection: the shipped
+# config names each client after its user). Nothing here widens facegate/ but "widened".
+TEST_ACL = """
+# -- test only ------------------------------------------------------------------------
+user homeassistant
+topic write hastate/#
+topic readwrite test/ha/#
+user tester
+topic read hastate/#
+topic read test/ha/#
+user poker
+topic write test/ha/#
+user watcher
+topic read facegate/#
+user widened
+topic write facegate/+/door/set
+"""
+UNLOCK_KEY = b"ha-remote-unlock-key-0123456789abcdef"
+
+
+def readme_yaml(marker: str) -> str:
+    """The README's YAML block that holds ``marker``."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for block in re.findall(r"```yaml\n(.*?)```", readme, flags=re.S):
+        if marker in block:
+            return str(block)
+    raise AssertionError(f"no YAML block with {marker!r} in the README")
+
+
+def readme_signing_script() -> str:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    return (
+        "# facegate-unlock.py"
+        + readme.split("```python\n# facegate-unlock.py", 1)[1].split("```", 1)[0]
+    )
+
+
+@pytest.fixture
+def acl_broker(tmp_path: Path) -> Iterator[Broker]:
+    """Mosquitto with every setting of systemd/mosquitto-facegate.conf and the shipped ACL."""
+    if shutil.which("mosquitto_passwd") is None:
+        pytest.skip("needs mosquitto_passwd")
+    d = tmp_path / "acl"
+    d.mkdir()
+    passwd = d / "passwd"
+    passwd.touch()
+    for user, pw in ACL_USERS.items():
+        subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, pw], check=True)
+    acl = d / "facegate.acl"
+    acl.write_text((ROOT_SYSTEMD / "mosquitto-acl.example").read_text() + TEST_ACL)
+    conf = (ROOT_SYSTEMD / "mosquitto-facegate.conf").read_text().splitlines()
+    settings = dict(ln.split(None, 1) for ln in conf if ln and not ln.startswith("#"))
+    own = {"listener", "password_file", "acl_file", "allow_anonymous", "per_listener_settings"}
+    extra = [f"{k} {v}" for k, v in settings.items() if k not in own]
+    extra += [f"password_file {passwd}", f"acl_file {acl}"]
+    b = Broker(d / "broker", extra_conf="\n".join(extra), anonymous=False)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+def test_the_readme_door_recipe_with_the_shipped_acl(
+    acl_broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Home Assistant's lock opens the door only through a command it signs itself.
+
+    The README's recipe (a shell command that signs with a key only Home
+    Assistant holds, an automation on Home Assistant's own lock.unlock) on a
+    broker with the shipped config and ACL: the lock entity's UNLOCK pulses
+    the relay once (remote_unlock in the audit log) and the entity shows it;
+    nobody who writes ``door/set`` or the command topic (another user, the
+    test's own) gets a pulse: ``door/set`` reaches the broker (Home Assistant's
+    own UNLOCK, one from a user an admin allowed to write it) and opens nothing.
+    """
+    pytest.importorskip("gpiozero", reason="gpiozero is not installed (the door extra)")
+    from gpiozero.pins.mock import MockFactory
+
+    from edge.door.audit import read_entries
+    from edge.door.controller import DoorController
+
+    python = ha_python()
+    ha_dir = tmp_path / "ha"
+    config = readme_yaml("shell_command:").replace("/config/", f"{ha_dir}/")
+    automation = readme_yaml("id: facegate_door_unlock")
+    write_ha_config(ha_dir, acl_broker, login=("homeassistant", ACL_USERS["homeassistant"]),
+                    configuration=config, automations=automation)  # fmt: skip
+    (ha_dir / "facegate-unlock.py").write_text(readme_signing_script())
+    (ha_dir / "facegate-unlock.key").write_bytes(UNLOCK_KEY + b"\n")
+    (ha_dir / "facegate-unlock.key").chmod(0o600)
+    user = {u: (u, pw) for u, pw in ACL_USERS.items()}
+    ha = HomeAssistant(python, ha_dir, acl_broker, auth=user["tester"])
+    device = tmp_path / "device"
+    device.mkdir()
+    (device / "pw").write_text(ACL_USERS["front-door"])
+    (device / "unlock.key").write_bytes(UNLOCK_KEY)
+    monkeypatch.setattr("edge.delivery.mqtt.clock_synced", lambda: True)
+    cfg = parse_config(
+        {
+            "device": {"id": DEVICE, "name": "Front door"},
+            "mqtt": {"enabled": True, "host": acl_broker.host, "port": acl_broker.port,
+                     "username": "front-door", "password_file": "pw", "keepalive": 5,
+                     "ha_discovery": True, "commands": True},
+            "door": {"enabled": True, "pin_factory": "mock", "relay_pin": RELAY,
+                     "allow": ["Alice"], "unlock_s": 1.5, "remote_unlock": True,
+                     "remote_key_file": "unlock.key"},
+            "service": {"state_dir": str(device)},
+        },
+        base_dir=device,
+    )  # fmt: skip
+    set_topic = f"{T.base}/door/set"
+    pub: Publisher | None = None
+    ctl: DoorController | None = None
+    watch = Collector(acl_broker, [set_topic], persistent=False, auth=user["watcher"]).start()
+    try:
+        ha.wait(lambda: ha.states.payloads("test/ha/started") != [], 120, "Home Assistant start")
+        pub = online(cfg)
+        ctl = DoorController(cfg, events=pub, factory=MockFactory(), synced=lambda: True)
+        pub.on_unlock = ctl.remote_command
+        pub.verify_unlock = ctl.authentic
+        assert watch.ready() and ctl.sync()
+        ha.wait(lambda: ha.last(LOCK) == "locked", 60, "the lock entity, locked")
+
+        # Home Assistant's own UNLOCK: the recipe signs and sends; one pulse, shown.
+        raw_as(acl_broker, user["poker"], "test/ha/door_unlock", b"1")
+        ha.wait(lambda: "unlocked" in ha.values(LOCK), 60, "unlocked by the signed command")
+        ha.wait(lambda: ha.last(LOCK) == "locked", why="locked again after unlock_s")
+        assert ctl.sync()
+        pulses = [e for e in ctl.relay_log if e[1]]
+        assert len(pulses) == 1 and pulses[0][2] == "remote unlock"
+        assert [e.kind for e in read_entries(cfg.audit_file)] == ["remote_unlock"]
+        # The lock entity's own UNLOCK on door/set reached the broker; nothing acted on it.
+        assert watch.wait_for(lambda: watch.payloads(set_topic) == [b"UNLOCK"], 10)
+
+        # Everyone else: UNLOCK on door/set (allowed for "widened"), an unsigned command.
+        forged = json.dumps({"command": "unlock", "ts": int(time.time()), "nonce": "x" * 16,
+                             "hmac": "0" * 64}).encode()  # fmt: skip
+        for who in ("mallory", "poker", "widened"):
+            raw_as(acl_broker, user[who], set_topic, b"UNLOCK")
+            raw_as(acl_broker, user[who], T.command, forged)
+        assert watch.wait_for(lambda: watch.payloads(set_topic) == [b"UNLOCK"] * 2, 10)
+        time.sleep(3.0)  # what should not happen gets time to happen
+        assert ctl.sync()
+        assert [e for e in ctl.relay_log if e[1]] == pulses
+        assert [e.kind for e in read_entries(cfg.audit_file)] == ["remote_unlock"]
+        assert ha.last(LOCK) == "locked"
+        ctl.stop()
+        pub.stop(timeout=3.0)
+        ha.wait(lambda: ha.last(LOCK) == "unavailable", why="the device went offline")
+        problems = ha.problems()  # before Home Assistant's own shutdown
+        assert not problems, "\n".join(problems)
+    finally:
+        watch.stop()
+        if ctl is not None:
+            ctl.stop()
+        if pub is not None:
+            pub.stop(timeout=3.0)
+        ha.stop()
+
+
+def raw_as(broker: Broker, auth: tuple[str, str], topic: str, payload: bytes) -> None:
+    """Publish once as a broker user (on a broker with passwords); a denied publish is dropped."""
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=auth[0], protocol=paho.MQTTv311)
+    c.username_pw_set(*auth)
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    try:
+        c.publish(topic, payload, qos=1).wait_for_publish(10)
+    finally:
+        c.disconnect()
+        c.loop_stop()

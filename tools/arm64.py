@@ -281,9 +281,10 @@ CPUS = {
 class Chroot:
     """Runs commands inside the arm64 root filesystem, each in its own namespaces.
 
-    ``unshare --mount --pid --fork --mount-proc`` gives the command a private
-    mount table with a fresh ``/proc`` of its own PID namespace: when the
-    command ends, or is killed, the namespace and its mounts are gone.
+    ``unshare --mount --pid --fork --kill-child --mount-proc`` gives the
+    command a private mount table with a fresh ``/proc`` of its own PID
+    namespace: when the command ends, or it or unshare is killed, every
+    process inside dies and the namespace and its mounts are gone.
     """
 
     rootfs: Path
@@ -321,11 +322,15 @@ class Chroot:
             f"mount -t tmpfs -o mode=1777 tmpfs {shlex.quote(str(self.rootfs / 'dev/shm'))} && "
             f'exec {inner} /bin/sh -ec "$0"'
         )
+        # --kill-child: if unshare dies (Ctrl-C, SIGKILL of the run), the
+        # namespace's first process gets SIGKILL, and with it every process
+        # inside; nothing emulated outlives the run.
         return [
             "unshare",
             "--mount",
             "--pid",
             "--fork",
+            "--kill-child",
             "--propagation",
             "private",
             f"--mount-proc={self.rootfs / 'proc'}",
@@ -645,7 +650,7 @@ def run_script(runtime: str, enrol: list[tuple[str, str]], probes: list[str]) ->
         + shlex.quote(
             "import json, platform, cv2, numpy\n"
             "from importlib import metadata\n"
-            "from edge.runtime import available_runtimes\n"
+            "from edge.vision.runtime import available_runtimes\n"
             "d = {'ai_edge_litert': 'ai-edge-litert', 'tflite_runtime': 'tflite-runtime'}\n"
             "print(json.dumps({'machine': platform.machine(), "
             "'python': platform.python_version(), 'numpy': numpy.__version__, "
@@ -852,19 +857,20 @@ class Result:
         return bool(ok) and demo_ok and bool(self.rows) and all(r.passed for r in self.rows)
 
 
-def run_checks(args: argparse.Namespace, rootfs: Path) -> Result:
-    """Stage the files, install each runtime's venv, run everything inside, compare."""
+@dataclass(frozen=True)
+class Reference:
+    """x86's side: its probe (in ``work``), the identify split and x86's identify output."""
+
+    enrol: list[tuple[str, str]]
+    probes: list[str]
+    identify: dict[str, list[tuple[str | None, float]]]
+
+
+def x86_reference(photos: Path, work: Path, inside: Layout) -> Reference:
+    """Embeddings of the photo set on this machine, and the same enroll + identify here."""
     import numpy as np
 
-    from edge.manifest import load_manifest
     from tools.arm64_probe import probe
-
-    work = CACHE / "work"
-    work.mkdir(parents=True, exist_ok=True)
-    photos, what = photo_set(args.photos, work)
-    say(f"photo set: {what} ({photos})")
-    inside = stage_files(rootfs, photos)
-    dev = Layout(Path(DEV_ROOT))
 
     say("x86: embeddings of the photo set (the reference, this machine's runtime)")
     ref = probe(ROOT / "models", photos)
@@ -875,31 +881,33 @@ def run_checks(args: argparse.Namespace, rootfs: Path) -> Result:
     enrol = [(person_of(names[i]), names[i]) for i in split.enrol]
     probes = [names[i] for i in split.probes]
     say(f"x86: facegate enroll ({len(enrol)} people) and identify ({len(probes)} photos)")
-    x86_ident = read_identify(x86_identify(photos, work, enrol, probes))
+    return Reference(enrol, probes, read_identify(x86_identify(photos, work, enrol, probes)))
 
-    write_config(
-        rootfs / "etc" / "facegate" / "facegate.toml",
-        dev.models,
-        dev.photos / person_of(enrol[0][1]),
-        Path("/var/lib/facegate"),
-        'key_credential = "gallery-key"',
-    )
-    stamp = dependency_stamp()
-    outcomes: list[Outcome] = []
-    main_cpu = CPUS[args.cpus[0]]
-    for rt in args.runtimes:
-        say(f"installing facegate[{rt},demo] in a venv inside, as the README says")
-        try:
-            Chroot(rootfs, main_cpu).run(install_script(rt, stamp))
-        except FacegateError:
-            outcome = collect(inside, rt)
-            say(f"{rt} did not install inside:\n{outcome.error}")
-            outcomes.append(outcome)
-            continue
-        Chroot(rootfs, main_cpu).run(run_script(rt, enrol, probes))
-        for cpu in args.cpus:
-            Chroot(rootfs, CPUS[cpu]).run(probe_script(rt, cpu))
-        outcomes.append(collect(inside, rt))
+
+def run_inside(rt: str, cpus: list[str], rootfs: Path, inside: Layout, ref: Reference) -> Outcome:
+    """One runtime: install its venv, run demo/enroll/identify/doctor, probe on each CPU.
+
+    The demo, identify and doctor run on the first of ``cpus``.
+    """
+    main_cpu = CPUS[cpus[0]]
+    say(f"installing facegate[{rt},demo] in a venv inside, as the README says")
+    try:
+        Chroot(rootfs, main_cpu).run(install_script(rt, dependency_stamp()))
+    except FacegateError:
+        outcome = collect(inside, rt)
+        say(f"{rt} did not install inside:\n{outcome.error}")
+        return outcome
+    Chroot(rootfs, main_cpu).run(run_script(rt, ref.enrol, ref.probes))
+    for cpu in cpus:
+        Chroot(rootfs, CPUS[cpu]).run(probe_script(rt, cpu))
+    return collect(inside, rt)
+
+
+def compare_all(
+    outcomes: list[Outcome], cpus: list[str], work: Path, inside: Layout, ref: Reference
+) -> tuple[list[Row], dict[str, tuple[int, int, float, list[str]]]]:
+    """Every installed runtime's probes against x86's, and its identify output against x86's."""
+    from edge.vision.manifest import load_manifest
 
     rows: list[Row] = []
     cli: dict[str, tuple[int, int, float, list[str]]] = {}
@@ -910,14 +918,35 @@ def run_checks(args: argparse.Namespace, rootfs: Path) -> Result:
         found = (o.versions or {}).get("runtimes")
         version = str(found.get(module, "?")) if isinstance(found, dict) else "?"
         cli[o.runtime] = identify_agreement(
-            x86_ident, read_identify(inside.out / o.runtime / "identify.jsonl")
+            ref.identify, read_identify(inside.out / o.runtime / "identify.jsonl")
         )
         for stem in EMBEDDER_STEMS:
             manifest = load_manifest(ROOT / "models" / f"{stem}.tflite")
             ref_probe = load_probe(work / "x86.npz", stem)
-            for cpu in args.cpus:
+            for cpu in cpus:
                 other = load_probe(inside.out / o.runtime / f"probe-{cpu}.npz", stem)
                 rows.append(compare(ref_probe, other, manifest, stem, f"{module} {version}", cpu))
+    return rows, cli
+
+
+def run_checks(args: argparse.Namespace, rootfs: Path) -> Result:
+    """Stage the files, install each runtime's venv, run everything inside, compare."""
+    work = CACHE / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    photos, what = photo_set(args.photos, work)
+    say(f"photo set: {what} ({photos})")
+    inside = stage_files(rootfs, photos)
+    dev = Layout(Path(DEV_ROOT))
+    ref = x86_reference(photos, work, inside)
+    write_config(
+        rootfs / "etc" / "facegate" / "facegate.toml",
+        dev.models,
+        dev.photos / person_of(ref.enrol[0][1]),
+        Path("/var/lib/facegate"),
+        'key_credential = "gallery-key"',
+    )
+    outcomes = [run_inside(rt, args.cpus, rootfs, inside, ref) for rt in args.runtimes]
+    rows, cli = compare_all(outcomes, args.cpus, work, inside, ref)
     return Result(what, outcomes, rows, cli)
 
 

@@ -9,8 +9,8 @@ were calibrated. For each embedder:
   and on the same crops (the reference's aligned crops embedded on the other
   machine), which isolates the embedder's int8 kernels.
 * **identify agreement**: the open-set decision of ``facegate identify``
-  (:class:`edge.matcher.Matcher` with the manifest's calibration; the
-  threshold follows the gallery size, :func:`edge.thresholds.operating_point`)
+  (:class:`edge.identity.matcher.Matcher` with the manifest's calibration; the
+  threshold follows the gallery size, :func:`edge.identity.thresholds.operating_point`)
   for every probe photo, each machine matching its own embeddings against a
   gallery enrolled from its own embeddings (:func:`identify_split`).
 * **pair agreement**: accept/reject of every pair of photos at the
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edge.manifest import Manifest
+from edge.vision.manifest import Manifest
 
 MEAN_COSINE_TARGET = 0.99
 AGREEMENT_TARGET = 0.99
@@ -116,16 +116,16 @@ def identify_decisions(
 ) -> tuple[list[Decision], float]:
     """Each probe's open-set decision against a gallery of the enrolment photos.
 
-    The device's code: a :class:`edge.gallery.Gallery`, the threshold for its
-    size from the manifest's calibration (:func:`edge.thresholds.operating_point`,
-    target FPIR 1%), the calibrated margin, :class:`edge.matcher.Matcher`.
+    The device's code: a :class:`edge.identity.gallery.Gallery`, the threshold for its
+    size from the manifest's calibration (:func:`edge.identity.thresholds.operating_point`,
+    target FPIR 1%), the calibrated margin, :class:`edge.identity.matcher.Matcher`.
     Returns the decisions (in ``split.probes`` order) and the threshold.
     """
-    from edge.gallery import Gallery
-    from edge.matcher import Matcher
+    from edge.decide.recognizer import DEFAULT_CALIBRATION
+    from edge.identity.gallery import Gallery
+    from edge.identity.matcher import Matcher
+    from edge.identity.thresholds import operating_point
     from edge.numerics import Confidence
-    from edge.recognizer import DEFAULT_CALIBRATION
-    from edge.thresholds import operating_point
 
     cal = manifest.calibration or DEFAULT_CALIBRATION
     gallery = Gallery.for_manifest(manifest)
@@ -208,6 +208,56 @@ def _fmt_name(d: Decision) -> str:
     return f"{d.name or 'unknown'} ({d.distance:.4f})"
 
 
+def _same_crops(ref: Probe, other: Probe) -> tuple[float | None, float | None, float | None]:
+    """Mean and worst cosine, and the largest element difference, on the reference's crops."""
+    if other.crop_emb is None:
+        return None, None, None
+    cc = row_cosines(ref.emb, other.crop_emb)
+    if not np.isfinite(cc).any():
+        return None, None, None
+    diff = float(np.nanmax(np.abs(ref.emb - other.crop_emb)))
+    return float(np.nanmean(cc)), float(np.nanmin(cc)), diff
+
+
+def _identify_agreement(
+    ref: Probe, other: Probe, manifest: Manifest, notes: list[str]
+) -> tuple[int, int, float]:
+    """(probes answered alike, probes, the gallery's threshold); differences go to ``notes``."""
+    photos = ref.photos
+    split = identify_split(photos)
+    ra, threshold = identify_decisions(ref.emb, photos, split, manifest)
+    rb, _ = identify_decisions(other.emb, photos, split, manifest)
+    agree = 0
+    for i, a, b in zip(split.probes, ra, rb, strict=True):
+        if a.name == b.name:
+            agree += 1
+        else:
+            notes.append(f"identify {photos[i]}: x86 {_fmt_name(a)}, arm64 {_fmt_name(b)}")
+    return agree, len(split.probes), threshold
+
+
+def _pair_agreement(
+    ref: Probe, other: Probe, manifest: Manifest, notes: list[str]
+) -> tuple[int, int, float]:
+    """(pairs decided alike, pairs, the calibrated threshold); differences go to ``notes``."""
+    from edge.decide.recognizer import DEFAULT_CALIBRATION
+
+    photos = ref.photos
+    t = (manifest.calibration or DEFAULT_CALIBRATION).threshold
+    da, db = pair_distances(ref.emb), pair_distances(other.emb)
+    valid = np.isfinite(da) & np.isfinite(db)
+    acc_a, acc_b = da < t, db < t
+    differ = valid & (acc_a != acc_b)
+    iu, ju = np.triu_indices(len(photos), k=1)
+    for k in np.flatnonzero(differ):
+        notes.append(
+            f"pair {photos[iu[k]]} ~ {photos[ju[k]]}: x86 d={da[k]:.4f} "
+            f"{'accept' if acc_a[k] else 'reject'}, arm64 d={db[k]:.4f} "
+            f"{'accept' if acc_b[k] else 'reject'} (threshold {t:.4f})"
+        )
+    return int((valid & ~differ).sum()), int(valid.sum()), t
+
+
 def compare(
     ref: Probe, other: Probe, manifest: Manifest, embedder: str, runtime: str, cpu: str
 ) -> Row:
@@ -218,42 +268,14 @@ def compare(
     cos = row_cosines(ref.emb, other.emb)
     both = np.isfinite(cos)
     worst = int(np.nanargmin(cos)) if both.any() else 0
-    crop_mean = crop_worst = crop_diff = None
-    if other.crop_emb is not None:
-        cc = row_cosines(ref.emb, other.crop_emb)
-        if np.isfinite(cc).any():
-            crop_mean, crop_worst = float(np.nanmean(cc)), float(np.nanmin(cc))
-            crop_diff = float(np.nanmax(np.abs(ref.emb - other.crop_emb)))
     notes: list[str] = []
     for k in np.flatnonzero(~both):
         a, b = np.isfinite(ref.emb[k]).all(), np.isfinite(other.emb[k]).all()
         if a != b:
             notes.append(f"face found on {'x86 only' if a else 'arm64 only'}: {photos[k]}")
-
-    split = identify_split(photos)
-    ra, t_id = identify_decisions(ref.emb, photos, split, manifest)
-    rb, _ = identify_decisions(other.emb, photos, split, manifest)
-    agree = 0
-    for i, a, b in zip(split.probes, ra, rb, strict=True):
-        if a.name == b.name:
-            agree += 1
-        else:
-            notes.append(f"identify {photos[i]}: x86 {_fmt_name(a)}, arm64 {_fmt_name(b)}")
-
-    from edge.recognizer import DEFAULT_CALIBRATION
-
-    t_pair = (manifest.calibration or DEFAULT_CALIBRATION).threshold
-    da, db = pair_distances(ref.emb), pair_distances(other.emb)
-    valid = np.isfinite(da) & np.isfinite(db)
-    acc_a, acc_b = da < t_pair, db < t_pair
-    differ = valid & (acc_a != acc_b)
-    iu, ju = np.triu_indices(len(photos), k=1)
-    for k in np.flatnonzero(differ):
-        notes.append(
-            f"pair {photos[iu[k]]} ~ {photos[ju[k]]}: x86 d={da[k]:.4f} "
-            f"{'accept' if acc_a[k] else 'reject'}, arm64 d={db[k]:.4f} "
-            f"{'accept' if acc_b[k] else 'reject'} (threshold {t_pair:.4f})"
-        )
+    crop_mean, crop_worst, crop_diff = _same_crops(ref, other)
+    id_agree, id_total, t_id = _identify_agreement(ref, other, manifest, notes)
+    pair_agree, pair_total, t_pair = _pair_agreement(ref, other, manifest, notes)
     return Row(
         embedder=embedder,
         runtime=runtime,
@@ -266,11 +288,11 @@ def compare(
         crop_mean_cos=crop_mean,
         crop_worst_cos=crop_worst,
         crop_max_abs_diff=crop_diff,
-        identify_agree=agree,
-        identify_total=len(split.probes),
+        identify_agree=id_agree,
+        identify_total=id_total,
         identify_threshold=t_id,
-        pair_agree=int((valid & ~differ).sum()),
-        pair_total=int(valid.sum()),
+        pair_agree=pair_agree,
+        pair_total=pair_total,
         pair_threshold=t_pair,
         disagreements=tuple(notes),
     )

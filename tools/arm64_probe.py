@@ -63,8 +63,8 @@ def probe(
     threads: int = 2,
 ) -> dict[str, Any]:
     """Embeddings, boxes and crops of every photo's largest face, per embedder."""
+    from edge.decide.recognizer import Recognizer
     from edge.imageio import read_image
-    from edge.recognizer import Recognizer
 
     paths = photo_list(photos)
     recs = {

@@ -1,0 +1,216 @@
+"""``facegate enroll``, ``gallery list|stats|remove|set-groups|rebind`` and ``identify``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edge.cli.common import (
+    add_model_args,
+    config_from_args,
+    image_paths,
+    recognizer_for,
+    skip,
+)
+from edge.errors import FacegateError
+
+if TYPE_CHECKING:
+    from edge.cli.common import Subcommands
+    from edge.config import Config
+    from edge.decide.recognizer import Recognizer
+    from edge.vision.manifest import Manifest
+
+
+def register(sub: Subcommands) -> None:
+    """``enroll``, ``gallery`` and ``identify``."""
+    p = sub.add_parser("enroll", help="add a person to the gallery from photos")
+    p.add_argument("--gallery", required=True, help="gallery file (.fgg)")
+    p.add_argument("--name", required=True)
+    p.add_argument(
+        "--group", action="append", default=[], help="add the person to this group (repeatable)"
+    )
+    p.add_argument("images", nargs="+", help="images or folders of images")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="keep photos refused as too small, blurred, turned or unlike the others",
+    )
+    add_model_args(p)
+    p.set_defaults(func=cmd_enroll)
+    p = sub.add_parser(
+        "gallery",
+        help="list or remove enrolled people, set their groups; stats: the threshold, "
+        "expected FPIR and FNIR; rebind accepts a new embedder manifest",
+    )
+    p.add_argument("action", choices=["list", "stats", "remove", "set-groups", "rebind"])
+    p.add_argument("names", nargs="*", help="people to remove; set-groups: NAME [GROUP...]")
+    p.add_argument("--gallery", required=True)
+    p.add_argument(
+        "--allow-rollback",
+        action="store_true",
+        help="accept a gallery older than the newest one seen (a backup restored on purpose)",
+    )
+    add_model_args(p)
+    p.set_defaults(func=cmd_gallery)
+    p = sub.add_parser("identify", help="print who is in each image, one JSON line per image")
+    p.add_argument("--gallery", required=True)
+    p.add_argument("images", nargs="+")
+    add_model_args(p)
+    p.set_defaults(func=cmd_identify)
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from edge.identity.enrol import PhotoMeasure, lookalike_message, plan_enrolment
+    from edge.identity.gallery import check_new_name, gallery_key
+    from edge.imageio import read_image
+
+    check_new_name(args.name)  # before any photo is read
+    cfg = config_from_args(args)
+    rec = recognizer_for(cfg)
+    gallery = rec.gallery
+    key = gallery_key(cfg)
+    paths = image_paths(args.images)
+    measures = []
+    for p in paths:
+        try:
+            measures.append(rec.measure_photo(read_image(p)))
+        except FacegateError as e:
+            measures.append(PhotoMeasure(None, None, str(e).removeprefix(f"{p}: ")))
+    names, emb, starts = gallery.matrix()
+    plan = plan_enrolment(
+        args.name,
+        measures,
+        names,
+        emb,
+        starts,
+        rec.calibration,
+        rec.operating_point_for,
+        force=args.force,
+    )
+    for i, why in plan.refused:
+        skip(paths[i], why)
+    for i, text in plan.warnings:
+        print(f"warning: {paths[i]}: {text}", file=sys.stderr)
+    for i, note in plan.notes:
+        print(f"note: {paths[i]}: {note}", file=sys.stderr)
+    if not plan.accepted:
+        hint = "" if args.force else " (--force keeps photos refused for quality or as outliers)"
+        raise FacegateError(
+            f"no usable photo among {len(paths)} image(s); {args.name!r} not enrolled{hint}"
+        )
+    gallery.add(args.name, plan.embeddings)
+    if args.group:  # door: person metadata for door.allow = ["group:NAME"]
+        gallery.set_groups(args.name, sorted({*gallery.groups(args.name), *args.group}))
+    path = cfg.resolve(cfg.gallery.path)
+    gallery.save(path, key)
+    for la in plan.lookalikes:
+        print(f"warning: {lookalike_message(la)}", file=sys.stderr)
+    point = plan.point
+    after = "" if point is None else f"; {point.describe()}"
+    print(
+        f"enrolled {args.name!r}: {len(plan.accepted)} of {len(paths)} image(s) used; "
+        f"gallery {path} holds {len(gallery)} people{after}"
+    )
+    return 0
+
+
+def _gallery_report(rec: Recognizer) -> dict[str, object]:
+    """The gallery's operating point and look-alike pairs (``gallery list`` / ``stats``)."""
+    from edge.identity.enrol import lookalike_message, lookalikes
+
+    names, emb, starts = rec.gallery.matrix()
+    point = rec.operating_point
+    pairs = lookalikes(names, emb, starts, point.threshold, rec.margin)
+    for la in pairs:
+        print(f"warning: {lookalike_message(la)}", file=sys.stderr)
+    return {
+        "people": len(names),
+        "embeddings": point.comparisons,
+        "threshold": round(point.threshold, 6),
+        "threshold_source": point.source,
+        "margin": round(rec.margin, 6),
+        "target_fpir": point.target_fpir,
+        "per_comparison_far": point.target_far if point.source == "table" else None,
+        "expected_fpir": point.expected_fpir,
+        "expected_fnir": point.expected_fnir,
+        "lookalikes": [{"a": la.a, "b": la.b, "distance": round(la.distance, 6)} for la in pairs],
+    }
+
+
+def cmd_gallery(args: argparse.Namespace) -> int:
+    from edge.files import exists
+    from edge.identity.gallery import gallery_key, open_for_config
+    from edge.vision.embedder import Embedder
+
+    cfg = config_from_args(args)
+    path = cfg.resolve(cfg.gallery.path)
+    if not exists(path, "gallery"):
+        raise FacegateError(f"{path}: no gallery there")
+    emb = Embedder.load(cfg.model_path(cfg.embedder.model), runtime=cfg.embedder.runtime)
+    if args.action == "rebind":
+        return _gallery_rebind(cfg, path, emb.manifest, args.allow_rollback)
+    gallery = open_for_config(cfg, emb.sha256, emb.manifest, allow_rollback=args.allow_rollback)
+    if args.action in ("list", "stats"):
+        from edge.decide.recognizer import Recognizer
+
+        rec = Recognizer.from_config(cfg, gallery=gallery)
+        if args.action == "list":
+            for name in gallery.names:
+                p = gallery.person(name)
+                print(
+                    json.dumps({"name": name, "embeddings": len(p.embeddings), "groups": p.groups})
+                )
+            _gallery_report(rec)
+            print(rec.operating_point.describe(), file=sys.stderr)
+        else:
+            print(json.dumps(_gallery_report(rec)))
+        return 0
+    if args.action == "set-groups":  # door: NAME then its groups (none: clear them)
+        name, groups = args.names[0], args.names[1:]
+        gallery.set_groups(name, groups)
+        gallery.save(path, gallery_key(cfg))
+        print(f"{name!r} is in groups: {', '.join(gallery.groups(name)) or '(none)'}")
+        return 0
+    for name in args.names:
+        gallery.remove(name)
+    gallery.save(path, gallery_key(cfg))
+    print(f"removed {', '.join(args.names)}; gallery holds {len(gallery)} people")
+    return 0
+
+
+def _gallery_rebind(cfg: Config, path: Path, manifest: Manifest, allow_rollback: bool) -> int:
+    """``gallery rebind``: accept the current embedder manifest (and an old copy, if allowed)."""
+    from edge.identity.gallery import gallery_key, rebind
+
+    g = rebind(path, gallery_key(cfg), manifest, allow_rollback=allow_rollback)
+    print(
+        f"gallery {path}: bound to the manifest of {manifest.name} "
+        f"({manifest.path}), generation {g.generation}, {len(g)} people"
+    )
+    return 0
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    from edge.files import exists
+    from edge.imageio import read_image
+
+    cfg = config_from_args(args)
+    if not exists(cfg.resolve(cfg.gallery.path), "gallery"):
+        raise FacegateError(f"{cfg.resolve(cfg.gallery.path)}: no gallery there (enroll first)")
+    rec = recognizer_for(cfg)
+    failed = 0
+    for p in image_paths(args.images):
+        try:
+            faces = rec.identify(read_image(p))
+        except FacegateError as e:
+            failed += 1
+            skip(p, str(e).removeprefix(f"{p}: "))
+            continue
+        print(json.dumps({"image": str(p), "faces": [f.to_json() for f in faces]}), flush=True)
+    return 1 if failed else 0
+
+
+__all__ = ["cmd_enroll", "cmd_gallery", "cmd_identify", "register"]
