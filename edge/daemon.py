@@ -46,12 +46,14 @@ from edge.delivery.mqtt import MqttPublisher
 from edge.delivery.publishers import PublisherLike, StdoutPublisher
 from edge.errors import FacegateError
 from edge.files import StateLock
+from edge.fleet.device import FleetDevice
 from edge.homeassistant.extension import HomeAssistant
 from edge.sdnotify import Notifier, watchdog_interval
 from edge.types import Decision, Frame, FrameResult
 
 if TYPE_CHECKING:
     from edge.config import Config
+    from edge.delivery.extension import Extension
     from edge.delivery.outbox import Outbox
     from edge.door.controller import DoorController
     from edge.identity.gallery import Gallery
@@ -76,7 +78,15 @@ class Publisher(MqttPublisher):
     """
 
     def __init__(self, cfg: Config, outbox: Outbox | None = None) -> None:
-        super().__init__(cfg, outbox, extensions=[HomeAssistant(cfg)])
+        # fleet: with fleet.enabled the gallery comes from the site's bundles.
+        self.fleet = FleetDevice(cfg) if cfg.fleet.enabled else None
+        extensions: list[Extension] = [HomeAssistant(cfg)]
+        if self.fleet is not None:
+            extensions.append(self.fleet)
+        super().__init__(cfg, outbox, extensions=extensions)
+        if self.fleet is not None:
+            self.fleet.events = self
+            self.fleet.on_state = self.publish_state_now
 
 
 def make_publisher(cfg: Config) -> PublisherLike:
@@ -227,17 +237,21 @@ def _run(
     """The service with its publisher and door made: start, loop, shut down."""
     cap_stop = threading.Event()
     cap: CaptureLike | None = None
+    fleet = pub.fleet if isinstance(pub, Publisher) else None
+    if door is not None and fleet is not None:  # fleet: hold grants until synced
+        door.gate = fleet.gate
     notifier.status("starting")
     pub.start()
     try:
         # This also opens the gallery: a bad one fails start-up, before READY.
-        rec = recognizer if recognizer is not None else _load_recognizer(cfg)
+        rec = recognizer if recognizer is not None else _load_recognizer(cfg, fleet)
+        _check_fleet_model(rec, fleet)
         if door is not None:  # door: an allow/schedule entry that matches nobody (issue 19)
             door.check_gallery(rec.gallery)
         _wire_commands(pub, reload, door)
         cap = capture_factory(cfg, cap_stop)
         cap.start()
-        return _Loop(cfg, pub, rec, cap, door, notifier, reload).run(stop)
+        return _Loop(cfg, pub, rec, cap, door, notifier, reload, fleet).run(stop)
     except FacegateError:
         raise
     except Exception:
@@ -247,10 +261,21 @@ def _run(
         _shutdown(cfg, pub, cap, cap_stop, door, notifier)
 
 
-def _load_recognizer(cfg: Config) -> RecognizerLike:
+def _load_recognizer(cfg: Config, fleet: FleetDevice | None = None) -> RecognizerLike:
     from edge.decide.recognizer import Recognizer
 
+    if fleet is not None:  # fleet: the bundle held, never gallery.path
+        return Recognizer.from_config(cfg, gallery=fleet.gallery())
     return Recognizer.from_config(cfg)
+
+
+def _check_fleet_model(rec: RecognizerLike, fleet: FleetDevice | None) -> None:
+    """The fleet checks bundles against the embedder the recognizer really loaded."""
+    if fleet is not None and fleet.model_sha256 != rec.model_sha256:
+        raise FacegateError(
+            f"fleet: the embedder manifest names model {fleet.model_sha256[:12]}..., the "
+            f"recognizer loaded {rec.model_sha256[:12]}...; restart"
+        )
 
 
 def _wire_commands(
@@ -282,9 +307,10 @@ class _Loop:
         door: DoorController | None,
         notifier: Notifier,
         reload: threading.Event,
+        fleet: FleetDevice | None = None,
     ) -> None:
         self.cfg, self.pub, self.rec, self.cap, self.door = cfg, pub, rec, cap, door
-        self.notifier, self.reload = notifier, reload
+        self.notifier, self.reload, self.fleet = notifier, reload, fleet
         self.model_sha = rec.model_sha256
         # A face that jumps identity by more than the open-set threshold is
         # someone else: it ends its track (edge.decide.tracker.identity_jump).
@@ -310,6 +336,8 @@ class _Loop:
             if self.reload.is_set():
                 self.reload.clear()
                 self.reload_gallery()
+            if self.fleet is not None:
+                self.apply_fleet(self.fleet)
             frame = self.cap.get(timeout=FRAME_WAIT_S)
             if frame is not None:
                 self.on_frame(frame)
@@ -342,6 +370,9 @@ class _Loop:
         """The gallery file again (SIGHUP, ``reload-gallery``); the old one stays on failure."""
         from edge.identity.gallery import reload_for_config
 
+        if self.fleet is not None:
+            log.warning("gallery reload ignored: the gallery comes from the fleet (fleet.enabled)")
+            return
         if self.door is not None:  # door: fail-secure on reload
             self.door.release("reload")
         try:
@@ -354,6 +385,23 @@ class _Loop:
             self.door.check_gallery(self.rec.gallery, strict=False)
         # The open-set threshold follows the gallery size: so does the
         # identity check of the tracks (the tracks themselves go on).
+        self.tracker.identity_threshold = self.rec.threshold
+        self.publish_state(time.monotonic())
+        self.pub.set_gallery(self.rec.gallery.names)  # re-announced, state sent now
+
+    def apply_fleet(self, fleet: FleetDevice) -> None:
+        """A new bundle from the fleet, swapped in like a reload (door released first)."""
+        pending = fleet.take_pending()
+        if pending is None:
+            return
+        if self.door is not None:  # door: fail-secure on reload
+            self.door.release("fleet gallery")
+        try:
+            self.rec.set_gallery(pending.gallery)
+        except (FacegateError, ValueError) as e:
+            fleet.apply_failed(pending, e)
+            return
+        fleet.applied(pending)  # only now do grants resume
         self.tracker.identity_threshold = self.rec.threshold
         self.publish_state(time.monotonic())
         self.pub.set_gallery(self.rec.gallery.names)  # re-announced, state sent now

@@ -452,6 +452,10 @@ def _secrets(cfg: Config) -> list[SecretRef]:
         refs.append(cfg.camera.password)
     if cfg.events.sign_key.configured:
         refs.append(cfg.events.sign_key)
+    if cfg.fleet.enabled:
+        refs.append(cfg.fleet.site_key)
+    if cfg.fleet.signing_key.configured:  # the admin machine's private key
+        refs.append(cfg.fleet.signing_key)
     return refs
 
 
@@ -943,6 +947,9 @@ def check_gallery(ctx: Context) -> list[Check]:
     """The gallery opens with the key and belongs to the configured embedder and its manifest."""
     from edge.identity.gallery import read_high_water
 
+    if ctx.cfg.fleet.enabled:
+        site = ctx.cfg.fleet.site
+        return [_pass("gallery", f"fleet.enabled: the gallery comes from site {site!r}'s bundles")]
     path = ctx.cfg.resolve(ctx.cfg.gallery.path)
     enrol = f"facegate enroll --config {ctx.config_arg} --name NAME PHOTO..."
     if not path.exists():

@@ -54,3 +54,7 @@ class SignatureError(FacegateError):
 
 class BrokerError(FacegateError):
     """The MQTT broker cannot be reached or refused us."""
+
+
+class FleetError(FacegateError):
+    """A gallery bundle cannot be built, verified, stored or published (:mod:`edge.fleet`)."""

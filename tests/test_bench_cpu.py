@@ -42,6 +42,8 @@ GOOD_VALUES = {
     "rss_growth_pct": 0.3,
     "thread_growth": 0.0,
     "event_p95_ms": 110.0,
+    "fleet_p95_20_s": 0.4,
+    "fleet_p95_100_s": 1.1,
 }
 
 

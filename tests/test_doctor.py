@@ -246,6 +246,25 @@ def test_a_config_or_model_in_a_closed_folder_fails_for_the_service_user(open_di
     assert emb.fix == f"sudo chmod o+r {m / EMBEDDER.name}"
 
 
+def test_fleet_keys_are_secrets_and_the_gallery_comes_from_the_site(tmp_path: Path) -> None:
+    site = key_file(tmp_path / "site.key", 0o644)
+    public = key_file(tmp_path / "admin.pub", 0o644, b"-----BEGIN PUBLIC KEY-----\n")
+    cfg = write(
+        tmp_path,
+        f'[fleet]\nenabled = true\nsite = "hq"\nsite_key_file = "{site}"\n'
+        f'public_key_file = "{public}"\n' + mqtt_section(free_port(), tls=False),
+    )
+    ctx = ctx_for(cfg)
+    lines = {c.name: c for c in check_secrets(ctx)}
+    assert (
+        lines["fleet.site_key"].status == "fail"
+        and "world-readable" in lines["fleet.site_key"].message
+    )
+    assert "fleet.public_key" not in lines  # a public key may be read by anyone
+    g = only(check_gallery(ctx))
+    assert g.status == "pass" and "site 'hq'" in g.message
+
+
 def test_no_gallery_key_is_a_warning(tmp_path: Path) -> None:
     c = only(check_secrets(ctx_for(write(tmp_path, ""))))
     assert c.status == "warn" and "unencrypted" in c.message

@@ -2,7 +2,8 @@
 
 Sub-commands: ``enroll``, ``gallery list|stats|remove|set-groups|rebind``,
 ``identify``, ``demo``, ``doctor``, ``check-config``, ``run``, ``audit``,
-``door test|sign-unlock``, ``events verify``. Bad input never produces a traceback: every
+``door test|sign-unlock``, ``events verify``, ``fleet keygen|push|status``.
+Bad input never produces a traceback: every
 :class:`~edge.errors.FacegateError` becomes one ``facegate: error: ...``
 line on stderr and exit code 2; per-image problems are reported as
 skipped-with-reason lines and the command goes on.
@@ -11,9 +12,10 @@ One module per group of commands, each with a ``register(sub)`` that adds
 its sub-commands and their ``cmd_*`` functions: :mod:`~edge.cli.gallery`
 (``enroll``, ``gallery``, ``identify``), :mod:`~edge.cli.service`
 (``demo``, ``check-config``, ``run``), :mod:`~edge.cli.door` (``audit``,
-``door``), :mod:`~edge.cli.events` (``events``), :mod:`~edge.cli.doctor`
-(``doctor``); what they share is :mod:`~edge.cli.common`. A new command is a
-new module listed in :data:`COMMAND_MODULES`.
+``door``), :mod:`~edge.cli.events` (``events``), :mod:`~edge.cli.fleet`
+(``fleet``), :mod:`~edge.cli.doctor` (``doctor``); what they share is
+:mod:`~edge.cli.common`. A new command is a new module listed in
+:data:`COMMAND_MODULES`.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ import sys
 from collections.abc import Sequence
 
 from edge import __version__
-from edge.cli import doctor, door, events, gallery, service
+from edge.cli import doctor, door, events, fleet, gallery, service
 from edge.errors import FacegateError
 
 log = logging.getLogger("facegate")
 
-COMMAND_MODULES = (gallery, service, door, events, doctor)
+COMMAND_MODULES = (gallery, service, door, events, fleet, doctor)
 """Each adds its sub-commands to the parser (``register``); a new command is a new module."""
 
 

@@ -62,6 +62,16 @@ def register(sub: Subcommands) -> None:
     p.set_defaults(func=cmd_identify)
 
 
+def refuse_fleet_gallery(cfg: Config, what: str) -> None:
+    """A door with ``fleet.enabled`` takes its gallery from the fleet: no local changes."""
+    if cfg.fleet.enabled:
+        raise FacegateError(
+            f"{what}: fleet.enabled = true in this config: the door's gallery comes from the "
+            f"fleet (site {cfg.fleet.site!r}) and is the only one it uses; enrol on the admin "
+            "machine (a config without fleet.enabled), then `facegate fleet push`"
+        )
+
+
 def cmd_enroll(args: argparse.Namespace) -> int:
     from edge.identity.enrol import PhotoMeasure, lookalike_message, plan_enrolment
     from edge.identity.gallery import check_new_name, gallery_key
@@ -69,6 +79,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
     check_new_name(args.name)  # before any photo is read
     cfg = config_from_args(args)
+    refuse_fleet_gallery(cfg, "enroll")
     rec = recognizer_for(cfg)
     gallery = rec.gallery
     key = gallery_key(cfg)
@@ -146,6 +157,8 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     from edge.vision.embedder import Embedder
 
     cfg = config_from_args(args)
+    if args.action in ("remove", "set-groups", "rebind"):
+        refuse_fleet_gallery(cfg, f"gallery {args.action}")
     path = cfg.resolve(cfg.gallery.path)
     if not exists(path, "gallery"):
         raise FacegateError(f"{path}: no gallery there")
@@ -213,4 +226,4 @@ def cmd_identify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-__all__ = ["cmd_enroll", "cmd_gallery", "cmd_identify", "register"]
+__all__ = ["cmd_enroll", "cmd_gallery", "cmd_identify", "refuse_fleet_gallery", "register"]

@@ -25,6 +25,7 @@ from edge.config.sections import (
     DoorConfig,
     EmbedderConfig,
     EventsConfig,
+    FleetConfig,
     GalleryConfig,
     HomeAssistantConfig,
     MatchingConfig,
@@ -53,6 +54,7 @@ class Config:
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     door: DoorConfig = field(default_factory=DoorConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
     base_dir: Path = field(default_factory=Path.cwd, compare=False)
 
     def __post_init__(self) -> None:
@@ -86,6 +88,10 @@ class Config:
                 f"events.sign_key_credential: {cred!r} is also door.remote_key_credential; "
                 "every event consumer could then sign unlocks: give each its own key"
             )
+        if self.fleet.enabled and not self.mqtt.enabled:
+            raise ConfigError("fleet.enabled: needs mqtt.enabled = true (bundles come over MQTT)")
+        if self.fleet.enabled and self.device.id == "_fleet":
+            raise ConfigError("device.id: '_fleet' is the topic level of gallery bundles")
 
     def files(self) -> dict[str, Path]:
         """Every file the config names (models excluded), by key path, resolved."""
@@ -98,6 +104,9 @@ class Config:
             "gallery.key_file",
             "door.remote_key_file",
             "events.sign_key_file",
+            "fleet.site_key_file",
+            "fleet.public_key_file",
+            "fleet.signing_key_file",
             "mqtt.password_file",
             "camera.password_file",
             "mqtt.tls_ca_file",

@@ -44,13 +44,18 @@ def _check_secrets(cfg: Config) -> None:
         used.append(cfg.camera.password)
     if cfg.events.sign_key.configured:
         used.append(cfg.events.sign_key)
+    if cfg.fleet.enabled:  # fleet: the site key (secret) and the admin's public key
+        used += [cfg.fleet.site_key, cfg.fleet.public_key]
     read: dict[str, bytes | None] = {}
     for ref in used:
         if ref.file:
-            warn_if_exposed(cfg.resolve(ref.file), f"{ref.key}_file")
+            if ref.key != "fleet.public_key":  # a public key is no secret
+                warn_if_exposed(cfg.resolve(ref.file), f"{ref.key}_file")
             read[ref.key] = ref.read(cfg.base_dir)
+            _check_pem(ref.key, read[ref.key])
         elif ref.credential and os.environ.get("CREDENTIALS_DIRECTORY"):
             read[ref.key] = ref.read(cfg.base_dir)
+            _check_pem(ref.key, read[ref.key])
         elif ref.credential:
             log.info(
                 "%s_credential: %r is read from $CREDENTIALS_DIRECTORY when systemd runs "
@@ -72,6 +77,12 @@ def check_distinct_keys(unlock: bytes | None, sign: bytes | None) -> None:
             "door.remote_key: the same key as events.sign_key (the same bytes); every "
             "event consumer could then sign unlocks: give the door a key of its own"
         )
+
+
+def _check_pem(key: str, data: bytes | None) -> None:
+    """fleet: the doors' trusted keys must be PEM public keys (the fleet parses them at start)."""
+    if key == "fleet.public_key" and data is not None and b"-----BEGIN PUBLIC KEY-----" not in data:
+        raise ConfigError(f"{key}: no PEM public key (-----BEGIN PUBLIC KEY-----) in it")
 
 
 def _check_tls(cfg: Config) -> None:

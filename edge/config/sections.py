@@ -351,6 +351,61 @@ def _check_who(path: str, who: str) -> None:
 
 
 @dataclass(frozen=True)
+class FleetConfig(Section):
+    """Many doors, one gallery: signed gallery bundles over the broker (:mod:`edge.fleet`).
+
+    ``enabled`` makes this device take its gallery from the site's bundles
+    (the only gallery then: ``gallery.path`` is not used, and ``facegate
+    enroll`` refuses a config with it). The admin machine leaves it off and
+    names the same ``site`` with the signing key to run ``facegate fleet
+    push``. Keys come from files or systemd credentials: the site key
+    (AES-256-GCM, 16+ bytes; admin and doors), the Ed25519 public key(s) the
+    doors trust (PEM, several for a rotation) and the admin's private
+    signing key (PEM, the admin machine only). ``max_age_s`` (0: off) makes
+    a door refuse every grant while its gallery was not confirmed current
+    for that long (fail-secure).
+    """
+
+    SECTION = "fleet"
+    enabled: bool = False
+    site: Annotated[str, Text(64, False, r"[A-Za-z0-9_-]+", "made of A-Z a-z 0-9 _ -")] = ""
+    site_key_file: OptionalFile = ""
+    site_key_credential: Credential = ""
+    site_key = Secret(min_bytes=KEY_MIN_BYTES)
+    public_key_file: OptionalFile = ""
+    public_key_credential: Credential = ""
+    public_key = Secret()
+    signing_key_file: OptionalFile = ""
+    signing_key_credential: Credential = ""
+    signing_key = Secret()
+    max_age_s: Annotated[float, Range(ge=0, le=365 * 86400)] = 0.0
+    sync_wait_s: Annotated[float, Range(gt=0, le=600)] = 3.0
+    fetch_timeout_s: Annotated[float, Range(gt=0, le=3600)] = 30.0
+    chunk_kib: Annotated[int, Range(ge=1, le=1024)] = 64
+
+    def check(self) -> None:
+        if not self.enabled:
+            return
+        if not self.site:
+            raise ConfigError("fleet.site: required when fleet.enabled = true")
+        if not self.site_key.configured:
+            raise ConfigError(
+                "fleet.site_key_file: fleet.enabled needs the site key "
+                "(fleet.site_key_file or fleet.site_key_credential)"
+            )
+        if not self.public_key.configured:
+            raise ConfigError(
+                "fleet.public_key_file: fleet.enabled needs the admin's public key "
+                "(fleet.public_key_file or fleet.public_key_credential)"
+            )
+        if self.signing_key.configured:
+            raise ConfigError(
+                "fleet.signing_key_file: a door never holds the signing key (a stolen door "
+                "could then forge galleries); keep it on the admin machine only"
+            )
+
+
+@dataclass(frozen=True)
 class ServiceConfig(Section):
     """Process-level settings."""
 
@@ -370,6 +425,7 @@ __all__ = [
     "DoorConfig",
     "EmbedderConfig",
     "EventsConfig",
+    "FleetConfig",
     "GalleryConfig",
     "HomeAssistantConfig",
     "IoU",

@@ -158,6 +158,8 @@ class Announcer:
         with self._state_lock:
             fields = dict(self._state)
         fields.update(self._extra_state())
+        for ext in self.extensions:
+            fields.update(ext.state())
         payload = build_state(self.cfg.device.id, **fields)
         self._state_sent = time.monotonic()
         self.link.publish(self.topics.state, encode(payload), retain=True)

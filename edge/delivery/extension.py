@@ -11,6 +11,11 @@ Every hook has a default that does nothing; an extension overrides the ones
 it needs. The threads they are called on:
 
 * :meth:`Extension.start`: the caller of ``start()``, before connecting;
+* :meth:`Extension.connected`, :meth:`Extension.subscribed` and
+  :meth:`Extension.disconnected`: paho's network thread, on every
+  connection (ready or not; before the announcements), SUBACK and
+  disconnection;
+* :meth:`Extension.state`: whichever thread publishes the state message;
 * :meth:`Extension.announce`: paho's network thread, on every connection once
   the device is ready, before the state, the presence and ``online`` (under
   the publisher's announce lock);
@@ -35,12 +40,27 @@ class MqttLink(Protocol):
 
     def subscribe(self, topic_filter: str, *, qos: int = 1) -> int | None: ...
 
+    def unsubscribe(self, topic_filter: str) -> int | None: ...
+
 
 class Extension:
     """A feature hanging off the MQTT publisher; every hook does nothing by default."""
 
     def start(self) -> None:
         """The publisher starts (raise :class:`~edge.errors.ConfigError` to refuse)."""
+
+    def connected(self, link: MqttLink) -> None:
+        """A new connection, ready or not (its subscriptions are new: a clean session)."""
+
+    def subscribed(self, link: MqttLink, mid: int, granted: bool) -> None:
+        """The broker acknowledged a subscription (``mid`` as ``subscribe`` returned it)."""
+
+    def disconnected(self) -> None:
+        """The connection ended."""
+
+    def state(self) -> dict[str, Any]:
+        """Fields this extension adds to every state message (none by default)."""
+        return {}
 
     def announce(self, link: MqttLink) -> None:
         """Connected and ready: publish what this extension owns (before ``online``)."""

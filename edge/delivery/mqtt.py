@@ -118,7 +118,7 @@ class MqttPublisher(GatedCommands):
                 message=self._on_message,
                 subscribed=self._on_subscribed,
                 acked=self._wake,
-                disconnected=self.listening.clear,
+                disconnected=self._on_disconnected,
             ),
         )
         self.announcer = Announcer(
@@ -293,6 +293,11 @@ class MqttPublisher(GatedCommands):
         """
         self.announcer.set_ready()
 
+    def publish_state_now(self) -> None:
+        """The complete state now, once ready and connected (else it goes out when it can)."""
+        if self.announcer.ready:
+            self.announcer.publish_state()
+
     def set_gallery(self, names: list[str] | tuple[str, ...]) -> None:
         """The enrolled names changed: the extensions hear it, the state goes out now."""
         self.announcer.set_gallery(names)
@@ -319,12 +324,21 @@ class MqttPublisher(GatedCommands):
         """A new connection (transport lock held): commands, statuses, announcements."""
         if self.cfg.mqtt.commands:
             self._command_mid = self.transport.subscribe(self.topics.command)
+        for ext in self.extensions:
+            ext.connected(self.transport)
         self.announcer.on_connect()
         self._wake()
 
+    def _on_disconnected(self) -> None:
+        self.listening.clear()
+        for ext in self.extensions:
+            ext.disconnected()
+
     def _on_subscribed(self, mid: int, granted: bool) -> None:
         if mid != self._command_mid:
-            return  # an extension's subscription
+            for ext in self.extensions:  # an extension's subscription
+                ext.subscribed(self.transport, mid, granted)
+            return
         if not granted:
             # An ACL that does not let the device read its command topic.
             log.error("mqtt: the broker refused the subscription to %s", self.topics.command)

@@ -71,7 +71,8 @@ class MqttTransport:
     """One paho client for the device: connect, TLS, Last Will, publish and subscribe at QoS 1.
 
     ``will``: the availability topic and the payload the broker publishes
-    (retained) when the connection dies without a DISCONNECT. ``lock``: held
+    (retained) when the connection dies without a DISCONNECT (None: no
+    Will, for a client that is not a device: ``facegate fleet``). ``lock``: held
     while a new connection is marked connected and the ``connected`` hook
     runs, so whatever the owner publishes under the same lock sees one
     consistent state.
@@ -80,7 +81,7 @@ class MqttTransport:
     def __init__(
         self,
         cfg: Config,
-        will: tuple[str, bytes],
+        will: tuple[str, bytes] | None,
         hooks: Hooks | None = None,
         lock: threading.Lock | None = None,
     ) -> None:
@@ -127,9 +128,10 @@ class MqttTransport:
             try:
                 if farewell is not None:
                     farewell()
-                topic, payload = self.will
-                info = client.publish(topic, payload, qos=1, retain=True)
-                info.wait_for_publish(timeout=max(0.05, min(1.0, end - time.monotonic())))
+                if self.will is not None:
+                    topic, payload = self.will
+                    info = client.publish(topic, payload, qos=1, retain=True)
+                    info.wait_for_publish(timeout=max(0.05, min(1.0, end - time.monotonic())))
             except Exception as e:  # best effort: the Will covers us anyway
                 log.debug("mqtt: offline not confirmed: %s", e)
         self._client = None
@@ -182,6 +184,14 @@ class MqttTransport:
         _, mid = client.subscribe(topic_filter, qos=qos)
         return mid
 
+    def unsubscribe(self, topic_filter: str) -> int | None:
+        """Unsubscribe on the current connection; the mid of its UNSUBACK, None when stopped."""
+        client = self._client
+        if client is None:
+            return None
+        _, mid = client.unsubscribe(topic_filter)
+        return mid
+
     # -- the client ------------------------------------------------------------------
 
     def _make_client(self) -> Client:
@@ -207,8 +217,9 @@ class MqttTransport:
         client.max_inflight_messages_set(WINDOW)
         client.max_queued_messages_set(0)  # the outbox bounds the backlog
         client.reconnect_delay_set(min_delay=1, max_delay=30)
-        topic, payload = self.will
-        client.will_set(topic, payload, qos=1, retain=True)
+        if self.will is not None:
+            topic, payload = self.will
+            client.will_set(topic, payload, qos=1, retain=True)
         if m.username:
             client.username_pw_set(
                 m.username, None if password is None else password.decode("utf-8", "replace")

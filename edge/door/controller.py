@@ -102,6 +102,8 @@ class DoorController:
         self.energised = False
         self._deadline = 0.0  # when the current pulse ends (monotonic)
         self._was_locked = False
+        self.gate: Callable[[], tuple[str, str] | None] | None = None
+        """fleet: a last check on each grant; (reason, detail) denies it (edge.fleet.sync)."""
         self.relay_log: deque[tuple[float, bool, str]] = deque(maxlen=1000)
         """(clock, energised, why) for every relay change: diagnostics and tests."""
         if self._access.resumed_s > 0:
@@ -193,6 +195,9 @@ class DoorController:
             groups = tuple(gallery.groups(name))
         j = self._access.judge(decision, groups, tampered=self._sup.tampered)
         verdict = j.verdict
+        held = self.gate() if verdict.granted and self.gate is not None else None
+        if held is not None:  # fleet: the gallery is not known to be the newest
+            verdict = Verdict(False, held[0], held[1])
         if verdict.granted:
             self.pulse(d.unlock_s, f"granted {name}")
         kind = aud.GRANTED if verdict.granted else aud.DENIED

@@ -16,7 +16,10 @@
 * the real daemon as a subprocess (``python -m edge run``) replaying the
   frames to a local mosquitto: peak RSS, RSS and thread count over time,
   startup time to the first event, and frame-to-MQTT-event latency
-  (p50, p95) measured at a subscriber on loopback.
+  (p50, p95) measured at a subscriber on loopback;
+* the fleet (issue 20): push-to-applied latency (p50, p95) of a gallery
+  push for 20 and 100 lean doors on a local broker, and the bundle's size
+  for 1,000 people (``--only fleet`` runs this alone; ``--no-fleet`` skips it).
 
 It names the CPU it ran on with its int8-relevant features (AVX2, AVX-512
 VNNI, AVX-VNNI, AMX; asimddp and i8mm on ARM), prints a table with every
@@ -32,7 +35,8 @@ strangers), :mod:`~tools.bench.stages` (per-stage timing),
 :mod:`~tools.bench.face_stages` (the per-face stages added to them, such as
 liveness), :mod:`~tools.bench.matching`, :mod:`~tools.bench.identify`,
 :mod:`~tools.bench.peer` (face_recognition), :mod:`~tools.bench.daemon` (the
-service as a subprocess), :mod:`~tools.bench.cpu` (the CPU's int8 features),
+service as a subprocess), :mod:`~tools.bench.fleet` (gallery pushes to many
+doors), :mod:`~tools.bench.cpu` (the CPU's int8 features),
 :mod:`~tools.bench.targets` (the verdicts), :mod:`~tools.bench.report` (text
 and JSON) and :mod:`~tools.bench.cli` (the run and its flags). Their public
 names are re-exported here.

@@ -2,8 +2,8 @@
 
 Each step is a module of this package; this one reads the flags, calls the
 stages in order (frames, decode, per embedder: stages, matching,
-identification; the peer; the daemon), judges the targets on this CPU and
-writes the report.
+identification; the peer; the daemon; the fleet's doors), judges the targets
+on this CPU and writes the report. ``--only fleet`` runs the fleet stage alone.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import logging
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from edge.errors import FacegateError
 from tools.bench.common import (
@@ -30,12 +32,13 @@ from tools.bench.common import (
 from tools.bench.cpu import read_cpuinfo
 from tools.bench.daemon import DaemonResult, bench_daemon
 from tools.bench.face_stages import FACE_STAGES
+from tools.bench.fleet import FleetResult, bench_fleet, fleet_json, fleet_lines, fleet_values
 from tools.bench.frames import BenchFrame, load_frames, load_strangers
 from tools.bench.identify import identify_ours
 from tools.bench.machine import machine
 from tools.bench.matching import bench_matching
 from tools.bench.peer import PeerResult, bench_peer
-from tools.bench.report import clean, json_report, render_text
+from tools.bench.report import clean, format_targets, json_report, render_text
 from tools.bench.results import BenchRun, Variant
 from tools.bench.stages import bench_decode, bench_stages
 from tools.bench.targets import all_pass, evaluate_targets, not_judged_here, target_values
@@ -104,6 +107,19 @@ def _add_peer_daemon_args(ap: argparse.ArgumentParser) -> None:
     )
     ap.add_argument("--no-peer", action="store_true", help="skip face_recognition")
     ap.add_argument("--no-daemon", action="store_true", help="skip the daemon subprocess")
+    ap.add_argument("--no-fleet", action="store_true", help="skip the fleet's doors")
+
+
+def _add_fleet_args(ap: argparse.ArgumentParser) -> None:
+    """The fleet stage (issue 20): lean doors, pushes, the bundle's size."""
+    ap.add_argument(
+        "--only", choices=["fleet"], help="run only this stage (its targets, fleet.json)"
+    )
+    ap.add_argument(
+        "--fleet-doors", type=int, nargs="+", default=[20, 100], help="door counts to measure"
+    )
+    ap.add_argument("--fleet-pushes", type=int, default=5, help="timed pushes per door count")
+    ap.add_argument("--fleet-people", type=int, default=50, help="people in the pushed gallery")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(ap)
     _add_model_args(ap)
     _add_peer_daemon_args(ap)
+    _add_fleet_args(ap)
     return ap
 
 
@@ -184,6 +201,36 @@ def run_daemon(
         return bench_daemon(frames, seconds, every, args.daemon_fps, Path(tmp), models)
 
 
+def run_fleet(args: argparse.Namespace) -> FleetResult | None:
+    if args.no_fleet:
+        return None
+    if min(args.fleet_doors) < 1 or args.fleet_pushes < 1 or args.fleet_people < 1:
+        raise FacegateError("--fleet-doors, --fleet-pushes and --fleet-people must be at least 1")
+    return bench_fleet(args.fleet_doors, args.fleet_pushes, args.fleet_people)
+
+
+def main_fleet(args: argparse.Namespace) -> int:
+    """``--only fleet``: the fleet stage alone, its targets, ``fleet.json`` beside bench.json."""
+    from edge.vision.manifest import write_json_atomic
+
+    t0 = time.monotonic()
+    result = run_fleet(args)
+    vals, notes = fleet_values(result)
+    targets = [t for t in evaluate_targets(vals, notes) if t.key.startswith("fleet_")]
+    print("\n".join([*fleet_lines(result), format_targets(targets)]))
+    out = args.out.with_name("fleet.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    doc: dict[str, Any] = {
+        "fleet": fleet_json(result),
+        "targets": [{**asdict(t), "status": t.status} for t in targets],
+        "all_pass": all_pass(targets),
+        "wall_s": time.monotonic() - t0,
+    }
+    write_json_atomic(out, clean(doc))
+    say(f"bench: wrote {out}")
+    return 0 if all_pass(targets) else 1
+
+
 def check_args(args: argparse.Namespace) -> tuple[int, int]:
     """The camera size; FacegateError for counts below one."""
     size = camera_size(args.camera)
@@ -210,10 +257,14 @@ def measure(args: argparse.Namespace, camera: tuple[int, int]) -> BenchRun:
     measured = [bench_variant(m, frames, strangers, runtimes, args) for m in variants]
     peer = run_peer(args, frames, strangers)
     daemon = run_daemon(args, frames, variants[0])
+    fleet = run_fleet(args)
     v0, cpu = measured[0], read_cpuinfo()
     vals, notes = target_values(
         v0.stages, v0.size_ratio, v0.match_ms, v0.ident, peer, daemon, runtimes[0]
     )
+    fleet_vals, fleet_notes = fleet_values(fleet)
+    vals.update(fleet_vals)
+    notes.update(fleet_notes)
     targets = evaluate_targets(vals, notes, not_judged_here(cpu))
     missing = [r for r in RUNTIMES if r not in runtimes]
     run = BenchRun(
@@ -221,6 +272,7 @@ def measure(args: argparse.Namespace, camera: tuple[int, int]) -> BenchRun:
         daemon, targets, args.soak > 0, cpu,
     )  # fmt: skip
     run.wall_s = time.monotonic() - t0
+    run.fleet = fleet
     return run
 
 
@@ -229,6 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.only == "fleet":
+        return main_fleet(args)
     run = measure(args, check_args(args))
     print(render_text(run))
     args.out.parent.mkdir(parents=True, exist_ok=True)

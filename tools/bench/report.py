@@ -16,6 +16,7 @@ from tools.bench.common import PEER_TOLERANCE, finite
 from tools.bench.cpu import CpuInfo, int8_dot_reason
 from tools.bench.daemon import DaemonResult
 from tools.bench.face_stages import FACE_STAGES
+from tools.bench.fleet import fleet_json, fleet_lines
 from tools.bench.identify import IdResult
 from tools.bench.results import BenchRun, Variant
 from tools.bench.stages import StageResult
@@ -233,6 +234,7 @@ def render_text(run: BenchRun) -> str:
         *identification_lines(run),
         *daemon_lines(run.daemon, run.soak),
         "",
+        *fleet_lines(run.fleet),
         format_targets(run.targets),
         "",
     ]
@@ -273,6 +275,7 @@ def json_report(run: BenchRun) -> dict[str, Any]:
             "tolerance": PEER_TOLERANCE,
         },
         "daemon": asdict(run.daemon),
+        "fleet": fleet_json(run.fleet),
         "targets": [{**asdict(t), "status": t.status} for t in run.targets],
         "all_pass": all_pass(run.targets),
         "wall_s": run.wall_s,

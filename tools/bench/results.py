@@ -11,6 +11,7 @@ from typing import Any
 from tools.bench.common import Models
 from tools.bench.cpu import CpuInfo
 from tools.bench.daemon import DaemonResult
+from tools.bench.fleet import FleetResult
 from tools.bench.identify import IdResult
 from tools.bench.peer import PeerResult
 from tools.bench.stages import StageResult
@@ -50,3 +51,4 @@ class BenchRun:
     soak: bool
     cpu: CpuInfo
     wall_s: float = 0.0
+    fleet: FleetResult | None = None

@@ -34,6 +34,9 @@ TARGETS: dict[str, tuple[str, str, float, str]] = {
     "rss_growth_pct": ("daemon RSS growth, first sample to end", "<=", GROWTH_LIMIT_PCT, "%"),
     "thread_growth": ("daemon thread count growth", "<=", 0.0, "threads"),
     "event_p95_ms": ("frame to MQTT event p95, local broker", "<", 250.0, "ms"),
+    # Issue 20: a gallery push applied by every door (tools.bench.fleet).
+    "fleet_p95_20_s": ("fleet push to applied p95, 20 doors", "<=", 2.0, "s"),
+    "fleet_p95_100_s": ("fleet push to applied p95, 100 doors", "<=", 2.0, "s"),
 }
 
 
