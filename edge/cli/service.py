@@ -16,6 +16,12 @@ def register(sub: Subcommands) -> None:
     """``demo``, ``check-config`` and ``run``."""
     p = sub.add_parser("demo", help="run the whole pipeline on built-in photos")
     p.add_argument("--broker", help="also publish to this MQTT broker (HOST[:PORT])")
+    p.add_argument(
+        "--models",
+        type=Path,
+        help="folder with the default models and manifests (default: the checkout's models/; "
+        "an installed package: e.g. /opt/facegate/models)",
+    )
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("check-config", help="validate a TOML config")
     p.add_argument("path", type=Path)
@@ -69,7 +75,7 @@ def _check_door_names(cfg: Config) -> list[str]:
 def cmd_demo(args: argparse.Namespace) -> int:
     from edge.demo import run_demo
 
-    return run_demo(broker=args.broker, out=sys.stdout)
+    return run_demo(broker=args.broker, out=sys.stdout, models=args.models)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
