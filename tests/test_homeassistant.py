@@ -441,8 +441,15 @@ def test_home_assistant_runs_the_readme_unlock_automation_safely(
     # 1. A live recognition of Alice: the automation fires once.
     alice = pub.publish_decision(face("Alice"))
     ha.wait(lambda: ha.count(UNLOCKS) == 1, why="unlock on a live recognition")
-    ha.wait(lambda: face_event(alice["id"]), why="the event's attributes")
-    assert ha.last(FACE, "delivery") == '"live"' and ha.last(FACE, "name") == '"Alice"'
+    # Statestream publishes each attribute as its own message: wait for all of them.
+    ha.wait(
+        lambda: (
+            face_event(alice["id"])
+            and ha.last(FACE, "delivery") == '"live"'
+            and ha.last(FACE, "name") == '"Alice"'
+        ),
+        why="the event's attributes",
+    )
     ha.wait(lambda: "Alice" in ha.values("sensor/front_door_last_person"), why="Last person")
     ha.wait(lambda: ha.last("sensor/front_door_last_person") == "", why="Last person cleared")
 
