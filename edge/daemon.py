@@ -8,7 +8,7 @@ complete state and the enrolled names and announces ``online`` (with Home
 Assistant discovery), and systemd gets ``READY=1``. A service that fails
 before that (bad model, gallery or camera) never says ``online``. The loop
 takes the newest frame, recognizes it, feeds the
-:class:`~edge.tracker.Tracker` (which ends a track whose face changes
+:class:`~edge.decide.tracker.Tracker` (which ends a track whose face changes
 identity, at the recognizer's calibrated threshold) and publishes each
 decision. Shutdown goes in reverse order (capture, publisher), each part
 joined with a timeout, so SIGTERM ends the process within
@@ -16,6 +16,11 @@ joined with a timeout, so SIGTERM ends the process within
 
 Signals only set events: SIGTERM/SIGINT the stop event, SIGHUP a gallery
 reload (as does the MQTT ``reload-gallery`` command); the loop acts on them.
+
+Watchers (:class:`Watcher`) see every frame's result and decisions after
+the door and the publisher did, on the loop's thread: the unknown-visitor
+review and the signed "enrol the next face" (:mod:`edge.review.watch`), each
+only when configured. The loop treats them all alike.
 
 The systemd watchdog is pinged only while the service is healthy: a frame was
 processed within the last half watchdog period and the publisher's network
@@ -31,6 +36,7 @@ keeps only the newest frame.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
@@ -38,18 +44,26 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from edge.decide.tracker import Tracker
+from edge.delivery.mqtt import MqttPublisher
+from edge.delivery.publishers import PublisherLike, StdoutPublisher
 from edge.errors import FacegateError
-from edge.publishers import PublisherLike, make_publisher
+from edge.files import StateLock
+from edge.fleet.device import FleetDevice
+from edge.homeassistant.extension import HomeAssistant
+from edge.homeassistant.review import UnknownNotifier
 from edge.sdnotify import Notifier, watchdog_interval
-from edge.tracker import Tracker
 from edge.types import Decision, Frame, FrameResult
 
 if TYPE_CHECKING:
     from edge.config import Config
-    from edge.door import DoorController
-    from edge.gallery import Gallery
+    from edge.delivery.extension import Extension
+    from edge.delivery.outbox import Outbox
+    from edge.door.controller import DoorController
+    from edge.identity.gallery import Gallery
+    from edge.review.watch import EnrolRecognizer
 
 log = logging.getLogger("facegate.daemon")
 
@@ -61,8 +75,37 @@ FRAME_WAIT_S = 0.2
 STATUS_EVERY_S = 5.0
 
 
+class Publisher(MqttPublisher):
+    """The device's MQTT publisher: the delivery core with the extensions that watch it.
+
+    :class:`~edge.delivery.mqtt.MqttPublisher` carries events, state and
+    commands; the extensions (Home Assistant: :mod:`edge.homeassistant`)
+    hang off it here, where the service is put together, so the delivery
+    stage never imports them.
+    """
+
+    def __init__(self, cfg: Config, outbox: Outbox | None = None) -> None:
+        self.unknown_notifier = UnknownNotifier(cfg)
+        # fleet: with fleet.enabled the gallery comes from the site's bundles.
+        self.fleet = FleetDevice(cfg) if cfg.fleet.enabled else None
+        extensions: list[Extension] = [HomeAssistant(cfg), self.unknown_notifier]
+        if self.fleet is not None:
+            extensions.append(self.fleet)
+        super().__init__(cfg, outbox, extensions=extensions)
+        if self.fleet is not None:
+            self.fleet.events = self
+            self.fleet.on_state = self.publish_state_now
+
+
+def make_publisher(cfg: Config) -> PublisherLike:
+    """The MQTT publisher when ``mqtt.enabled``, else JSON lines on stdout."""
+    if cfg.mqtt.enabled:
+        return Publisher(cfg)
+    return StdoutPublisher(cfg)
+
+
 class RecognizerLike(Protocol):
-    """What the daemon needs from :class:`edge.recognizer.Recognizer`."""
+    """What the daemon needs from :class:`edge.decide.recognizer.Recognizer`."""
 
     @property
     def gallery(self) -> Gallery: ...
@@ -76,6 +119,17 @@ class RecognizerLike(Protocol):
     def set_gallery(self, gallery: Gallery) -> None: ...
 
     def process(self, frame: Frame) -> FrameResult: ...
+
+
+class Watcher(Protocol):
+    """Something that watches the decision flow from beside it (:mod:`edge.review.watch`)."""
+
+    @property
+    def wants_frames(self) -> bool:
+        """Whether decisions must carry their crops (the tracker is handed each frame)."""
+        ...
+
+    def observe(self, frame: Frame, result: FrameResult, decisions: Sequence[Decision]) -> None: ...
 
 
 class CaptureLike(Protocol):
@@ -163,6 +217,7 @@ def run(
     recognizer: RecognizerLike | None = None,
     capture_factory: Callable[[Config, threading.Event], CaptureLike] = make_capture,
     door_factory: Callable[[Config, PublisherLike], DoorController] | None = None,
+    watchers_factory: Callable[..., list[Watcher]] | None = None,
 ) -> int:
     """Run the service until ``stop`` is set or a finite replay ends; the exit status.
 
@@ -172,21 +227,56 @@ def run(
     """
     notifier = notifier or Notifier()
     reload = reload or threading.Event()
-    pub = publisher or make_publisher(cfg)
-    # door: built (relay released) before anything else starts; it gets every
-    # decision in-process from this loop, never from the broker or the outbox.
-    door = _door(cfg, pub, door_factory) if cfg.door.enabled else None
+    # One process per state_dir (outbox, audit log, door state): a second one
+    # stops here, before it touches the relay or the broker.
+    with _state_lock(cfg):
+        pub = publisher or make_publisher(cfg)
+        # door: built (relay released) before anything else starts; it gets every
+        # decision in-process from this loop, never from the broker or the outbox.
+        door = _door(cfg, pub, door_factory) if cfg.door.enabled else None
+        return _run(
+            cfg, stop, pub, door, reload, notifier, recognizer, capture_factory, watchers_factory
+        )
+
+
+def _state_lock(cfg: Config) -> contextlib.AbstractContextManager[object]:
+    """The state_dir's lock (:class:`edge.files.StateLock`) when the daemon writes state there."""
+    if not (cfg.mqtt.enabled or cfg.door.enabled or cfg.review.keep_unknown):
+        return contextlib.nullcontext()
+    return StateLock(cfg.state_dir)
+
+
+def _run(
+    cfg: Config,
+    stop: threading.Event,
+    pub: PublisherLike,
+    door: DoorController | None,
+    reload: threading.Event,
+    notifier: Notifier,
+    recognizer: RecognizerLike | None,
+    capture_factory: Callable[[Config, threading.Event], CaptureLike],
+    watchers_factory: Callable[..., list[Watcher]] | None = None,
+) -> int:
+    """The service with its publisher and door made: start, loop, shut down."""
     cap_stop = threading.Event()
     cap: CaptureLike | None = None
+    fleet = pub.fleet if isinstance(pub, Publisher) else None
+    if door is not None and fleet is not None:  # fleet: hold grants until synced
+        door.gate = fleet.gate
     notifier.status("starting")
     pub.start()
     try:
         # This also opens the gallery: a bad one fails start-up, before READY.
-        rec = recognizer if recognizer is not None else _load_recognizer(cfg)
+        rec = recognizer if recognizer is not None else _load_recognizer(cfg, fleet)
+        _check_fleet_model(rec, fleet)
+        if door is not None:  # door: an allow/schedule entry that matches nobody (issue 19)
+            door.check_gallery(rec.gallery)
         _wire_commands(pub, reload, door)
+        watchers = (watchers_factory or make_watchers)(cfg, pub, rec, reload)
         cap = capture_factory(cfg, cap_stop)
         cap.start()
-        return _Loop(cfg, pub, rec, cap, door, notifier, reload).run(stop)
+        loop = _Loop(cfg, pub, rec, cap, door, notifier, reload, fleet, watchers)
+        return loop.run(stop)
     except FacegateError:
         raise
     except Exception:
@@ -196,10 +286,77 @@ def run(
         _shutdown(cfg, pub, cap, cap_stop, door, notifier)
 
 
-def _load_recognizer(cfg: Config) -> RecognizerLike:
-    from edge.recognizer import Recognizer
+def make_watchers(
+    cfg: Config, pub: PublisherLike, rec: RecognizerLike, reload: threading.Event
+) -> list[Watcher]:
+    """The configured watchers: the unknown-visitor ring, remote enrolment (none by default)."""
+    out: list[Watcher] = []
+    # The service's recognizer is an edge.decide.recognizer.Recognizer (tests may hand
+    # in a stand-in without these features); the review reads its calibration.
+    full = cast("EnrolRecognizer", rec)
+    if cfg.review.keep_unknown:
+        from edge.review.ring import ring_for_config
+        from edge.review.watch import UnknownReview
 
+        notify = pub.unknown_notifier.push if isinstance(pub, Publisher) else None
+        ring = ring_for_config(cfg, full.calibration.threshold)
+        out.append(UnknownReview(ring, rec.model_sha256, notify))
+    if cfg.review.enrol_command:
+        from edge.review.watch import RemoteEnrolment
+
+        verify, authentic = _enrol_verifier(cfg)
+        enrol = RemoteEnrolment(cfg, full, verify, reload, pub.publish_event)
+        pub.verify_enrol = authentic  # forged commands spend no token of the rate limit
+        pub.on_enrol = enrol.command
+        out.append(enrol)
+    return out
+
+
+def _enrol_verifier(
+    cfg: Config,
+) -> tuple[Callable[[bytes], tuple[str | None, str | None]], Callable[[bytes], bool]]:
+    """The enrol command's checks, the door's signed-command code with the review's key: the
+    whole verification, and the stateless one the command gate runs first."""
+    from edge.clock import clock_synced
+    from edge.config.environment import check_enrol_key
+    from edge.door.remote import NonceCache, authentic_enrol, verify_enrol
+
+    key = cfg.review.enrol_key.read(cfg.base_dir)
+    if key is None:
+        raise FacegateError("review.enrol_command: no review.enrol_key configured")
+    if cfg.events.sign_key.configured:
+        check_enrol_key(key, cfg.events.sign_key.read(cfg.base_dir))
+    nonces = NonceCache()
+
+    def verify(payload: bytes) -> tuple[str | None, str | None]:
+        return verify_enrol(
+            payload,
+            key=key,
+            device_id=cfg.device.id,
+            now=time.time(),
+            mono=time.monotonic(),
+            synced=clock_synced(),
+            nonces=nonces,
+        )
+
+    return verify, lambda payload: authentic_enrol(payload, key=key, device_id=cfg.device.id)
+
+
+def _load_recognizer(cfg: Config, fleet: FleetDevice | None = None) -> RecognizerLike:
+    from edge.decide.recognizer import Recognizer
+
+    if fleet is not None:  # fleet: the bundle held, never gallery.path
+        return Recognizer.from_config(cfg, gallery=fleet.gallery())
     return Recognizer.from_config(cfg)
+
+
+def _check_fleet_model(rec: RecognizerLike, fleet: FleetDevice | None) -> None:
+    """The fleet checks bundles against the embedder the recognizer really loaded."""
+    if fleet is not None and fleet.model_sha256 != rec.model_sha256:
+        raise FacegateError(
+            f"fleet: the embedder manifest names model {fleet.model_sha256[:12]}..., the "
+            f"recognizer loaded {rec.model_sha256[:12]}...; restart"
+        )
 
 
 def _wire_commands(
@@ -215,6 +372,8 @@ def _wire_commands(
     pub.on_command = on_command
     if door is not None:  # door: the signed remote unlock (refused unless enabled)
         pub.on_unlock = door.remote_command
+        # Verify before spending: a wrong-key flood costs no token of the rate limit.
+        pub.verify_unlock = door.authentic
 
 
 class _Loop:
@@ -229,12 +388,17 @@ class _Loop:
         door: DoorController | None,
         notifier: Notifier,
         reload: threading.Event,
+        fleet: FleetDevice | None = None,
+        watchers: Sequence[Watcher] = (),
     ) -> None:
         self.cfg, self.pub, self.rec, self.cap, self.door = cfg, pub, rec, cap, door
-        self.notifier, self.reload = notifier, reload
+        self.notifier, self.reload, self.fleet = notifier, reload, fleet
+        self.watchers = tuple(watchers)
+        # Decisions carry their crops for the snapshot topic or a watcher that keeps them.
+        self.want_frames = cfg.mqtt.snapshot or any(w.wants_frames for w in self.watchers)
         self.model_sha = rec.model_sha256
         # A face that jumps identity by more than the open-set threshold is
-        # someone else: it ends its track (edge.tracker.identity_jump).
+        # someone else: it ends its track (edge.decide.tracker.identity_jump).
         self.tracker = Tracker(cfg.decision, identity_threshold=rec.threshold)
         self.health = _Health(notifier, pub, watchdog_interval())
         self.started = time.monotonic()
@@ -257,6 +421,8 @@ class _Loop:
             if self.reload.is_set():
                 self.reload.clear()
                 self.reload_gallery()
+            if self.fleet is not None:
+                self.apply_fleet(self.fleet)
             frame = self.cap.get(timeout=FRAME_WAIT_S)
             if frame is not None:
                 self.on_frame(frame)
@@ -287,8 +453,11 @@ class _Loop:
 
     def reload_gallery(self) -> None:
         """The gallery file again (SIGHUP, ``reload-gallery``); the old one stays on failure."""
-        from edge.gallery import reload_for_config
+        from edge.identity.gallery import reload_for_config
 
+        if self.fleet is not None:
+            log.warning("gallery reload ignored: the gallery comes from the fleet (fleet.enabled)")
+            return
         if self.door is not None:  # door: fail-secure on reload
             self.door.release("reload")
         try:
@@ -297,8 +466,27 @@ class _Loop:
             log.error("gallery reload failed, keeping the old one: %s", e)
             return
         log.info("gallery reloaded: %d people", len(self.rec.gallery))
+        if self.door is not None:
+            self.door.check_gallery(self.rec.gallery, strict=False)
         # The open-set threshold follows the gallery size: so does the
         # identity check of the tracks (the tracks themselves go on).
+        self.tracker.identity_threshold = self.rec.threshold
+        self.publish_state(time.monotonic())
+        self.pub.set_gallery(self.rec.gallery.names)  # re-announced, state sent now
+
+    def apply_fleet(self, fleet: FleetDevice) -> None:
+        """A new bundle from the fleet, swapped in like a reload (door released first)."""
+        pending = fleet.take_pending()
+        if pending is None:
+            return
+        if self.door is not None:  # door: fail-secure on reload
+            self.door.release("fleet gallery")
+        try:
+            self.rec.set_gallery(pending.gallery)
+        except (FacegateError, ValueError) as e:
+            fleet.apply_failed(pending, e)
+            return
+        fleet.applied(pending)  # only now do grants resume
         self.tracker.identity_threshold = self.rec.threshold
         self.publish_state(time.monotonic())
         self.pub.set_gallery(self.rec.gallery.names)  # re-announced, state sent now
@@ -308,13 +496,18 @@ class _Loop:
         result = self.rec.process(frame)
         if not self.ready:
             self.become_ready()
-        snapshot = frame.image if self.cfg.mqtt.snapshot else None
-        for d in self.tracker.update(result, snapshot):
+        decisions = self.tracker.update(result, frame.image if self.want_frames else None)
+        for d in decisions:
             if self.door is not None:  # door: every decision, live from the tracker
                 self.door.on_decision(d, self.rec.gallery)
             payload = self.pub.publish_decision(d)
             self.events += 1
             log.info("%s", _event_line(d, payload))
+        for w in self.watchers:
+            try:
+                w.observe(frame, result, decisions)
+            except Exception:  # a watcher's bug must not stop the door
+                log.exception("%s failed on frame %d", type(w).__name__, frame.index)
         self.frames += 1
         self.window_frames += 1
         self.health.frame_done()
@@ -380,7 +573,7 @@ def _door(
 ) -> DoorController:
     if factory is not None:
         return factory(cfg, pub)
-    from edge.door import make_door
+    from edge.door.controller import make_door
 
     return make_door(cfg, pub)
 

@@ -22,7 +22,7 @@ import tempfile
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
@@ -37,7 +37,10 @@ from edge.config import (
     ServiceConfig,
 )
 from edge.errors import FacegateError
-from edge.types import Image
+from edge.types import Frame, Image
+
+if TYPE_CHECKING:
+    from edge.sources import CaptureThread
 
 CANVAS = (480, 640)  # height, width of the demo "camera"
 FPS = 10.0
@@ -48,7 +51,7 @@ def _package_file(module: str, *parts: str) -> Path:
         mod = __import__(module)
     except ImportError:
         raise FacegateError(
-            f"the demo's photos come from the {module!r} package: pip install 'facegate[tools]'"
+            f"the demo's photos come from the {module!r} package: pip install 'facegate[demo]'"
         ) from None
     path = Path(str(mod.__file__)).resolve().parent.joinpath(*parts)
     if not path.is_file():
@@ -109,27 +112,65 @@ def scene(photos: dict[str, Image]) -> list[Image]:
     return frames
 
 
-def run_demo(broker: str | None = None, out: IO[str] | None = None) -> int:
-    """Enroll, replay, print the events; publish them too when ``broker`` is given."""
-    from edge.daemon import run
-    from edge.gallery import Gallery
-    from edge.imageio import read_image
-    from edge.mqtt import Publisher
-    from edge.publishers import StdoutPublisher
-    from edge.recognizer import Recognizer
+def scene_capture(frames: list[Image], stop: threading.Event) -> CaptureThread:
+    """A capture thread replaying the scene, stamped on its own schedule ``t0 + index / fps``.
+
+    The capture thread keeps every frame of a replay and waits while the
+    pipeline catches up, so on a CPU slower than 10 fps (emulated arm64, a
+    small board) frames stamped as they are read would lie seconds apart:
+    the tracker (which ages tracks by frame time) would end each visitor's
+    track before k of n frames agree. Stamped as a camera would have taken
+    them, the decisions are the same on any CPU; only the events come
+    ``late`` on a slow one.
+    """
     from edge.sources import CaptureThread, FakeSource
+
+    class SceneSource(FakeSource):
+        t0: float | None = None
+
+        def read(self, timeout: float) -> Frame | None:
+            frame = super().read(timeout)
+            if frame is None:
+                return None
+            if self.t0 is None:
+                self.t0 = frame.timestamp
+            return replace(frame, timestamp=self.t0 + frame.index / FPS)
+
+    return CaptureThread(SceneSource(frames, fps=FPS, label="demo"), stop, keep_all=True)
+
+
+def _default_models(models: Path | None) -> tuple[Path, Path]:
+    """The config's default detector and embedder in ``models`` (default: the checkout's)."""
+    folder = MODELS_DIR if models is None else models
+    detector = folder / DetectorConfig().model
+    embedder = folder / EmbedderConfig().model
+    for m in (detector, embedder):
+        if not m.exists():
+            raise FacegateError(
+                f"{m} is missing: build the models with `python -m tools.models build` "
+                "(on a Pi: copy them from a workstation and give `--models DIR`)"
+            )
+    return detector, embedder
+
+
+def run_demo(
+    broker: str | None = None, out: IO[str] | None = None, models: Path | None = None
+) -> int:
+    """Enroll, replay, print the events; publish them too when ``broker`` is given.
+
+    ``models``: the folder holding the config's default models (default: the
+    checkout's ``models/``, which an installed package, as on a Pi, does not have).
+    """
+    from edge.daemon import Publisher, run
+    from edge.decide.recognizer import Recognizer
+    from edge.delivery.publishers import StdoutPublisher
+    from edge.identity.gallery import Gallery
+    from edge.imageio import read_image
 
     out = out or sys.stdout
     photos = {k: read_image(p) for k, p in demo_photos().items()}
     # The config's defaults: the demo runs what a fresh install runs.
-    detector = MODELS_DIR / DetectorConfig().model
-    embedder = MODELS_DIR / EmbedderConfig().model
-    for m in (detector, embedder):
-        if not m.exists():
-            raise FacegateError(
-                f"{m} is missing: build the models with `python -m tools.models build`"
-            )
-
+    detector, embedder = _default_models(models)
     rec = Recognizer.from_models(detector, embedder)
     gallery = Gallery(rec.model_sha256)
     gallery.add("Grace Hopper", rec.embed_single_face(photos["grace_hopper"])[None, :])
@@ -160,6 +201,6 @@ def run_demo(broker: str | None = None, out: IO[str] | None = None) -> int:
             publisher = StdoutPublisher(cfg, out)
 
         def capture(c: Config, stop: threading.Event) -> CaptureThread:
-            return CaptureThread(FakeSource(frames, fps=FPS, label="demo"), stop, keep_all=True)
+            return scene_capture(frames, stop)
 
         return run(cfg, threading.Event(), publisher, recognizer=rec, capture_factory=capture)

@@ -48,9 +48,17 @@ class SourceError(FacegateError):
 class SignatureError(FacegateError):
     """A signed event's signature is missing, malformed or wrong.
 
-    Raised by :func:`edge.events.verify_payload`.
+    Raised by :func:`edge.delivery.signing.verify_payload`.
     """
 
 
 class BrokerError(FacegateError):
     """The MQTT broker cannot be reached or refused us."""
+
+
+class ReviewError(FacegateError):
+    """The unknown-visitor review ring cannot be used: no key, unreadable folder, no such entry."""
+
+
+class FleetError(FacegateError):
+    """A gallery bundle cannot be built, verified, stored or published (:mod:`edge.fleet`)."""

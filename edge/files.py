@@ -10,12 +10,17 @@ turned into one line of the caller's error type.
 either the old or the new content: a temporary file in the same folder,
 fsync, rename, then an fsync of the folder. Temporary files left behind by a
 process killed mid-write are removed on the next write.
+
+:class:`StateLock` makes a folder one process's: an exclusive ``flock`` on
+``<folder>/facegate.lock``, held while the process runs and freed by the
+kernel however it ends (SIGKILL included).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import stat
 import tempfile
@@ -168,8 +173,94 @@ def move_aside(path: Path) -> Path:
     return aside
 
 
+LOCK_NAME = "facegate.lock"
+"""The lock file :class:`StateLock` holds in ``service.state_dir``."""
+
+
+class StateLock:
+    """An exclusive ``flock`` on ``<folder>/facegate.lock`` (a context manager).
+
+    Two daemons on one ``service.state_dir`` would reuse outbox sequence
+    numbers, write one audit log twice and push each other off the broker
+    (one client id): the second must not start. :meth:`acquire` takes the
+    lock without waiting, or raises ``error`` in one line naming the process
+    that holds it (its pid is written in the file). The kernel frees the lock
+    when the holder exits, whatever the way, so a crashed daemon never
+    leaves a stale lock behind.
+    """
+
+    def __init__(
+        self,
+        folder: Path | str,
+        key: str = "service.state_dir",
+        error: type[FacegateError] = FacegateError,
+    ) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self.key = key
+        self.error = error
+        self._fd: int | None = None
+
+    def acquire(self) -> StateLock:
+        """Take the lock (idempotent); ``error`` when another process holds it."""
+        if self._fd is not None:
+            return self
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise self.error(
+                f"{self.key}: cannot create the lock file {self.path} ({e.strerror or e})"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = _read_pid(fd)
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise self.error(
+                    f"{self.key}: cannot lock {self.path} ({e.strerror or e})"
+                ) from None
+            who = f" (pid {holder})" if holder else ""
+            raise self.error(
+                f"{self.key}: {self.folder} is in use by another facegate process{who}; "
+                "stop it first (two on one state_dir would corrupt each other's state)"
+            ) from None
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Give the lock up (idempotent); the file stays, empty of meaning."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the last descriptor drops the flock
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def __enter__(self) -> StateLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        return int(text) if text.isdigit() else None
+    except OSError:
+        return None
+
+
 __all__ = [
+    "LOCK_NAME",
     "STALE_TMP_S",
+    "StateLock",
     "exists",
     "make_private_dir",
     "move_aside",

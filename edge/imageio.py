@@ -293,6 +293,22 @@ def decode_image(data: bytes, name: str = "image") -> Image:
     return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), dtype=np.uint8)
 
 
+def encode_jpeg(image: Image, max_side: int, quality: int) -> bytes:
+    """An RGB image as JPEG bytes, downscaled (area) so its longer side is at most ``max_side``."""
+    cv2 = import_cv2()
+    h, w = image.shape[:2]
+    scale = min(1.0, max_side / max(h, w, 1))
+    if scale < 1.0:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        image = np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), np.uint8)
+    ok, buf = cv2.imencode(
+        ".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]
+    )
+    if not ok:
+        raise ImageError("JPEG encoding failed")
+    return bytes(buf.tobytes())
+
+
 def read_image(path: Path | str) -> Image:
     """Read an image file as RGB uint8 (H, W, 3); ImageError on any problem."""
     data = read_bounded(path, MAX_FILE_BYTES, "image", ImageError)

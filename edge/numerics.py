@@ -178,3 +178,33 @@ def yaw_ratio(right_eye: FloatArray, left_eye: FloatArray, nose: FloatArray) -> 
         return math.inf
     c = r + 0.5 * u
     return float((np.asarray(nose, dtype=np.float64) - c) @ u / uu)
+
+
+def pitch_ratio(
+    right_eye: FloatArray, left_eye: FloatArray, nose: FloatArray, mouth: FloatArray
+) -> float:
+    """How far the head is tilted up or down: the nose tip's drop below the eyes per the mouth's.
+
+    With ``c`` the eye midpoint, ``u = left_eye - right_eye`` and ``v`` the
+    eye axis turned by +90 degrees (``(-u_y, u_x)``: towards the mouth in an
+    upright image)::
+
+        pitch = <nose - c, v> / <mouth - c, v>
+
+    The eyes and the mouth lie roughly in one plane and the nose tip stands
+    out of it by a depth ``D``; tilting the head by ``p`` (chin up) moves the
+    nose tip's projection up by ``D sin p`` while the plane's heights shrink
+    by ``cos p``, so ``pitch ~ pitch_0 - (D / m) tan p``: smaller looking up,
+    larger looking down, independent of in-plane rotation and of scale.
+    ``pitch_0`` (straight at the camera) differs from face to face, so camera
+    enrolment compares a frame with the same person's straight frames, not
+    with a constant. A mouth on the eye line gives ``nan``.
+    """
+    r = np.asarray(right_eye, dtype=np.float64)
+    u = np.asarray(left_eye, dtype=np.float64) - r
+    v = np.array([-u[1], u[0]])
+    c = r + 0.5 * u
+    m = float((np.asarray(mouth, dtype=np.float64) - c) @ v)
+    if m == 0.0:
+        return math.nan
+    return float((np.asarray(nose, dtype=np.float64) - c) @ v / m)

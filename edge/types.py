@@ -133,3 +133,6 @@ class Decision:
     timestamp: float
     box: Box
     snapshot: Image | None = field(default=None, repr=False, compare=False)
+    # The track's mean embedding (unit length) when the recognizer gave embeddings: what
+    # the unknown-visitor review clusters and keeps (edge.review).
+    embedding: Vector | None = field(default=None, repr=False, compare=False)

@@ -1,7 +1,7 @@
 """A stand-in daemon for the MQTT tests: publishes synthetic decisions forever.
 
 Run as ``python tests/_event_pump.py CONFIG EVENTS_LOG [--interval S]``. It
-starts an :class:`edge.mqtt.Publisher` from the config, publishes one
+starts an :class:`edge.daemon.Publisher` from the config, publishes one
 synthetic :class:`~edge.types.Decision` every ``interval`` seconds and appends
 ``{"seq": .., "id": ..}`` for each event it created to ``EVENTS_LOG`` (one JSON
 line, written after the event is in the outbox). Commands received over MQTT
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, TextIO
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge.config import Config, load_config
-from edge.mqtt import Publisher
+from edge.daemon import Publisher
 from edge.types import Box, Decision
 
 if TYPE_CHECKING:

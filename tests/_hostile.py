@@ -7,9 +7,10 @@
   (tmpfs) mounted at a folder: inside ``unshare --user --map-root-user
   --mount``, so it needs no root, only user namespaces; the test is skipped
   with the reason when they are not available.
-* :func:`unprivileged` is the argv prefix that runs a command as ``nobody``
-  when the tests run as root (root ignores file modes, so "unreadable" would
-  mean nothing); empty for an ordinary user.
+* :func:`unprivileged` is the argv prefix that runs a command without root's
+  power over file modes when the tests run as root (root ignores them, so
+  "unreadable" would mean nothing): uid 0 with no capabilities, else
+  ``nobody``; empty for an ordinary user.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -118,13 +120,60 @@ def on_full_fs(
     return subprocess.run(argv, timeout=timeout, **kwargs)
 
 
+# Ways to run a command as root without root's power over file modes, best first:
+# uid 0 with every capability dropped (file modes bind it as they bind any owner,
+# and it still reaches a checkout only root may enter, such as a clone in a
+# mkdtemp folder), then the user nobody (needs a checkout anyone may enter).
+DROP_PRIVILEGES = (
+    ("setpriv", "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all"),
+    ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"),
+)
+# Run with a prefix: facegate must import, and a mode-000 folder must stay shut.
+_PROBE = """
+import os, sys
+import edge
+try:
+    os.listdir(sys.argv[1])
+except PermissionError:
+    sys.exit(0)
+sys.exit("file modes do not bind it: it listed a mode-000 folder")
+"""
+
+
+@functools.lru_cache(maxsize=1)
+def _drop_privileges() -> tuple[tuple[str, ...] | None, str]:
+    """The first :data:`DROP_PRIVILEGES` prefix that works here, or None and why none does."""
+    if shutil.which("setpriv") is None:
+        return None, "running as root without setpriv (util-linux)"
+    tried = []
+    with tempfile.TemporaryDirectory(prefix="facegate-probe-") as tmp:
+        shut = Path(tmp) / "shut"
+        shut.mkdir(mode=0o000)
+        Path(tmp).chmod(0o755)  # nobody may reach the folder, not list it
+        for prefix in DROP_PRIVILEGES:
+            cmd = [*prefix, *FACEGATE[:1], "-c", _PROBE, str(shut)]
+            p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+            if p.returncode == 0:
+                return prefix, ""
+            tried.append(f"{' '.join(prefix)}: {(p.stderr.strip().splitlines() or ['?'])[-1]}")
+    return None, "; ".join(tried)
+
+
 def unprivileged() -> list[str]:
-    """Prefix that drops root to ``nobody`` (root ignores file modes); [] when not root."""
+    """Prefix that takes root's power over file modes away; [] when not root.
+
+    Root ignores file modes (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), and CI
+    runs as root, so "unreadable" would mean nothing there. The command then
+    runs as uid 0 with no capabilities, or else as ``nobody``; whichever is
+    used is checked first to import facegate and to be refused a mode-000
+    folder. The test is skipped, saying why, when neither works.
+    """
     if os.geteuid() != 0:
         return []
-    if shutil.which("setpriv") is None:
-        pytest.skip("running as root without setpriv: cannot test file permissions")
-    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    prefix, why = _drop_privileges()
+    if prefix is None:
+        pytest.skip(f"cannot test file permissions as root: {why}")
+    return list(prefix)
 
 
 def face_photo() -> Path:

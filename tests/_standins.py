@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge.gallery import Gallery
+from edge.identity.gallery import Gallery
 from edge.types import Box, Detection, FaceResult, Frame, FrameResult, Match
 
 

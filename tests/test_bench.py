@@ -55,6 +55,8 @@ GOOD = {
     "rss_growth_pct": 0.3,
     "thread_growth": 0.0,
     "event_p95_ms": 110.0,
+    "fleet_p95_20_s": 0.4,
+    "fleet_p95_100_s": 1.1,
 }
 
 
@@ -111,6 +113,8 @@ def test_evaluate_targets_all_pass_on_good_numbers() -> None:
         ("rss_growth_pct", 10.5),
         ("thread_growth", 1.0),
         ("event_p95_ms", 250.0),
+        ("fleet_p95_20_s", 2.01),
+        ("fleet_p95_100_s", math.inf),  # a door never applied the push
     ],
 )
 def test_each_target_fails_just_past_its_limit(key: str, value: float) -> None:
@@ -352,3 +356,26 @@ def test_camera_size() -> None:
     assert camera_size("1280X720") == (1280, 720)
     with pytest.raises(FacegateError, match="--camera"):
         camera_size("640")
+
+
+def test_fleet_values_and_lines_on_given_numbers() -> None:
+    from tools.bench.fleet import FleetResult, FleetRun, fleet_lines, fleet_values
+
+    ok = FleetRun(20, 2, 50, 82000, samples_s=[0.2, 0.3, 0.25, 0.4], push_s=[0.3, 0.35])
+    lost = FleetRun(100, 2, 50, 82000, samples_s=[0.5] * 199, missing=1)
+    result = FleetResult(True, runs=[ok, lost], bundle_1000={
+        "people": 1000, "dims": 128, "total_bytes": 1.6e6, "chunks": 25, "manifest_bytes": 3e3,
+        "build_ms": 90.0,
+    })  # fmt: skip
+    vals, notes = fleet_values(result)
+    assert vals["fleet_p95_20_s"] == pytest.approx(0.385)
+    assert vals["fleet_p95_100_s"] == math.inf  # a door that never applied a push fails
+    targets = {t.key: t.status for t in evaluate_targets({**GOOD, **vals}, notes)}
+    assert targets["fleet_p95_20_s"] == "pass" and targets["fleet_p95_100_s"] == "fail"
+    text = "\n".join(fleet_lines(result))
+    assert "20 doors" in text and "1 never applied" in text and "1.60 MB" in text
+    vals, notes = fleet_values(FleetResult(False, "mosquitto is not installed"))
+    assert vals == {}
+    assert notes == dict.fromkeys(
+        ["fleet_p95_20_s", "fleet_p95_100_s"], "mosquitto is not installed"
+    )

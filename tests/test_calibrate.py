@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import SHARED
 
-from edge.manifest import Calibration, load_manifest, save_manifest
+from edge.vision.manifest import Calibration, load_manifest, save_manifest
 from tools import calibrate, stats
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,9 +159,9 @@ def recognizer_parts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
 def test_changing_the_calibration_changes_the_decision(
     recognizer_parts: tuple[Path, Path, Path],
 ) -> None:
-    from edge.gallery import Gallery
+    from edge.decide.recognizer import Recognizer
+    from edge.identity.gallery import Gallery
     from edge.imageio import read_image
-    from edge.recognizer import Recognizer
 
     model, enrol_photo, probe_photo = recognizer_parts
     person = enrol_photo.parent.name
@@ -246,8 +246,8 @@ def test_shipped_records_carry_the_tables_measured_with_the_shipped_settings() -
     """Every committed record holds the FAR and FRR tables the device reads for its gallery
     size (without them it falls back to one fixed threshold), measured with the settings
     tools.evaluate --cross-calibrate reproduces on each fold."""
-    from edge.manifest import calibration_from_dict
-    from edge.thresholds import operating_point
+    from edge.identity.thresholds import operating_point
+    from edge.vision.manifest import calibration_from_dict
 
     records = sorted((MODELS / "calibration").glob("*.json"))
     assert [r.stem for r in records] == [

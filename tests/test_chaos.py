@@ -1,6 +1,6 @@
 """Chaos: broker stopped and restarted 10 times, the daemon SIGKILLed once.
 
-A stand-in daemon (``tests/_event_pump.py``, the real :class:`edge.mqtt.Publisher`
+A stand-in daemon (``tests/_event_pump.py``, the real :class:`edge.daemon.Publisher`
 fed synthetic decisions every 20 ms) publishes to a real Mosquitto. A
 persistent subscriber checks that every event the daemon created arrives
 (duplicates allowed, deduplicated by event id) and that the sequence numbers
@@ -122,7 +122,7 @@ def test_facegate_run_survives_broker_and_daemon_crashes(
     import os
     import sys
 
-    from edge.outbox import Outbox
+    from edge.delivery.outbox import Outbox
 
     repo = Path(__file__).resolve().parents[1]
     faces = shared / "faces"

@@ -1,8 +1,8 @@
 """The CLI on hostile file-system input: FIFOs, devices, folders it may not read, secrets.
 
 Every case runs the real ``facegate`` command. Permissions mean nothing to
-root, so those cases run as ``nobody`` when the tests run as root (see
-``_hostile.unprivileged``), in a folder ``nobody`` may enter.
+root, so when the tests run as root those cases run without root's
+capabilities (see ``_hostile.unprivileged``), in a folder anyone may enter.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from _hostile import FACEGATE, ROOT, assert_one_line_error, face_photo, unprivileged, write_config
 
-from edge.gallery import Gallery
-from edge.manifest import load_manifest
+from edge.identity.gallery import Gallery
+from edge.vision.manifest import load_manifest
 
 TIMEOUT = 120  # a hang (FIFO, /dev/zero) fails the test instead of blocking CI
 

@@ -8,10 +8,17 @@ import time
 
 import pytest
 
-from edge.commands import COMMAND_BURST, COMMAND_LOG_FIRST, COMMAND_RATE, CommandGate
-from edge.door import MALFORMED, NonceCache, sign_unlock, verify_unlock
-from edge.events import CommandError, DuplicateKeyError, loads_strict, parse_command
-from edge.ratelimit import BurstLog, TokenBucket
+from edge.delivery.codec import DuplicateKeyError, loads_strict
+from edge.delivery.commands import (
+    COMMAND_BURST,
+    COMMAND_LOG_FIRST,
+    COMMAND_RATE,
+    CommandError,
+    CommandGate,
+    parse_command,
+)
+from edge.delivery.ratelimit import BurstLog, TokenBucket
+from edge.door.remote import MALFORMED, NonceCache, sign_unlock, verify_unlock
 
 RELOAD = b'{"command": "reload-gallery"}'
 
@@ -121,3 +128,68 @@ def test_duplicate_keys_are_refused_everywhere_a_command_is_read() -> None:
     args = {"key": key, "device_id": dev, "now": float(now), "mono": 0.0, "synced": True}
     assert verify_unlock(doubled, nonces=NonceCache(), **args) == MALFORMED  # type: ignore[arg-type]
     assert verify_unlock(good, nonces=NonceCache(), **args) is None  # type: ignore[arg-type]
+
+
+def test_a_wrong_key_flood_costs_no_token(caplog: pytest.LogCaptureFixture) -> None:
+    """D1: 10/s wrong-key unlocks for 20 s; every genuine unlock and reload gets through."""
+    from edge.door.remote import authentic
+
+    clock = Clock()
+    gate = CommandGate(clock)
+    key, dev = b"k" * 32, "door"
+    unlocks: list[bytes] = []
+    reloads: list[str] = []
+    gate.on_unlock = unlocks.append
+    gate.verify_unlock = lambda p: authentic(p, key=key, device_id=dev)
+    gate.on_command = reloads.append
+    genuine: list[bool] = []
+    with caplog.at_level(logging.INFO, logger="facegate.commands"):
+        for step in range(200):
+            clock.t += 0.1
+            ts = int(clock.t)
+            forged = json.dumps(sign_unlock(b"w" * 32, dev, ts=ts)).encode()
+            assert not gate.handle(forged)
+            if step % 20 == 10:
+                genuine.append(gate.handle(json.dumps(sign_unlock(key, dev, ts=ts)).encode()))
+            if step % 20 == 15:
+                genuine.append(gate.handle(RELOAD))
+    assert genuine == [True] * 20
+    assert len(reloads) == 10 and gate.limited == 0 and gate.rejected == 200
+    # Forged unlocks still reach the door, which records its refusals (within its own budget).
+    assert len(unlocks) == 210
+    assert len(caplog.records) < 20  # the flood is summed up in the journal
+
+
+def test_a_genuine_unlock_flood_is_still_rate_limited() -> None:
+    """Verified unlocks spend tokens like any command: a key holder cannot flood either."""
+    from edge.door.remote import authentic
+
+    clock = Clock()
+    gate = CommandGate(clock)
+    key, dev = b"k" * 32, "door"
+    gate.on_unlock = lambda p: None
+    gate.verify_unlock = lambda p: authentic(p, key=key, device_id=dev)
+    ok = [gate.handle(json.dumps(sign_unlock(key, dev, ts=1000)).encode()) for _ in range(20)]
+    assert sum(ok) == COMMAND_BURST and gate.limited == 20 - COMMAND_BURST
+
+
+def test_an_oversize_payload_is_refused_before_it_is_parsed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The device's side of the size limit: the length is checked before any parsing."""
+    import edge.delivery.commands as commands
+
+    parsed: list[int] = []
+
+    def counting(payload: bytes) -> object:
+        parsed.append(len(payload))
+        return loads_strict(payload)
+
+    monkeypatch.setattr(commands, "loads_strict", counting)
+    gate = CommandGate(Clock())
+    gate.on_unlock = lambda p: None
+    big = b'{"command": "unlock", "pad": "' + b"x" * (8 << 20) + b'"}'
+    assert not gate.handle(big) and gate.rejected == 1
+    assert parsed == []  # never parsed
+    gate.handle(RELOAD)  # the gate still parses what fits
+    assert parsed == [len(RELOAD)]

@@ -28,7 +28,7 @@ from conftest import SHARED
 
 from edge.config import Config, parse_config
 from edge.daemon import CaptureLike, run
-from edge.gallery import Gallery
+from edge.identity.gallery import Gallery
 from edge.sdnotify import Notifier
 from edge.types import Box, Decision, Frame
 
@@ -412,9 +412,9 @@ class Enrolled(NamedTuple):
 @pytest.fixture(scope="session")
 def enrolled(tmp_path_factory: pytest.TempPathFactory, shared: Path) -> Enrolled:
     """An encrypted gallery of ENROLLED (and its key) in a folder; each one's held-out photo."""
+    from edge.decide.recognizer import Recognizer
     from edge.errors import NoFaceError
     from edge.imageio import read_image
-    from edge.recognizer import Recognizer
 
     det, emb = _models()
     rec = Recognizer.from_models(det, emb)
@@ -593,9 +593,9 @@ def test_daemon_on_the_real_clip(enrolled: Enrolled, shared_video: Path) -> None
     import cv2
 
     from edge.config import load_config
-    from edge.recognizer import Recognizer
+    from edge.decide.recognizer import Recognizer
+    from edge.decide.tracker import Tracker
     from edge.sources import OpenCVSource, frames
-    from edge.tracker import Tracker
 
     camera: dict[str, object] = {"source": "opencv", "uri": str(shared_video), "realtime": False}
     decision: dict[str, object] = {"k": 3, "n": 4, "cooldown_s": 30.0, "max_track_age_s": 60.0}
@@ -635,7 +635,7 @@ def test_daemon_over_a_real_broker_with_reload(
     enrolled: Enrolled, tmp_path: Path, mqtt_broker: Broker
 ) -> None:
     """Events reach a real Mosquitto; ``reload-gallery`` over MQTT takes effect live."""
-    from edge.events import Topics
+    from edge.delivery.topics import Topics
 
     newcomer = ENROLLED[-1]
     partial = Gallery(
@@ -705,7 +705,7 @@ def test_replays_of_real_photos_and_the_clip_reach_the_broker(
     shared_video: Path,
 ) -> None:
     """``facegate run`` on the photo replay and on the real clip: the decisions arrive on MQTT."""
-    from edge.events import Topics
+    from edge.delivery.topics import Topics
 
     d, truth = replay
     topics = Topics.for_device("facegate", "test-door")
@@ -762,9 +762,9 @@ def test_a_daemon_whose_camera_fails_never_says_online(tmp_path: Path, mqtt_brok
     flapped its availability every few seconds, and every flap fired
     automations. Three starts in a row here, as systemd would do them.
     """
+    from edge.daemon import Publisher
+    from edge.delivery.topics import Topics
     from edge.errors import SourceError
-    from edge.events import Topics
-    from edge.mqtt import Publisher
 
     topics = Topics.for_device("facegate", "test-door")
     sub = Collector(mqtt_broker, [topics.availability], persistent=False).start()
@@ -855,12 +855,12 @@ def test_a_newcomer_stepping_into_the_box_just_left_is_reported_unknown(
     """The Biden -> Bezos replay: Bezos steps where Biden stood (face boxes overlap
     above the tracker's IoU 0.3). His frames used to continue Biden's recognized
     track, so no ``unknown`` was ever sent for him."""
-    from edge.events import Topics
+    from edge.daemon import Publisher
+    from edge.decide.recognizer import Recognizer
+    from edge.decide.tracker import Tracker
+    from edge.delivery.topics import Topics
     from edge.imageio import read_image
-    from edge.mqtt import Publisher
-    from edge.recognizer import Recognizer
     from edge.sources import CaptureThread, FakeSource
-    from edge.tracker import Tracker
 
     det, emb = _models()
     rec = Recognizer.from_models(det, emb)

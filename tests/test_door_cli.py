@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edge.errors import GalleryError
-from edge.gallery import Gallery
+from edge.identity.gallery import Gallery
 
 KEY = b"g" * 32
 
@@ -59,7 +59,7 @@ def test_gallery_set_groups_and_list(
     tmp_path: Path, models: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from edge.cli import main
-    from edge.embedder import Embedder
+    from edge.vision.embedder import Embedder
 
     emb = Embedder.load(models / "sface_int8.tflite")
     g = Gallery.for_manifest(emb.manifest)
@@ -85,8 +85,8 @@ def test_enroll_with_groups(
     tmp_path: Path, models: Path, shared: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from edge.cli import main
-    from edge.embedder import Embedder
     from edge.imageio import list_images
+    from edge.vision.embedder import Embedder
 
     photos = shared / "faces" / "Barack_Obama"  # a multi-face photo is skipped, the rest used
     assert list_images(photos)
@@ -124,7 +124,7 @@ def test_facegate_door_test(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
 def test_facegate_door_sign_unlock(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from edge.cli import main
-    from edge.door import NonceCache, verify_unlock
+    from edge.door.remote import NonceCache, verify_unlock
 
     (tmp_path / "unlock.key").write_bytes(b"k" * 32)
     cfg = _door_config(
@@ -149,3 +149,39 @@ def test_facegate_door_sign_unlock(tmp_path: Path, capsys: pytest.CaptureFixture
     no_key = _door_config(tmp_path / "x")
     assert main(["door", "sign-unlock", "--config", str(no_key)]) == 2
     assert "no key configured" in capsys.readouterr().err
+
+
+# -- issue 19: the door's command-line edges -------------------------------------------------
+
+
+@pytest.mark.parametrize("seconds", ["inf", "1e9", "121", "nan", "0", "-1"])
+def test_door_test_seconds_has_the_bounds_of_unlock_s(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], seconds: str
+) -> None:
+    """D9: ``--seconds`` outside ``door.unlock_s``'s (0, 120] is one line, and nothing pulses."""
+    pytest.importorskip("gpiozero", reason="gpiozero is not installed (the door extra)")
+    from edge.cli import main
+
+    cfg = _door_config(tmp_path)
+    assert main(["door", "test", "--config", str(cfg), "--seconds", seconds]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("facegate: error: door test --seconds:"), err
+    assert "Traceback" not in captured.err and "energised" not in captured.out
+    assert not (tmp_path / "relay.log").exists()  # the relay was never touched
+
+
+def test_door_test_takes_the_state_dir_lock(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """D13: ``door test`` beside a running daemon (same state_dir) is one line, no pulse."""
+    pytest.importorskip("gpiozero", reason="gpiozero is not installed (the door extra)")
+    from edge.cli import main
+    from edge.files import StateLock
+
+    cfg = _door_config(tmp_path)
+    with StateLock(tmp_path):
+        assert main(["door", "test", "--config", str(cfg), "--seconds", "0.05"]) == 2
+    err = capsys.readouterr().err
+    assert "in use by another facegate process" in err and "Traceback" not in err
+    assert not (tmp_path / "relay.log").exists()

@@ -80,7 +80,7 @@ def _config(tmp_path: Path, run: str, broker: Broker | None, unlock_s: float = 3
 
 
 def _audit(state: Path) -> list[tuple[str, str | None, str | None]]:
-    from edge.audit import read_entries
+    from edge.door.audit import read_entries
 
     if not (state / "audit.sqlite").exists():
         return []
@@ -110,7 +110,7 @@ def _stop(proc: subprocess.Popen[str]) -> str:
 def test_grant_and_denials_reach_the_audit_log_and_the_broker_in_order(
     enrolled: Enrolled, tmp_path: Path, mqtt_broker: Broker
 ) -> None:
-    from edge.events import Topics
+    from edge.delivery.topics import Topics
 
     _setup(tmp_path, enrolled, tail_s=40.0)
     topics = Topics.for_device("facegate", "test-door")

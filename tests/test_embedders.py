@@ -19,7 +19,7 @@ from conftest import DETECTOR, EMBEDDER, FACENET, SHARED
 from edge.cli import main
 from edge.config import EmbedderConfig
 from edge.errors import FacegateError
-from edge.manifest import load_manifest
+from edge.vision.manifest import load_manifest
 from tools import models, quantize
 
 # Keras 3 internals under numpy 2 (not our code); one line per weight otherwise.

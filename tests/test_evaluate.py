@@ -12,8 +12,8 @@ import pytest
 from conftest import SHARED
 
 from edge.errors import FacegateError
-from edge.manifest import Calibration, load_manifest
-from edge.thresholds import operating_point
+from edge.identity.thresholds import operating_point
+from edge.vision.manifest import Calibration, load_manifest
 from tools import calibrate, evaluate, stats
 from tools._faces import FaceSet, LabelledImage, list_people
 
@@ -188,6 +188,22 @@ def test_door_split_is_deterministic_and_counts_exactly() -> None:
         evaluate.door_split(_items(counts), 5, 2, 4)
 
 
+def test_door_split_with_camera_frames_and_a_common_probe_start() -> None:
+    counts = {"ann": 7, "bob": 4, "cat": 6, "dan": 9}
+    s = evaluate.door_split(_items(counts), 2, 1, 4, camera_frames=3)
+    # E + F + 1 = 5 photos needed: ann and cat enrol (bob has 4).
+    assert [n for n, _ in s.enrolled] == ["ann", "cat"]
+    assert [p.path.name for p in s.frames["ann"]] == [f"ann_{i:04d}.jpg" for i in (1, 2, 3)]
+    # Probes come after the frames, never from them.
+    assert [p.path.name for p in s.mated if p.label == "ann"] == [
+        f"ann_{i:04d}.jpg" for i in (4, 5, 6)
+    ]
+    same = evaluate.door_split(_items(counts), 2, 1, 4, probe_start=4)
+    assert same.frames == {} and [p.path for p in same.mated] == [p.path for p in s.mated]
+    with pytest.raises(FacegateError, match="probes must come after"):
+        evaluate.door_split(_items(counts), 2, 2, 4, camera_frames=3, probe_start=4)
+
+
 def test_rates_carry_their_clopper_pearson_bound() -> None:
     r = evaluate.Rate.of(14, 1224)
     assert r.rate == pytest.approx(14 / 1224)
@@ -290,6 +306,28 @@ def test_door_protocol_cross_calibrated_and_swept(tmp_path: Path) -> None:
         assert r["threshold_source"] == "table"
 
 
+@needs_models
+@needs_faces
+def test_door_protocol_with_camera_frames_from_other_photos(tmp_path: Path) -> None:
+    """E = 1 photo plus camera frames stood in for by the next photos: the collector's
+    choice joins the enrolment; the probes are the same as with the photo alone."""
+    runs = {}
+    for label, extra in (("photo", []), ("camera", ["--camera-frames", "2"])):
+        out = tmp_path / label
+        rc = evaluate.main(
+            [str(FACES), "--gallery-size", "3", "--enroll-photos", "1", "--probe-start", "3",
+             "--probes-per-person", "2", "--out", str(out), "--no-cache", "--quiet", *extra]
+        )  # fmt: skip
+        assert rc == 0
+        (runs[label],) = json.loads((out / "door.json").read_text())["runs"]
+    photo, camera = runs["photo"], runs["camera"]
+    assert photo["camera_frames_offered"] == 0
+    assert camera["camera_frames_offered"] == 2 * 3
+    assert 0 < camera["camera_frames_kept"] <= 6
+    assert camera["embeddings"] > photo["embeddings"]
+    assert camera["fnir"]["n"] == photo["fnir"]["n"] and camera["fpir"]["n"] == photo["fpir"]["n"]
+
+
 def test_door_protocol_bad_options(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert evaluate.main([str(tmp_path), "--gallery-sizes", "10,x"]) == 2
     assert "--gallery-sizes" in capsys.readouterr().err
@@ -298,7 +336,7 @@ def test_door_protocol_bad_options(capsys: pytest.CaptureFixture[str], tmp_path:
 
 
 def test_embedding_cache_keeps_the_enrolment_measures(tmp_path: Path) -> None:
-    from edge.enrol import FaceQuality, PhotoMeasure
+    from edge.identity.enrol import FaceQuality, PhotoMeasure
     from tools._faces import EmbeddingCache
 
     path = tmp_path / "c.npz"
@@ -314,3 +352,27 @@ def test_embedding_cache_keeps_the_enrolment_measures(tmp_path: Path) -> None:
     assert again.get("b|1|2") == "no face found" and again.get("zzz") is None
     path.write_bytes(b"not an npz")  # a broken cache is only a cache
     assert EmbeddingCache(path).get("a|1|2") is None
+
+
+@needs_models
+@needs_faces
+def test_lookalike_measurement_on_a_few_people(tmp_path: Path) -> None:
+    """tools.lookalikes' code path on ../shared/faces (LFW-scale numbers are docs' business):
+    the rule warns on fewer pairs than the one it replaced, and on the known pair."""
+    from tools import lookalikes
+
+    out = tmp_path / "la"
+    rc = lookalikes.main(
+        [str(FACES), "--faces", str(FACES), "--lookalike", "Angelina_Jolie,Kate_Siegel",
+         "--people", "2,10", "--photos", "1", "--out", str(out), "--no-cache"]
+    )  # fmt: skip
+    assert rc == 0
+    data = json.loads((out / "lookalikes.json").read_text())
+    for row in data["rows"]:
+        assert row["warned"] <= row["old_warned"]
+        assert row["warned_false"] + row["warned_mixups"] == row["warned"]
+    n2 = next(k for k in data["known_pair"] if k["people"] == 2)
+    assert n2["single_photos"] == len(list((FACES / "Angelina_Jolie").iterdir()))
+    # Kate Siegel's photo lies under the threshold of every gallery of both (docs).
+    assert all(k["all_photos_warned"] for k in data["known_pair"])
+    assert n2["single_warned"] == sum(d < n2["threshold"] for d in n2["distances"])

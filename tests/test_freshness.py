@@ -22,8 +22,8 @@ import pytest
 from broker import Broker, Collector, mosquitto_path, mqtt_broker
 
 from edge.config import Config, parse_config
-from edge.events import Topics
-from edge.mqtt import Publisher
+from edge.daemon import Publisher
+from edge.delivery.topics import Topics
 from edge.types import Box, Decision
 
 pytestmark = [
@@ -105,7 +105,7 @@ def test_backlog_after_a_broker_outage_arrives_complete_and_late(
     clock synchronised the wall clock and the in-process monotonic age both
     apply; without, the monotonic age alone.
     """
-    monkeypatch.setattr("edge.mqtt.clock_synced", lambda: synced)
+    monkeypatch.setattr("edge.delivery.mqtt.clock_synced", lambda: synced)
     broker = Broker(tmp_path / "broker", persistent=True)
     broker.start()
     col = Collector(broker, [T.event], client_id=f"fresh-{synced}").start()  # persistent
@@ -169,7 +169,7 @@ def test_resent_in_flight_event_is_decided_again(
     # Sent live, never acknowledged (the broker hangs), re-sent after the
     # reconnect: the re-send says late. paho's own copy (still "live") must
     # not be what goes out again.
-    monkeypatch.setattr("edge.mqtt.clock_synced", lambda: True)
+    monkeypatch.setattr("edge.delivery.mqtt.clock_synced", lambda: True)
     broker = Broker(tmp_path / "broker", persistent=True)
     broker.start()
     col = Collector(broker, [T.event], persistent=False).start()
@@ -201,7 +201,7 @@ def test_events_restored_after_a_restart_are_late_unless_the_wall_clock_vouches(
 ) -> None:
     # A monotonic clock does not survive the process: only a synchronised wall
     # clock (then and now) can tell the age of an event made by the last run.
-    monkeypatch.setattr("edge.mqtt.clock_synced", lambda: synced)
+    monkeypatch.setattr("edge.delivery.mqtt.clock_synced", lambda: synced)
     broker = Broker(tmp_path / "broker", persistent=True)  # down: the first run delivers nothing
     cfg = config(tmp_path, broker, {"events": {"valid_for_s": 30.0}})
     first = start(publishers, cfg)

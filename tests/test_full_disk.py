@@ -22,7 +22,7 @@ __all__ = ["mqtt_broker"]
 
 OUTBOX_SCRIPT = """
 import json, os, sys
-from edge.outbox import Outbox
+from edge.delivery.outbox import Outbox
 d = sys.argv[1]
 box = Outbox(os.path.join(d, "outbox.sqlite"), max_rows=1000)
 def add(n):

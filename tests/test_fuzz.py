@@ -44,7 +44,7 @@ from _standins import StandInRecognizer
 
 from edge.config import Config, ConfigError, load_config
 from edge.errors import FacegateError, GalleryError
-from edge.gallery import MAGIC, MODE_PLAIN, Gallery
+from edge.identity.gallery import MAGIC, MODE_PLAIN, Gallery
 
 SEED = 20261130
 N_CONFIGS = 500
@@ -159,7 +159,7 @@ def _cli(args: list[str]) -> tuple[int, str, str]:
 def _start_and_stop(path: Path) -> None:
     """The service's start-up on this config, stopped at once (what ``run`` does first)."""
     from edge.daemon import run
-    from edge.gallery import gallery_key
+    from edge.identity.gallery import gallery_key
     from edge.sdnotify import Notifier
 
     cfg = load_config(path)

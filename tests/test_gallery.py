@@ -21,8 +21,15 @@ from _hostile import FACEGATE, ROOT, assert_one_line_error, face_photo, write_co
 from broker import Broker, Collector, mqtt_broker
 
 from edge.errors import GalleryError
-from edge.gallery import MAGIC, MODE_PLAIN, Gallery, manifest_digest, read_high_water, rebind
-from edge.manifest import load_manifest
+from edge.identity.gallery import (
+    MAGIC,
+    MODE_PLAIN,
+    Gallery,
+    manifest_digest,
+    read_high_water,
+    rebind,
+)
+from edge.vision.manifest import load_manifest
 
 __all__ = ["mqtt_broker"]
 
@@ -318,9 +325,9 @@ def test_reload_with_the_gallery_missing_keeps_the_old_one(
     """``mv gallery away; kill -HUP`` and the ``reload-gallery`` command keep the old gallery."""
     import cv2
 
-    from edge.events import Topics
+    from edge.decide.recognizer import Recognizer
+    from edge.delivery.topics import Topics
     from edge.imageio import read_image
-    from edge.recognizer import Recognizer
 
     rec = Recognizer.from_models(
         models / "face_detection_short_range.tflite", models / "sface_int8.tflite"
@@ -398,7 +405,7 @@ def test_reload_with_the_gallery_missing_keeps_the_old_one(
 
 
 def test_a_person_name_never_reads_as_a_group_or_a_control_sequence(tmp_path: Path) -> None:
-    from edge.gallery import check_new_name
+    from edge.identity.gallery import check_new_name
 
     assert check_new_name("  Zoë O'Brien 😀 ") == "Zoë O'Brien 😀"
     assert check_new_name("groups: Ann") == "groups: Ann"  # only the exact prefix is a group

@@ -22,8 +22,9 @@ from broker import Broker, Collector, mosquitto_path, mqtt_broker
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import Config, parse_config
-from edge.events import Topics, build_ha_discovery, ha_person_object_id
-from edge.mqtt import Publisher
+from edge.daemon import Publisher
+from edge.delivery.topics import Topics
+from edge.homeassistant.discovery import build_ha_discovery, ha_person_object_id
 
 pytestmark = [
     pytest.mark.mqtt,

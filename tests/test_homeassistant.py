@@ -2,8 +2,9 @@
 
 Home Assistant 2024.1 (the newest release that installs on Python 3.11) runs
 from its own virtualenv, ``.venv-ha/`` in the checkout (git-ignored), which
-this module creates on first use (about 2 minutes, needs the package index;
-without it the test is skipped, saying why). It runs as a process with its
+``bash tools/setup.sh --dev`` builds (:mod:`tools.ha_venv`, about 2 minutes,
+needs the package index). Nothing is installed here: when the venv is missing
+or stale the tests are skipped, saying how to build it. It runs as a process with its
 config folder in a temporary directory; its MQTT integration is configured
 through a config entry written to ``.storage/core.config_entries`` (2024.1 has
 no YAML for the broker) and pointed at the test's Mosquitto. Home Assistant
@@ -30,9 +31,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -46,9 +47,12 @@ from broker import Broker, Collector, free_port, mosquitto_path, mqtt_broker
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import Config, parse_config
-from edge.events import Topics, build_event, encode, iso_utc
-from edge.mqtt import Publisher
+from edge.daemon import Publisher
+from edge.delivery.codec import encode
+from edge.delivery.events import build_event, iso_utc
+from edge.delivery.topics import Topics
 from edge.types import Box, Decision
+from tools import ha_venv
 
 pytestmark = [
     pytest.mark.homeassistant,
@@ -58,19 +62,7 @@ pytestmark = [
 __all__ = ["mqtt_broker"]
 
 REPO = Path(__file__).resolve().parents[1]
-HA_VENV = REPO / ".venv-ha"
-HA_VERSION = "2024.1.6"
-# Home Assistant itself, and what the integrations used here need: mqtt (paho
-# 1.6), file_upload (janus), camera, loaded by mqtt (numpy, PyTurboJPEG). The
-# versions are those Home Assistant 2024.1 pins; it runs with --skip-pip.
-HA_REQUIREMENTS = (
-    f"homeassistant=={HA_VERSION}",
-    "paho-mqtt==1.6.1",
-    "janus==1.0.0",
-    "numpy==1.26.0",
-    "PyTurboJPEG==1.7.1",
-)
-# The one warning we cause on purpose (--skip-pip: the test installed everything).
+# The one warning we cause on purpose (--skip-pip: the setup installed everything).
 EXPECTED_WARNINGS = ("Skipping pip installation of required modules",)
 
 DEVICE = "front-door"
@@ -82,24 +74,10 @@ NAIVE = "counter/naive"
 
 
 def ha_python() -> Path:
-    """The virtualenv's python with Home Assistant installed (created once)."""
-    python = HA_VENV / "bin" / "python"
-    stamp = HA_VENV / "facegate-requirements.txt"
-    wanted = "\n".join(HA_REQUIREMENTS) + "\n"
-    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
-        return python
-    t0 = time.monotonic()
-    steps = [
-        [sys.executable, "-m", "venv", "--clear", str(HA_VENV)],
-        [str(python), "-m", "pip", "install", "--quiet", *HA_REQUIREMENTS],
-    ]
-    for cmd in steps:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
-        if p.returncode != 0:
-            tail = (p.stderr or p.stdout)[-600:]
-            pytest.skip(f"cannot install Home Assistant {HA_VERSION} into {HA_VENV}: {tail}")
-    stamp.write_text(wanted)
-    print(f"\nHome Assistant {HA_VERSION} installed in {time.monotonic() - t0:.0f} s")
+    """Home Assistant's python (``.venv-ha/``, built by the setup), else skip saying why."""
+    python, why = ha_venv.status()
+    if python is None:
+        pytest.skip(why)
     return python
 
 
@@ -142,6 +120,26 @@ TEST_AUTOMATIONS = """
     - service: lock.unlock
       target:
         entity_id: lock.front_door_door_lock
+- id: test_enrol_name
+  alias: "Type a name into the device's Enrol name when the test asks"
+  trigger:
+    - platform: mqtt
+      topic: test/ha/enrol_name
+  action:
+    - service: text.set_value
+      target:
+        entity_id: text.front_door_enrol_name
+      data:
+        value: "{{ trigger.payload }}"
+- id: test_enrol_press
+  alias: "Press Enrol next face when the test asks"
+  trigger:
+    - platform: mqtt
+      topic: test/ha/enrol_press
+  action:
+    - service: button.press
+      target:
+        entity_id: button.front_door_enrol_next_face
 - id: test_press
   alias: "Press the reload button when the test asks"
   trigger:
@@ -190,21 +188,57 @@ automation: !include automations.yaml
 """
 
 
-def write_ha_config(cfg_dir: Path, broker: Broker) -> None:
+ENROL_KEY = b"enrol-key-" * 4
+
+
+def readme_enrolment(cfg_dir: Path) -> tuple[str, str]:
+    """The README's "Enrol next face" set-up, as users copy it: the signing script and its
+    key into the config folder, its ``shell_command`` (configuration) and its automation."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    (script,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "enrol-v1" in b]
+    (cfg_dir / "facegate-enrol.py").write_text(script)
+    (cfg_dir / "facegate-enrol.key").write_bytes(ENROL_KEY)
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "sign_enrol" in b]
+    shell, automation = block.replace("/config/", f"{cfg_dir}/").split("\nautomation:\n")
+    listed = "\n".join(line.removeprefix("  ") for line in automation.splitlines())
+    return shell.rstrip("\n") + "\n", listed + "\n"
+
+
+def write_ha_config(
+    cfg_dir: Path,
+    broker: Broker,
+    *,
+    login: tuple[str, str] | None = None,
+    configuration: str = "",
+    automations: str = "",
+) -> None:
+    """Home Assistant's config folder: the test's configuration and automations, the broker.
+
+    ``login``: Home Assistant's broker user; ``configuration`` and
+    ``automations``: YAML added to ``configuration.yaml`` and ``automations.yaml``.
+    """
     (cfg_dir / ".storage").mkdir(parents=True)
+    shell, enrol = readme_enrolment(cfg_dir)
+    if "shell_command:\n" in configuration:  # one shell_command table: both recipes' entries
+        configuration = configuration.replace("shell_command:\n", shell, 1)
+    else:
+        configuration = shell + configuration
     (cfg_dir / "configuration.yaml").write_text(
-        CONFIGURATION.format(http_port=free_port(), state=STATE)
+        CONFIGURATION.format(http_port=free_port(), state=STATE) + configuration
     )
     (cfg_dir / "automations.yaml").write_text(
-        readme_automation("facegate_unlock_alice") + TEST_AUTOMATIONS
+        readme_automation("facegate_unlock_alice") + enrol + TEST_AUTOMATIONS + automations
     )
+    data: dict[str, Any] = {"broker": broker.host, "port": broker.port, "discovery": True}
+    if login is not None:
+        data.update(username=login[0], password=login[1])
     entry = {
         "entry_id": uuid.uuid4().hex,
         "version": 1,
         "minor_version": 1,
         "domain": "mqtt",
         "title": "test broker",
-        "data": {"broker": broker.host, "port": broker.port, "discovery": True},
+        "data": data,
         "options": {},
         "pref_disable_new_entities": False,
         "pref_disable_polling": False,
@@ -218,12 +252,19 @@ def write_ha_config(cfg_dir: Path, broker: Broker) -> None:
 
 
 class HomeAssistant:
-    """A Home Assistant process and what it tells the broker (states via statestream)."""
+    """A Home Assistant process and what it tells the broker (states via statestream).
 
-    def __init__(self, python: Path, cfg_dir: Path, broker: Broker) -> None:
+    ``auth``: the test's own broker user (a broker with the shipped ACL).
+    """
+
+    def __init__(
+        self, python: Path, cfg_dir: Path, broker: Broker, auth: tuple[str, str] | None = None
+    ) -> None:
         self.cfg_dir = cfg_dir
         self.log = cfg_dir / "home-assistant.log"
-        self.states = Collector(broker, [f"{STATE}/#", "test/ha/#"], persistent=False).start()
+        self.states = Collector(
+            broker, [f"{STATE}/#", "test/ha/#"], persistent=False, auth=auth
+        ).start()
         out = (cfg_dir / "stdout.txt").open("wb")
         self.proc = subprocess.Popen(
             [
@@ -367,7 +408,7 @@ def test_home_assistant_runs_the_readme_unlock_automation_safely(
 ) -> None:
     ha = home_assistant
     # A door's clock is synchronised; this test machine's may not be.
-    monkeypatch.setattr("edge.mqtt.clock_synced", lambda: True)
+    monkeypatch.setattr("edge.delivery.mqtt.clock_synced", lambda: True)
     cfg = device_config(tmp_path / "device", mqtt_broker)
     commands: list[str] = []
     pub = online(cfg)
@@ -400,8 +441,15 @@ def test_home_assistant_runs_the_readme_unlock_automation_safely(
     # 1. A live recognition of Alice: the automation fires once.
     alice = pub.publish_decision(face("Alice"))
     ha.wait(lambda: ha.count(UNLOCKS) == 1, why="unlock on a live recognition")
-    ha.wait(lambda: face_event(alice["id"]), why="the event's attributes")
-    assert ha.last(FACE, "delivery") == '"live"' and ha.last(FACE, "name") == '"Alice"'
+    # Statestream publishes each attribute as its own message: wait for all of them.
+    ha.wait(
+        lambda: (
+            face_event(alice["id"])
+            and ha.last(FACE, "delivery") == '"live"'
+            and ha.last(FACE, "name") == '"Alice"'
+        ),
+        why="the event's attributes",
+    )
     ha.wait(lambda: "Alice" in ha.values("sensor/front_door_last_person"), why="Last person")
     ha.wait(lambda: ha.last("sensor/front_door_last_person") == "", why="Last person cleared")
 
@@ -493,10 +541,10 @@ def test_home_assistant_shows_the_door_and_cannot_open_it(
     pytest.importorskip("gpiozero", reason="gpiozero is not installed (the door extra)")
     from gpiozero.pins.mock import MockFactory
 
-    from edge.door import DoorController
+    from edge.door.controller import DoorController
 
     ha = home_assistant
-    monkeypatch.setattr("edge.mqtt.clock_synced", lambda: True)
+    monkeypatch.setattr("edge.delivery.mqtt.clock_synced", lambda: True)
     door = {
         "enabled": True,
         "pin_factory": "mock",
@@ -551,6 +599,263 @@ def test_home_assistant_shows_the_door_and_cannot_open_it(
     finally:
         asked.stop()
         ctl.stop()
+        pub.stop(timeout=3.0)
+    problems = ha.problems()
+    assert not problems, "\n".join(problems)
+
+
+# -- the README's door recipe, end to end, with the shipped broker config and ACL ---------------
+
+ROOT_SYSTEMD = REPO / "systemd"
+ACL_USERS = {
+    "front-door": "door-pw",
+    "homeassistant": "ha-pw",
+    "tester": "t-pw",  # reads Home Assistant's state stream
+    "poker": "p-pw",  # pokes Home Assistant's test automations
+    "watcher": "w-pw",  # reads facegate/#: what reaches the broker's subscribers
+    "widened": "x-pw",  # an admin widened the ACL: may write door/set
+    "mallory": "m-pw",  # any other user
+}
+# The shipped ACL, plus what only this test needs (one user per connection: the shipped
+# config names each client after its user). Nothing here widens facegate/ but "widened".
+TEST_ACL = """
+# -- test only ------------------------------------------------------------------------
+user homeassistant
+topic write hastate/#
+topic readwrite test/ha/#
+user tester
+topic read hastate/#
+topic read test/ha/#
+user poker
+topic write test/ha/#
+user watcher
+topic read facegate/#
+user widened
+topic write facegate/+/door/set
+"""
+UNLOCK_KEY = b"ha-remote-unlock-key-0123456789abcdef"
+
+
+def readme_yaml(marker: str) -> str:
+    """The README's YAML block that holds ``marker``."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for block in re.findall(r"```yaml\n(.*?)```", readme, flags=re.S):
+        if marker in block:
+            return str(block)
+    raise AssertionError(f"no YAML block with {marker!r} in the README")
+
+
+def readme_signing_script() -> str:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    return (
+        "# facegate-unlock.py"
+        + readme.split("```python\n# facegate-unlock.py", 1)[1].split("```", 1)[0]
+    )
+
+
+@pytest.fixture
+def acl_broker(tmp_path: Path) -> Iterator[Broker]:
+    """Mosquitto with every setting of systemd/mosquitto-facegate.conf and the shipped ACL."""
+    if shutil.which("mosquitto_passwd") is None:
+        pytest.skip("needs mosquitto_passwd")
+    d = tmp_path / "acl"
+    d.mkdir()
+    passwd = d / "passwd"
+    passwd.touch()
+    for user, pw in ACL_USERS.items():
+        subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, pw], check=True)
+    acl = d / "facegate.acl"
+    acl.write_text((ROOT_SYSTEMD / "mosquitto-acl.example").read_text() + TEST_ACL)
+    conf = (ROOT_SYSTEMD / "mosquitto-facegate.conf").read_text().splitlines()
+    settings = dict(ln.split(None, 1) for ln in conf if ln and not ln.startswith("#"))
+    own = {"listener", "password_file", "acl_file", "allow_anonymous", "per_listener_settings"}
+    extra = [f"{k} {v}" for k, v in settings.items() if k not in own]
+    extra += [f"password_file {passwd}", f"acl_file {acl}"]
+    b = Broker(d / "broker", extra_conf="\n".join(extra), anonymous=False)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+def test_the_readme_door_recipe_with_the_shipped_acl(
+    acl_broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Home Assistant's lock opens the door only through a command it signs itself.
+
+    The README's recipe (a shell command that signs with a key only Home
+    Assistant holds, an automation on Home Assistant's own lock.unlock) on a
+    broker with the shipped config and ACL: the lock entity's UNLOCK pulses
+    the relay once (remote_unlock in the audit log) and the entity shows it;
+    nobody who writes ``door/set`` or the command topic (another user, the
+    test's own) gets a pulse: ``door/set`` reaches the broker (Home Assistant's
+    own UNLOCK, one from a user an admin allowed to write it) and opens nothing.
+    """
+    pytest.importorskip("gpiozero", reason="gpiozero is not installed (the door extra)")
+    from gpiozero.pins.mock import MockFactory
+
+    from edge.door.audit import read_entries
+    from edge.door.controller import DoorController
+
+    python = ha_python()
+    ha_dir = tmp_path / "ha"
+    config = readme_yaml("shell_command:").replace("/config/", f"{ha_dir}/")
+    automation = readme_yaml("id: facegate_door_unlock")
+    write_ha_config(ha_dir, acl_broker, login=("homeassistant", ACL_USERS["homeassistant"]),
+                    configuration=config, automations=automation)  # fmt: skip
+    (ha_dir / "facegate-unlock.py").write_text(readme_signing_script())
+    (ha_dir / "facegate-unlock.key").write_bytes(UNLOCK_KEY + b"\n")
+    (ha_dir / "facegate-unlock.key").chmod(0o600)
+    user = {u: (u, pw) for u, pw in ACL_USERS.items()}
+    ha = HomeAssistant(python, ha_dir, acl_broker, auth=user["tester"])
+    device = tmp_path / "device"
+    device.mkdir()
+    (device / "pw").write_text(ACL_USERS["front-door"])
+    (device / "unlock.key").write_bytes(UNLOCK_KEY)
+    monkeypatch.setattr("edge.delivery.mqtt.clock_synced", lambda: True)
+    cfg = parse_config(
+        {
+            "device": {"id": DEVICE, "name": "Front door"},
+            "mqtt": {"enabled": True, "host": acl_broker.host, "port": acl_broker.port,
+                     "username": "front-door", "password_file": "pw", "keepalive": 5,
+                     "ha_discovery": True, "commands": True},
+            "door": {"enabled": True, "pin_factory": "mock", "relay_pin": RELAY,
+                     "allow": ["Alice"], "unlock_s": 1.5, "remote_unlock": True,
+                     "remote_key_file": "unlock.key"},
+            "service": {"state_dir": str(device)},
+        },
+        base_dir=device,
+    )  # fmt: skip
+    set_topic = f"{T.base}/door/set"
+    pub: Publisher | None = None
+    ctl: DoorController | None = None
+    watch = Collector(acl_broker, [set_topic], persistent=False, auth=user["watcher"]).start()
+    try:
+        ha.wait(lambda: ha.states.payloads("test/ha/started") != [], 120, "Home Assistant start")
+        pub = online(cfg)
+        ctl = DoorController(cfg, events=pub, factory=MockFactory(), synced=lambda: True)
+        pub.on_unlock = ctl.remote_command
+        pub.verify_unlock = ctl.authentic
+        assert watch.ready() and ctl.sync()
+        ha.wait(lambda: ha.last(LOCK) == "locked", 60, "the lock entity, locked")
+
+        # Home Assistant's own UNLOCK: the recipe signs and sends; one pulse, shown.
+        raw_as(acl_broker, user["poker"], "test/ha/door_unlock", b"1")
+        ha.wait(lambda: "unlocked" in ha.values(LOCK), 60, "unlocked by the signed command")
+        ha.wait(lambda: ha.last(LOCK) == "locked", why="locked again after unlock_s")
+        assert ctl.sync()
+        pulses = [e for e in ctl.relay_log if e[1]]
+        assert len(pulses) == 1 and pulses[0][2] == "remote unlock"
+        assert [e.kind for e in read_entries(cfg.audit_file)] == ["remote_unlock"]
+        # The lock entity's own UNLOCK on door/set reached the broker; nothing acted on it.
+        assert watch.wait_for(lambda: watch.payloads(set_topic) == [b"UNLOCK"], 10)
+
+        # Everyone else: UNLOCK on door/set (allowed for "widened"), an unsigned command.
+        forged = json.dumps({"command": "unlock", "ts": int(time.time()), "nonce": "x" * 16,
+                             "hmac": "0" * 64}).encode()  # fmt: skip
+        for who in ("mallory", "poker", "widened"):
+            raw_as(acl_broker, user[who], set_topic, b"UNLOCK")
+            raw_as(acl_broker, user[who], T.command, forged)
+        assert watch.wait_for(lambda: watch.payloads(set_topic) == [b"UNLOCK"] * 2, 10)
+        time.sleep(3.0)  # what should not happen gets time to happen
+        assert ctl.sync()
+        assert [e for e in ctl.relay_log if e[1]] == pulses
+        assert [e.kind for e in read_entries(cfg.audit_file)] == ["remote_unlock"]
+        assert ha.last(LOCK) == "locked"
+        ctl.stop()
+        pub.stop(timeout=3.0)
+        ha.wait(lambda: ha.last(LOCK) == "unavailable", why="the device went offline")
+        problems = ha.problems()  # before Home Assistant's own shutdown
+        assert not problems, "\n".join(problems)
+    finally:
+        watch.stop()
+        if ctl is not None:
+            ctl.stop()
+        if pub is not None:
+            pub.stop(timeout=3.0)
+        ha.stop()
+
+
+def raw_as(broker: Broker, auth: tuple[str, str], topic: str, payload: bytes) -> None:
+    """Publish once as a broker user (on a broker with passwords); a denied publish is dropped."""
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=auth[0], protocol=paho.MQTTv311)
+    c.username_pw_set(*auth)
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    try:
+        c.publish(topic, payload, qos=1).wait_for_publish(10)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+UNKNOWN_IMAGE = "image/front_door_unknown_visitor"
+ENROL_NAME = "text/front_door_enrol_name"
+ENROL_BUTTON = "button/front_door_enrol_next_face"
+
+
+def test_home_assistant_shows_unknown_visitors_and_its_button_enrols_signed(
+    home_assistant: HomeAssistant, mqtt_broker: Broker, tmp_path: Path
+) -> None:
+    """The review's entities: the "Unknown visitor" image follows each new visit; "Enrol
+    name" and "Enrol next face", through the README's automation and signing script, put a
+    command on the command topic that the device's check accepts, for that name."""
+    from edge.door.remote import NonceCache, verify_enrol
+    from edge.imageio import encode_jpeg
+    from edge.review.ring import Visit
+
+    ha = home_assistant
+    device = tmp_path / "device"
+    device.mkdir()
+    base = device_config(device, mqtt_broker)
+    cfg = parse_config(
+        {
+            "device": {"id": DEVICE, "name": "Front door"},
+            "mqtt": {
+                "enabled": True, "host": mqtt_broker.host, "port": mqtt_broker.port,
+                "ha_discovery": True, "commands": True,
+            },
+            "gallery": {"key_file": "g.key"},
+            "review": {
+                "keep_unknown": True, "notify": True, "enrol_command": True,
+                "enrol_key_file": "e.key",
+            },
+            "service": {"state_dir": str(device)},
+        },
+        base_dir=base.base_dir,
+    )  # fmt: skip
+    pub = online(cfg)
+    got: list[tuple[str | None, str | None]] = []
+    nonces = NonceCache()
+    pub.on_enrol = lambda payload: got.append(
+        verify_enrol(
+            payload,
+            key=ENROL_KEY,
+            device_id=DEVICE,
+            now=time.time(),
+            mono=time.monotonic(),
+            synced=True,
+            nonces=nonces,
+        )
+    )
+    try:
+        ha.wait(lambda: ha.last(ENROL_BUTTON) not in (None, "unavailable"), 60, "the button")
+        ha.wait(lambda: ha.last(ENROL_NAME) not in (None, "unavailable"), 30, "the text")
+        ha.wait(lambda: ha.last(UNKNOWN_IMAGE) not in (None, "unavailable"), 30, "the image")
+        pictures = len(ha.values(UNKNOWN_IMAGE))
+        jpeg = encode_jpeg(np.full((96, 80, 3), 140, np.uint8), 320, 90)
+        pub.unknown_notifier.push(Visit(7, time.time(), 7, 0.8, 4, "m", np.zeros(4), jpeg), 1)
+        ha.wait(lambda: len(ha.values(UNKNOWN_IMAGE)) > pictures, why="a new unknown visitor")
+        raw(mqtt_broker, "test/ha/enrol_name", "Zoë Adams".encode())
+        ha.wait(lambda: ha.last(ENROL_NAME) == "Zoë Adams", why="the name typed in")
+        # A bare PRESS on the button's topic (what any broker client could send) enrols nobody.
+        raw(mqtt_broker, f"{T.base}/enrol/set", b"PRESS")
+        raw(mqtt_broker, "test/ha/enrol_press", b"1")
+        ha.wait(lambda: bool(got), 60, "the signed command from the README's automation")
+        time.sleep(1.0)
+        assert got == [(None, "Zoë Adams")]
+    finally:
         pub.stop(timeout=3.0)
     problems = ha.problems()
     assert not problems, "\n".join(problems)

@@ -108,12 +108,12 @@ def test_no_stranger_named_for_any_pair_of_people(shared: Path, models: Path) ->
 
     from conftest import DETECTOR, EMBEDDER
 
+    from edge.decide.recognizer import Recognizer
     from edge.errors import NoFaceError
-    from edge.gallery import Gallery
+    from edge.identity.gallery import Gallery
+    from edge.identity.matcher import Matcher
     from edge.imageio import read_image
-    from edge.matcher import Matcher
     from edge.numerics import Confidence
-    from edge.recognizer import Recognizer
 
     rec = Recognizer.from_models(DETECTOR, EMBEDDER)
     cal = rec.calibration

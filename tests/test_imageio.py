@@ -21,7 +21,7 @@ import pytest
 from _hostile import FACEGATE, ROOT, face_photo
 
 from edge.errors import ImageError
-from edge.gallery import Gallery
+from edge.identity.gallery import Gallery
 from edge.imageio import (
     check_header,
     decode_image,
@@ -30,7 +30,7 @@ from edge.imageio import (
     list_images,
     read_image,
 )
-from edge.manifest import load_manifest
+from edge.vision.manifest import load_manifest
 
 MEMORY_LIMIT = 1 << 30  # identify itself needs ~0.6 GiB of address space
 

@@ -26,7 +26,7 @@ from edge.liveness.decide import LivenessParams, decide
 from edge.liveness.geometry import Parallax
 from edge.liveness.mesh import FaceMesh, roi_from_keypoints, roi_matrix
 from edge.liveness.motion import ContextCount, Window
-from edge.manifest import load_manifest, save_manifest
+from edge.vision.manifest import load_manifest, save_manifest
 
 MESH = MODELS / "face_landmark.tflite"
 needs_mesh = pytest.mark.skipif(
@@ -152,9 +152,9 @@ def test_mesh_manifest_is_checked(tmp_path: Path) -> None:
 @needs_mesh
 def test_mesh_on_a_registry_photo() -> None:
     from edge.demo import demo_photos
-    from edge.detector import FaceDetector
     from edge.imageio import read_image
     from edge.liveness.geometry import eye_opening
+    from edge.vision.detector import FaceDetector
 
     img = read_image(demo_photos()["grace_hopper"])
     det = FaceDetector.load(DETECTOR).detect(img)[0]
@@ -216,8 +216,8 @@ def test_cli_on_generated_attacks_never_passes(tmp_path: Path) -> None:
     import cv2
 
     from edge.demo import demo_photos
-    from edge.detector import FaceDetector
     from edge.imageio import read_image
+    from edge.vision.detector import FaceDetector
     from tools.liveness.attacks import AttackSpec, frames, make_scene, registry_backgrounds
 
     photo = read_image(demo_photos()["astronaut"])
@@ -258,9 +258,9 @@ def test_cli_on_the_real_clip(shared_video: Path, tmp_path: Path) -> None:
 def test_stage_a_photo_held_still_is_not_enough_evidence_and_old_tracks_go() -> None:
     """Three seconds of a still photo (sensor noise only): null, never a pass."""
     from edge.demo import demo_photos
-    from edge.detector import FaceDetector
     from edge.imageio import read_image
     from edge.liveness.stage import LivenessStage
+    from edge.vision.detector import FaceDetector
 
     img = read_image(demo_photos()["grace_hopper"])
     det = FaceDetector.load(DETECTOR).detect(img)[0]

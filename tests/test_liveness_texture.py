@@ -17,8 +17,8 @@ from conftest import DETECTOR
 
 from edge.errors import ModelError
 from edge.liveness.texture import TextureModel, crop_box, live_probability
-from edge.manifest import Preprocessing, load_manifest, save_manifest
 from edge.types import Box
+from edge.vision.manifest import Preprocessing, load_manifest, save_manifest
 
 
 def test_crop_box_grows_the_box_and_stays_in_the_frame() -> None:
@@ -68,7 +68,7 @@ def test_antispoof_quantize_and_device_agree(tmp_path: Path) -> None:
     assert m.preprocessing.color == "BGR" and m.preprocessing.std == 255.0
     assert report["live_probability"]["int8"]["max_abs_diff_to_source"] < 0.05
     # The device: same crop, same preprocessing, a probability near the float model's.
-    from edge.detector import FaceDetector
+    from edge.vision.detector import FaceDetector
 
     img = photos[0]
     box = FaceDetector.load(DETECTOR).detect(img)[0].box

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 from conftest import SHARED
 
-from edge.embedder import Embedder
 from edge.errors import FacegateError, ManifestMismatch, ModelError
-from edge.manifest import load_manifest, verify_file
+from edge.vision.embedder import Embedder
+from edge.vision.manifest import load_manifest, verify_file
 from tools import models, quantize
 
 FACES = SHARED / "faces"
@@ -91,7 +91,7 @@ def test_detector_manifest(built: dict[str, str], spec: models.DetectorSpec) -> 
 
 
 def test_short_range_detector_finds_a_registry_face(built: dict[str, str]) -> None:
-    from edge.detector import FaceDetector
+    from edge.vision.detector import FaceDetector
 
     images = models.default_calibration_images(augment=0)
     det = FaceDetector.load(DETECTOR)

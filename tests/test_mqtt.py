@@ -1,6 +1,6 @@
 """The MQTT publisher against a real Mosquitto on a loopback port.
 
-In-process tests drive :class:`edge.mqtt.Publisher` directly; the
+In-process tests drive :class:`edge.daemon.Publisher` directly; the
 availability and malformed-command tests run the stand-in daemon
 (``tests/_event_pump.py``) as a process so it can be SIGKILLed.
 """
@@ -23,9 +23,9 @@ from broker import Broker, Collector, mosquitto_path, mqtt_broker, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import Config, parse_config
+from edge.daemon import Publisher
+from edge.delivery.topics import Topics
 from edge.errors import ConfigError
-from edge.events import Topics
-from edge.mqtt import Publisher
 from edge.types import Box, Decision
 
 pytestmark = [

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-import edge.outbox as outbox_mod
-from edge.outbox import SEQ_BLOCK, Outbox, OutboxError
+import edge.delivery.outbox as outbox_mod
+from edge.delivery.outbox import SEQ_BLOCK, Outbox, OutboxError
 
 
 def add(box: Outbox, n: int = 1, topic: str = "t/event") -> list[int]:

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from conftest import DETECTOR, DETECTOR_FULL, EMBEDDER, EMBEDDER_FLOAT, FACENET, FACENET_FLOAT
 
-from edge.align import TEMPLATES, align_face, template_points, umeyama_similarity
-from edge.detector import ANCHORS, FaceDetector, decode, make_anchors, weighted_nms
-from edge.embedder import Embedder, pixel_lut
 from edge.errors import ManifestMismatch, ModelError
 from edge.imageio import apply_lut, list_images, read_image
-from edge.manifest import load_manifest
 from edge.numerics import quantize
 from edge.types import Box, Detection
+from edge.vision.align import TEMPLATES, align_face, template_points, umeyama_similarity
+from edge.vision.detector import ANCHORS, FaceDetector, decode, make_anchors, weighted_nms
+from edge.vision.embedder import Embedder, pixel_lut
+from edge.vision.manifest import load_manifest
 
 
 # -- alignment -----------------------------------------------------------------

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from conftest import SHARED
 
-from edge.embedder import Embedder
 from edge.errors import FacegateError
-from edge.manifest import load_manifest
+from edge.vision.embedder import Embedder
+from edge.vision.manifest import load_manifest
 from tools import edgetpu_ops, models, quantize
 
 FACES = SHARED / "faces"
@@ -324,7 +324,7 @@ def test_supported_ops_list_is_upper_case_tflite_names() -> None:
 
 
 def test_preprocess_formula_and_bgr() -> None:
-    from edge.manifest import Preprocessing
+    from edge.vision.manifest import Preprocessing
 
     px = np.array([[[[0, 128, 255]]]], np.uint8)
     rgb = quantize.preprocess(px, Preprocessing((1, 1), 127.5, 128.0, "RGB"))
@@ -598,7 +598,7 @@ def _facenet_keras_h5() -> Path:
     import sys
     import tarfile
 
-    from edge.manifest import sha256_file
+    from edge.vision.manifest import sha256_file
 
     h5 = CACHE / "facenet_keras.h5"
     if h5.is_file() and sha256_file(h5) == FACENET_KERAS_SHA256:

@@ -28,18 +28,13 @@ from test_mqtt import decision
 
 from edge.cli import main
 from edge.config import Config, parse_config
+from edge.daemon import Publisher
+from edge.delivery.codec import encode
+from edge.delivery.events import LATE, LIVE
+from edge.delivery.publishers import StdoutPublisher
+from edge.delivery.signing import sign_key, sign_payload, verify_payload, why_not_act
+from edge.delivery.topics import Topics
 from edge.errors import ConfigError, FacegateError, SignatureError
-from edge.events import (
-    LATE,
-    LIVE,
-    Topics,
-    encode,
-    sign_payload,
-    verify_payload,
-    why_not_act,
-)
-from edge.mqtt import Publisher
-from edge.publishers import StdoutPublisher, sign_key
 
 KEY = b"0123456789abcdef-device-key"
 T = Topics.for_device("test", "door1")
@@ -363,3 +358,29 @@ def test_the_documented_node_verifier_agrees(tmp_path: Path) -> None:
         'refused: unsigned: no "sig" member at the end of the payload',
         "refused: bad signature: not signed with this key, or altered",
     ]
+
+
+@pytest.mark.mqtt
+@pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto is not installed")
+def test_the_retained_door_status_is_signed_too(tmp_path: Path) -> None:
+    """With events.sign_key_*, <prefix>/<id>/door is signed (its own context, not an event's)."""
+    from edge.delivery.signing import STATUS_SIG_CONTEXT
+
+    broker = Broker(tmp_path / "broker").start()
+    cfg = key_config(tmp_path, enabled=True, host=broker.host, port=broker.port, prefix="test")
+    pub = Publisher(cfg)
+    try:
+        pub.start()
+        pub.publish_status("door", {"lock": "locked", "door": "closed", "tamper": False,
+                                    "lockout": False})  # fmt: skip
+        col = Collector(broker, [f"{T.base}/door"], persistent=False).start()
+        assert col.wait_for(lambda: col.payloads(f"{T.base}/door") != [], 10)
+        [payload] = col.payloads(f"{T.base}/door")
+        col.stop()
+    finally:
+        pub.stop(timeout=2.0)
+        broker.stop()
+    status = verify_payload(payload, KEY, context=STATUS_SIG_CONTEXT)
+    assert status["lock"] == "locked" and status["device"] == "door1"
+    with pytest.raises(SignatureError):  # a status is no event: it cannot pass for one
+        verify_payload(payload, KEY)

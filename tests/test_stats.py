@@ -260,7 +260,7 @@ def test_frr_table_on_exact_synthetic_distances() -> None:
 
 
 def test_tables_feed_the_device_rule() -> None:
-    from edge.thresholds import operating_point
+    from edge.identity.thresholds import operating_point
 
     rng = np.random.default_rng(3)
     imp = rng.normal(0.9, 0.1, 200_000)

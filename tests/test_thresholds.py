@@ -1,4 +1,7 @@
-"""The threshold that follows the gallery size, on exact synthetic tables (edge.thresholds)."""
+"""The threshold that follows the gallery size, on exact synthetic tables.
+
+The functions are :mod:`edge.identity.thresholds`.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +14,9 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
-from edge.gallery import Gallery
-from edge.manifest import Calibration, calibration_from_dict, from_dict
-from edge.recognizer import Recognizer
-from edge.thresholds import (
-    RateTable,
+from edge.decide.recognizer import Recognizer
+from edge.identity.gallery import Gallery
+from edge.identity.thresholds import (
     far_at_threshold,
     fpir_from_far,
     frr_at_threshold,
@@ -24,6 +25,7 @@ from edge.thresholds import (
     per_comparison_far,
     threshold_at_far,
 )
+from edge.vision.manifest import Calibration, RateTable, calibration_from_dict, from_dict
 
 # n = 10,000 impostor pairs; the last row is the rule-of-three limit 3/n = 3e-4.
 FAR = RateTable(
@@ -178,20 +180,20 @@ def test_recognizer_threshold_follows_the_gallery_and_logs_it(
     cal = Calibration(0.33, 0.05, 0.5, 0.03, "test", far_table=FAR, frr_table=FRR)
     # No detector or embedder is needed to choose the threshold.
     none = cast(Any, None)
-    with caplog.at_level(logging.INFO, logger="edge.recognizer"):
+    with caplog.at_level(logging.INFO, logger="edge.decide.recognizer"):
         rec = Recognizer(none, none, _gallery(1, 1), cal, target_fpir=0.01)
     assert rec.threshold == 0.40 and rec.operating_point.comparisons == 1
     assert "threshold 0.40000" in caplog.text and "expected FNIR 10.00%" in caplog.text
     rec.set_gallery(_gallery(5, 2))  # M = 10
     assert rec.threshold == 0.30
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="edge.recognizer"):
+    with caplog.at_level(logging.WARNING, logger="edge.decide.recognizer"):
         rec.set_gallery(_gallery(50, 2))  # M = 100: below the table's resolution
     assert rec.threshold == 0.20 and rec.operating_point.clamped
     assert "cannot resolve" in caplog.text
     # An explicit threshold wins and is warned about when looser than the target allows.
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="edge.recognizer"):
+    with caplog.at_level(logging.WARNING, logger="edge.decide.recognizer"):
         fixed = Recognizer(none, none, _gallery(5, 2), cal, 0.01, threshold_override=0.45)
     assert fixed.threshold == 0.45 and "looser than the calibration allows" in caplog.text
     # A manifest without tables keeps its one threshold whatever the gallery.
@@ -254,14 +256,14 @@ def test_a_loose_config_threshold_is_a_warning_from_the_daemons_recognizer(
     """The warning is a WARNING on every gallery swap (start-up and each reload)."""
     cal = Calibration(0.33, 0.05, 0.5, 0.03, "test", far_table=FAR, frr_table=FRR)
     none = cast(Any, None)
-    with caplog.at_level(logging.WARNING, logger="edge.recognizer"):
+    with caplog.at_level(logging.WARNING, logger="edge.decide.recognizer"):
         rec = Recognizer(none, none, _gallery(2, 1), cal, 0.01, threshold_override=0.45)
         rec.set_gallery(_gallery(20, 1))
     loud = [r for r in caplog.records if r.levelno == logging.WARNING and "looser" in r.message]
     assert len(loud) == 2 and rec.threshold == 0.45
     # Within what the calibration supports: no warning.
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="edge.recognizer"):
+    with caplog.at_level(logging.WARNING, logger="edge.decide.recognizer"):
         Recognizer(none, none, _gallery(2, 1), cal, 0.01, threshold_override=0.25)
     assert not caplog.records
 
@@ -269,11 +271,11 @@ def test_a_loose_config_threshold_is_a_warning_from_the_daemons_recognizer(
 def test_a_loose_config_threshold_is_warned_about_without_tables(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from edge.recognizer import calibration_for
+    from edge.decide.recognizer import calibration_for
 
     plain = Calibration(0.33, 0.05, 0.5, 0.03, "test")  # an old manifest: no tables
     emb = cast(Any, SimpleNamespace(manifest=SimpleNamespace(calibration=plain)))
-    with caplog.at_level(logging.WARNING, logger="edge.recognizer"):
+    with caplog.at_level(logging.WARNING, logger="edge.decide.recognizer"):
         assert calibration_for(emb, 0.30).threshold == 0.30  # stricter: no warning
         assert "looser" not in caplog.text
         assert calibration_for(emb, 0.45).threshold == 0.45

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edge.config import DecisionConfig
-from edge.tracker import RECOGNIZED, UNKNOWN, Tracker, crop_snapshot, identity_jump
+from edge.decide.tracker import RECOGNIZED, UNKNOWN, Tracker, crop_snapshot, identity_jump
 from edge.types import Box, Decision, Detection, FaceResult, FrameResult, Match
 
 LEFT = Box(100, 100, 80, 80)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from edge.errors import FacegateError
-from edge.manifest import Preprocessing
+from edge.vision.manifest import Preprocessing
 
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")

@@ -84,8 +84,8 @@ def test_report_and_outputs(trained: Path) -> None:
 def test_int8_model_runs_on_the_device_path(trained: Path) -> None:
     import numpy as np
 
-    from edge.embedder import Embedder
-    from edge.manifest import load_manifest
+    from edge.vision.embedder import Embedder
+    from edge.vision.manifest import load_manifest
     from tools import edgetpu_ops, quantize
 
     int8 = trained / "sface_ft_int8.tflite"

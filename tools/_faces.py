@@ -1,17 +1,17 @@
 """Labelled face folders -> embeddings, through the device's own pipeline.
 
 Calibration, evaluation and benchmarks must measure exactly what the door
-runs, so faces go through :class:`edge.recognizer.FaceCropper` (BlazeFace,
-then alignment to the embedder's template) and :class:`edge.embedder.Embedder`
+runs, so faces go through :class:`edge.decide.recognizer.FaceCropper` (BlazeFace,
+then alignment to the embedder's template) and :class:`edge.vision.embedder.Embedder`
 (the int8 or float TFLite model, normalised and quantised as its manifest
 says). One image gives at most one embedding: its largest usable face.
 
 A folder of people is ``<root>/<Person>/<image>``; people and images are
 taken in sorted order so every run sees the same sequence.
 
-Each photo goes through :func:`edge.recognizer.measure_photo`, the path
+Each photo goes through :func:`edge.decide.recognizer.measure_photo`, the path
 ``facegate enroll`` uses too, so besides the embedding every photo carries the
-enrolment checks' measurements (:class:`edge.enrol.FaceQuality`): the door
+enrolment checks' measurements (:class:`edge.identity.enrol.FaceQuality`): the door
 protocol of ``tools.evaluate`` enrols exactly as a door would.
 
 Embedding a few thousand photos takes minutes on a small CPU, so results can
@@ -32,8 +32,8 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.config import MODELS_DIR, EmbedderConfig
-from edge.enrol import FaceQuality, PhotoMeasure
 from edge.errors import FacegateError, ImageError
+from edge.identity.enrol import FaceQuality, PhotoMeasure
 from edge.imageio import IMAGE_SUFFIXES, read_image
 from tools._common import progress as bar
 
@@ -167,7 +167,7 @@ class EmbeddingCache:
     """Per-photo results of one (model, detector, face size) in one ``.npz``.
 
     Each entry is a photo key (:func:`_photo_key`) with either a
-    :class:`~edge.enrol.PhotoMeasure` (embedding and quality) or the reason
+    :class:`~edge.identity.enrol.PhotoMeasure` (embedding and quality) or the reason
     it has none. Tools that embed overlapping sets (calibrate, evaluate,
     bench) share it; a changed or moved photo simply misses.
     """
@@ -243,9 +243,9 @@ class FaceEmbedder:
         runtime: str = "auto",
         num_threads: int = 2,
     ) -> None:
-        from edge.detector import FaceDetector
-        from edge.embedder import Embedder
-        from edge.recognizer import FaceCropper
+        from edge.decide.recognizer import FaceCropper
+        from edge.vision.detector import FaceDetector
+        from edge.vision.embedder import Embedder
 
         self.embedder = Embedder.load(model_path, runtime=runtime, num_threads=num_threads)
         self.detector = FaceDetector.load(detector_path, runtime=runtime, num_threads=num_threads)
@@ -268,7 +268,7 @@ class FaceEmbedder:
     def measure_image(self, path: Path) -> PhotoMeasure | str:
         """The largest usable face's embedding and quality (as ``facegate enroll`` sees it),
         or why there is none."""
-        from edge.recognizer import measure_photo
+        from edge.decide.recognizer import measure_photo
 
         try:
             rgb = read_image(path)

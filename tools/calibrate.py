@@ -36,8 +36,14 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.errors import FacegateError
-from edge.manifest import Calibration, load_manifest, save_manifest, write_json_atomic
-from edge.thresholds import DEFAULT_TARGET_FPIR, OperatingPoint, RateTable, operating_point
+from edge.identity.thresholds import DEFAULT_TARGET_FPIR, OperatingPoint, operating_point
+from edge.vision.manifest import (
+    Calibration,
+    RateTable,
+    load_manifest,
+    save_manifest,
+    write_json_atomic,
+)
 from tools import plots, stats
 from tools._common import run_tool
 from tools._faces import (
@@ -111,6 +117,79 @@ class CalibrationResult:
         return d
 
 
+def _pairs(
+    genuine: npt.NDArray[np.floating], impostor: npt.NDArray[np.floating]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Both distance sets as float64, or FacegateError when either is empty."""
+    g = np.asarray(genuine, dtype=np.float64)
+    i = np.asarray(impostor, dtype=np.float64)
+    if g.size == 0:
+        raise FacegateError(
+            "no genuine pairs: calibration needs people with at least 2 photos each"
+        )
+    if i.size == 0:
+        raise FacegateError("no impostor pairs: calibration needs at least 2 people")
+    return g, i
+
+
+@dataclass(frozen=True)
+class _Threshold:
+    """The stored threshold, the two it was chosen from, and which one binds."""
+
+    threshold: float
+    t_far: float
+    t_fpir: float | None
+    comparisons: int | None
+    target: float
+    binding: str
+
+
+def _threshold(
+    i: npt.NDArray[np.float64],
+    far: float,
+    fpir: float | None,
+    gallery_size: int | None,
+    per_person: int,
+) -> _Threshold:
+    """The threshold at ``far``, or at the per-comparison FAR for ``fpir`` when stricter."""
+    t_far = stats.threshold_for_far(i, far)
+    t_fpir: float | None = None
+    comparisons: int | None = None
+    target, binding, threshold = far, "far", t_far
+    if fpir is not None:
+        if not gallery_size or gallery_size < 1:
+            raise FacegateError("--fpir needs --gallery-size (the number of enrolled people)")
+        comparisons = gallery_size * per_person
+        f_gal = stats.per_comparison_far(fpir, comparisons)
+        t_fpir = stats.threshold_for_far(i, f_gal)
+        if f_gal < far:
+            target, binding, threshold = f_gal, "fpir", min(t_far, t_fpir)
+    # What the device will use: rounded down (see stats.stored_threshold).
+    stored = stats.stored_threshold(threshold)
+    return _Threshold(stored, t_far, t_fpir, comparisons, target, binding)
+
+
+def _margin(
+    threshold: float,
+    gaps_for: Callable[[float], npt.NDArray[np.float64]] | None,
+    margin: float | None,
+    margin_loss: float,
+) -> tuple[float, str, int]:
+    """The margin, where it came from, and how many leave-one-out searches it rests on."""
+    if margin is not None:
+        return float(margin), "given (--margin)", 0
+    gaps = gaps_for(threshold) if gaps_for is not None else np.zeros(0)
+    n_search = int(gaps.size)
+    if not n_search:
+        return DEFAULT_MARGIN, "default (no leave-one-out genuine searches)", 0
+    m = stats.choose_margin(gaps, max_loss=margin_loss, default=DEFAULT_MARGIN)
+    src = (
+        f"{margin_loss:g} quantile of d2 - d1 over {n_search} leave-one-out genuine "
+        "searches (capped at 0.10)"
+    )
+    return m, src, n_search
+
+
 def choose_parameters(
     genuine: npt.NDArray[np.floating],
     impostor: npt.NDArray[np.floating],
@@ -132,44 +211,13 @@ def choose_parameters(
     returns the leave-one-out ``d2 - d1`` gaps at threshold ``t`` for
     :func:`tools.stats.choose_margin`; an explicit ``margin`` overrides it.
     """
-    g = np.asarray(genuine, dtype=np.float64)
-    i = np.asarray(impostor, dtype=np.float64)
-    if g.size == 0:
-        raise FacegateError(
-            "no genuine pairs: calibration needs people with at least 2 photos each"
-        )
-    if i.size == 0:
-        raise FacegateError("no impostor pairs: calibration needs at least 2 people")
-    t_far = stats.threshold_for_far(i, far)
-    t_fpir: float | None = None
-    comparisons: int | None = None
-    target, binding, threshold = far, "far", t_far
-    if fpir is not None:
-        if not gallery_size or gallery_size < 1:
-            raise FacegateError("--fpir needs --gallery-size (the number of enrolled people)")
-        comparisons = gallery_size * per_person
-        f_gal = stats.per_comparison_far(fpir, comparisons)
-        t_fpir = stats.threshold_for_far(i, f_gal)
-        if f_gal < far:
-            target, binding, threshold = f_gal, "fpir", min(t_far, t_fpir)
-    # What the device will use: rounded down (see stats.stored_threshold).
-    threshold = stats.stored_threshold(threshold)
+    g, i = _pairs(genuine, impostor)
+    th = _threshold(i, far, fpir, gallery_size, per_person)
+    threshold, comparisons = th.threshold, th.comparisons
     far_emp = stats.far_at(i, threshold)
     errors = round(far_emp * i.size)
-    check = stats.check_enough_impostors(int(i.size), target, errors)
-    if margin is not None:
-        m, m_src, n_search = float(margin), "given (--margin)", 0
-    else:
-        gaps = gaps_for(threshold) if gaps_for is not None else np.zeros(0)
-        n_search = int(gaps.size)
-        if n_search:
-            m = stats.choose_margin(gaps, max_loss=margin_loss, default=DEFAULT_MARGIN)
-            m_src = (
-                f"{margin_loss:g} quantile of d2 - d1 over {n_search} leave-one-out genuine "
-                "searches (capped at 0.10)"
-            )
-        else:
-            m, m_src = DEFAULT_MARGIN, "default (no leave-one-out genuine searches)"
+    check = stats.check_enough_impostors(int(i.size), th.target, errors)
+    m, m_src, n_search = _margin(threshold, gaps_for, margin, margin_loss)
     try:
         conf = stats.fit_confidence(g, i, prior_genuine=prior)
     except ValueError as e:
@@ -177,13 +225,13 @@ def choose_parameters(
     eer, eer_t = stats.equal_error_rate(stats.det_curve(g, i))
     return CalibrationResult(
         threshold=float(threshold),
-        threshold_far=float(t_far),
-        threshold_fpir=t_fpir,
+        threshold_far=float(th.t_far),
+        threshold_fpir=th.t_fpir,
         far=far,
         fpir=fpir,
         comparisons=comparisons,
-        target_far=float(target),
-        binding=binding,
+        target_far=float(th.target),
+        binding=th.binding,
         far_at_threshold=far_emp,
         frr_at_threshold=stats.frr_at(g, threshold),
         fpir_predicted=None if comparisons is None else stats.fpir_from_far(far_emp, comparisons),
@@ -385,6 +433,28 @@ def write_report(
 
 
 def render_markdown(res: CalibrationResult, data: dict[str, Any], files: dict[str, Path]) -> str:
+    """``calibration.md``: the parameters, the gallery-size table, the data check, the curve."""
+    lines = _summary(res, data) + _gallery_size_section(res)
+    dc = res.data_check
+    lines += ["## Is there enough data?", ""]
+    lines += [("" if dc.ok else "**Warning:** ") + dc.message, ""]
+    lines += _confidence_section(res)
+    if "hist" in files:
+        lines += ["## Plots", "", "![distance histograms](hist.png)", "", "![DET curve](det.png)"]
+        lines.append("")
+    if data["not_detected"]:
+        lines += ["## Photos without a usable face", ""]
+        lines += [f"- {f['person']}/{f['file']}: {f['why']}" for f in data["not_detected"]]
+        lines.append("")
+    if data["manifest_written"]:
+        lines.append(f"Written to the manifest `{data['manifest_written']}`.")
+    else:
+        lines.append("Not written to any manifest (`--no-write`).")
+    return "\n".join(lines) + "\n"
+
+
+def _summary(res: CalibrationResult, data: dict[str, Any]) -> list[str]:
+    """The title, the data line and the parameter table."""
     c = res.confidence
     lines = [
         f"# Calibration of {data['model']}",
@@ -405,7 +475,8 @@ def render_markdown(res: CalibrationResult, data: dict[str, Any], files: dict[st
             f"{res.threshold_fpir:.4f} (per-comparison FAR {res.target_far:.3g}) |",
             f"| predicted FPIR at the threshold | {res.fpir_predicted:.3g} |",
         ]
-    lines += [
+    return [
+        *lines,
         f"| empirical FAR at the threshold | {res.far_at_threshold:.3g} |",
         f"| empirical FRR (FNMR) at the threshold | {res.frr_at_threshold:.3g} |",
         f"| equal error rate | {_pct(res.eer)} at d = {res.eer_threshold:.4f} |",
@@ -414,7 +485,11 @@ def render_markdown(res: CalibrationResult, data: dict[str, Any], files: dict[st
         f"(prior p(genuine) = {c.prior_genuine:g}) |",
         "",
     ]
-    lines += [
+
+
+def _gallery_size_section(res: CalibrationResult) -> list[str]:
+    """The threshold the device picks for each gallery size, with its expected error rates."""
+    lines = [
         "## The threshold for the gallery size (device default: FPIR 1%)",
         "",
         "The device reads the FAR table for `f = 1 - (1 - FPIR)^(1/M)` with `M` enrolled "
@@ -432,10 +507,13 @@ def render_markdown(res: CalibrationResult, data: dict[str, Any], files: dict[st
             f"{_pct(p.expected_fpir or 0.0)} | {_pct(p.expected_fnir or 0.0)} |"
         )
     lines.append("")
-    dc = res.data_check
-    lines += ["## Is there enough data?", ""]
-    lines += [("" if dc.ok else "**Warning:** ") + dc.message, ""]
-    lines += [
+    return lines
+
+
+def _confidence_section(res: CalibrationResult) -> list[str]:
+    """The confidence curve, stated and worked through."""
+    c = res.confidence
+    lines = [
         "## From distance to percentage",
         "",
         "`confidence = 1 / (1 + exp((d - midpoint) / scale))` = "
@@ -446,18 +524,7 @@ def render_markdown(res: CalibrationResult, data: dict[str, Any], files: dict[st
     ]
     lines += [f"| {d:.4f} | {_pct(p)} |" for d, p in worked_example(res)]
     lines.append("")
-    if "hist" in files:
-        lines += ["## Plots", "", "![distance histograms](hist.png)", "", "![DET curve](det.png)"]
-        lines.append("")
-    if data["not_detected"]:
-        lines += ["## Photos without a usable face", ""]
-        lines += [f"- {f['person']}/{f['file']}: {f['why']}" for f in data["not_detected"]]
-        lines.append("")
-    if data["manifest_written"]:
-        lines.append(f"Written to the manifest `{data['manifest_written']}`.")
-    else:
-        lines.append("Not written to any manifest (`--no-write`).")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def write_manifest(model: Path, res: CalibrationResult, source: str) -> Path:

@@ -6,11 +6,11 @@
     python -m tools.evaluate --enrol enrol/ --probe probes/ --compare-float
 
 Every photo goes through the device's detector, alignment and embedder
-(:mod:`tools._faces`); enrolled people go into an :class:`edge.gallery.Gallery`
-and probes are matched with the device's :class:`edge.matcher.Matcher` and
+(:mod:`tools._faces`); enrolled people go into an :class:`edge.identity.gallery.Gallery`
+and probes are matched with the device's :class:`edge.identity.matcher.Matcher` and
 open-set rule. For a sweep of thresholds, and at the threshold the device
 would use for this gallery (the manifest's tables read for the gallery size
-and ``--target-fpir``, as :mod:`edge.thresholds` does; ``--threshold`` fixes
+and ``--target-fpir``, as :mod:`edge.identity.thresholds` does; ``--threshold`` fixes
 it) with the calibrated margin, we report:
 
 * FNIR: mated probes (the person is enrolled) not named correctly; a probe
@@ -41,14 +41,22 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edge.enrol import DEFAULT_RULES, EnrolmentRules, PhotoMeasure, plan_enrolment
+from edge.decide.recognizer import Recognizer, calibration_for
 from edge.errors import FacegateError
-from edge.gallery import Gallery
-from edge.manifest import Calibration, calibration_from_dict, write_json_atomic
-from edge.matcher import Matcher
+from edge.identity.camera import CameraCollector, CameraRules
+from edge.identity.enrol import (
+    DEFAULT_RULES,
+    EnrolmentRules,
+    PhotoMeasure,
+    outlier_distance,
+    plan_enrolment,
+)
+from edge.identity.gallery import Gallery
+from edge.identity.matcher import Matcher
+from edge.identity.thresholds import DEFAULT_TARGET_FPIR, operating_point
 from edge.numerics import Confidence
-from edge.recognizer import Recognizer, calibration_for
-from edge.thresholds import DEFAULT_TARGET_FPIR, operating_point
+from edge.types import Match
+from edge.vision.manifest import Calibration, calibration_from_dict, write_json_atomic
 from tools import plots, stats
 from tools._common import run_tool
 from tools._faces import (
@@ -204,17 +212,12 @@ def evaluate_faces(
 ) -> ModelEvaluation:
     """Enrol, search every probe with the device's matcher, and count errors.
 
-    The calibrated row uses :class:`edge.matcher.Matcher` (the device's exact
+    The calibrated row uses :class:`edge.identity.matcher.Matcher` (the device's exact
     decision); the sweep applies the same rule through
     :func:`tools.stats.identification_rates` at each threshold with the
     calibrated margin.
     """
-    gallery = Gallery(enrol.model_sha256 or "evaluation")
-    for name in sorted(set(enrol.labels)):
-        rows = [i for i, lab in enumerate(enrol.labels) if lab == name]
-        gallery.add(name, enrol.embeddings[rows])
-    if len(gallery) == 0:
-        raise FacegateError("no one could be enrolled (no usable face in any enrolment photo)")
+    gallery = _enrol_gallery(enrol)
     conf = Confidence(calibration.conf_midpoint, calibration.conf_scale)
     matcher = Matcher(gallery, calibration.threshold, calibration.margin, conf)
     names = matcher.names
@@ -235,31 +238,12 @@ def evaluate_faces(
 
     # The calibrated row from the device's own decisions.
     matches = matcher.match_many(probes.embeddings) if len(probes.labels) else []
-    mated = [lab in enrolled for lab in probes.labels]
-    n_mated = sum(mated) + und_mated
-    n_non = len(mated) - sum(mated) + und_non
-    fn = und_mated + sum(
-        1 for m, ok, lab in zip(matches, mated, probes.labels, strict=True) if ok and m.name != lab
-    )
-    fp = sum(1 for m, ok in zip(matches, mated, strict=True) if not ok and m.name is not None)
-    r1 = sum(
-        1
-        for m, ok, lab in zip(matches, mated, probes.labels, strict=True)
-        if ok and m.nearest == lab
+    calibrated = _calibrated_point(
+        matches, probes.labels, enrolled, calibration.threshold, und_mated, und_non
     )
     correct_conf = [
         m.confidence for m, lab in zip(matches, probes.labels, strict=True) if m.name == lab
     ]
-    calibrated = stats.IdentificationPoint(
-        threshold=calibration.threshold,
-        fnir=fn / n_mated if n_mated else float("nan"),
-        fpir=fp / n_non if n_non else float("nan"),
-        rank1=r1 / n_mated if n_mated else float("nan"),
-        mated=n_mated,
-        nonmated=n_non,
-        false_negatives=fn,
-        false_positives=fp,
-    )
     return ModelEvaluation(
         model=model,
         calibration=calibration,
@@ -271,6 +255,45 @@ def evaluate_faces(
         enrol_not_detected=[f"{it.label}/{it.path.name}" for it in enrol_failed],
         probe_not_detected=[f"{it.label}/{it.path.name}" for it in undetected_probes],
         mean_confidence_correct=float(np.mean(correct_conf)) if correct_conf else None,
+    )
+
+
+def _enrol_gallery(enrol: FaceSet) -> Gallery:
+    """Every enrolment photo of each person into one gallery (FacegateError when none)."""
+    gallery = Gallery(enrol.model_sha256 or "evaluation")
+    for name in sorted(set(enrol.labels)):
+        rows = [i for i, lab in enumerate(enrol.labels) if lab == name]
+        gallery.add(name, enrol.embeddings[rows])
+    if len(gallery) == 0:
+        raise FacegateError("no one could be enrolled (no usable face in any enrolment photo)")
+    return gallery
+
+
+def _calibrated_point(
+    matches: Sequence[Match],
+    labels: Sequence[str],
+    enrolled: set[str],
+    threshold: float,
+    und_mated: int,
+    und_non: int,
+) -> stats.IdentificationPoint:
+    """FNIR, FPIR and rank-1 of the device's own decisions (undetected probes count as misses)."""
+    mated = [lab in enrolled for lab in labels]
+    n_mated = sum(mated) + und_mated
+    n_non = len(mated) - sum(mated) + und_non
+    rows = list(zip(matches, mated, labels, strict=True))
+    fn = und_mated + sum(1 for m, ok, lab in rows if ok and m.name != lab)
+    fp = sum(1 for m, ok, _ in rows if not ok and m.name is not None)
+    r1 = sum(1 for m, ok, lab in rows if ok and m.nearest == lab)
+    return stats.IdentificationPoint(
+        threshold=threshold,
+        fnir=fn / n_mated if n_mated else float("nan"),
+        fpir=fp / n_non if n_non else float("nan"),
+        rank1=r1 / n_mated if n_mated else float("nan"),
+        mated=n_mated,
+        nonmated=n_non,
+        false_negatives=fn,
+        false_positives=fp,
     )
 
 
@@ -290,7 +313,7 @@ def evaluate_model(
     """Embed the split with one model and evaluate it as the device would decide.
 
     The threshold is the device's for this gallery
-    (:func:`edge.thresholds.operating_point`: the manifest's FAR table read
+    (:func:`edge.identity.thresholds.operating_point`: the manifest's FAR table read
     for ``M`` = the enrolled embeddings and ``target_fpir``; a manifest
     without tables keeps its fixed threshold); ``threshold`` fixes it, as
     ``[matching] threshold`` does on the device.
@@ -328,6 +351,9 @@ class DoorSplit:
     mated: list[LabelledImage]
     strangers: list[LabelledImage]
     stranger_people: list[str]
+    # Camera enrolment stood in for by other photos (``--camera-frames F``): each
+    # enrolled person's next F photos after the E enrolment photos, never a probe.
+    frames: dict[str, list[LabelledImage]] = field(default_factory=dict)
 
 
 def door_split(
@@ -336,35 +362,48 @@ def door_split(
     enroll_photos: int,
     probes_per_person: int,
     stranger_photos: int | None = None,
+    camera_frames: int = 0,
+    probe_start: int | None = None,
 ) -> DoorSplit:
-    """The first ``gallery_size`` people (sorted by name) with at least ``E + 1`` photos enrol.
+    """The first ``gallery_size`` people (sorted by name) with at least ``S + 1`` photos enrol.
 
-    Each enrols from their first ``E`` photos (sorted by file name); their
-    next ``P`` photos (at most) are genuine probes. Every other person is a
-    stranger, with their first ``stranger_photos`` photos (default: ``P``;
-    0 or None: all). Deterministic: the same folder always gives the same split.
+    Each enrols from their first ``E`` photos (sorted by file name), plus, with
+    ``camera_frames`` ``F``, their next ``F`` photos as the frames a camera
+    would offer; their photos from ``S`` on (``probe_start``, default
+    ``E + F``; at least that) are genuine probes, ``P`` at most. A larger
+    ``S`` puts runs with different ``E`` on the same people and the same
+    probes. Every other person is a stranger, with their first
+    ``stranger_photos`` photos (default: ``P``; 0 or None: all).
+    Deterministic: the same folder always gives the same split.
     """
-    if gallery_size < 1 or enroll_photos < 1 or probes_per_person < 1:
+    if gallery_size < 1 or enroll_photos < 1 or probes_per_person < 1 or camera_frames < 0:
         raise FacegateError("--gallery-size, --enroll-photos and --probes-per-person must be >= 1")
+    start = enroll_photos + camera_frames if probe_start is None else probe_start
+    if start < enroll_photos + camera_frames:
+        raise FacegateError(
+            f"--probe-start {start}: probes must come after the {enroll_photos} enrolment "
+            f"photo(s) and {camera_frames} camera frame(s)"
+        )
     by: dict[str, list[LabelledImage]] = {}
     for it in items:
         by.setdefault(it.label, []).append(it)
     people = sorted(by)
     for name in people:
         by[name].sort(key=lambda it: it.path.name)
-    eligible = [n for n in people if len(by[n]) >= enroll_photos + 1]
+    eligible = [n for n in people if len(by[n]) >= start + 1]
     if len(eligible) < gallery_size:
         raise FacegateError(
-            f"only {len(eligible)} people have {enroll_photos + 1}+ photos; "
+            f"only {len(eligible)} people have {start + 1}+ photos; "
             f"--gallery-size {gallery_size} needs that many"
         )
     chosen = eligible[:gallery_size]
     enrolled = [(n, by[n][:enroll_photos]) for n in chosen]
-    mated = [it for n in chosen for it in by[n][enroll_photos : enroll_photos + probes_per_person]]
+    frames = {n: by[n][enroll_photos : enroll_photos + camera_frames] for n in chosen}
+    mated = [it for n in chosen for it in by[n][start : start + probes_per_person]]
     rest = [n for n in people if n not in set(chosen)]
     cap = stranger_photos or None
     strangers = [it for n in rest for it in (by[n][:cap] if cap else by[n])]
-    return DoorSplit(enrolled, mated, strangers, rest)
+    return DoorSplit(enrolled, mated, strangers, rest, frames if camera_frames else {})
 
 
 @dataclass(frozen=True)
@@ -417,6 +456,10 @@ class DoorResult:
     # FNIR over the genuine probes of the people who could be enrolled (their photos were
     # accepted): recognition alone, without the failures to enrol that ``fnir`` counts.
     fnir_enrolled: Rate | None = None
+    # Camera enrolment stood in for by other photos: frames offered, and kept by the
+    # collector (edge.identity.camera) before the enrolment checks.
+    camera_frames_offered: int = 0
+    camera_frames_kept: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -427,11 +470,12 @@ def door_protocol(
     measures: dict[Path, PhotoMeasure],
     recognizer: Recognizer,
     rules: EnrolmentRules = DEFAULT_RULES,
+    camera: CameraRules | None = None,
 ) -> DoorResult:
     """Enrol as ``facegate enroll`` does, then decide every probe as the device does.
 
-    Enrolment: :func:`edge.enrol.plan_enrolment` per person, in order, on
-    the photos' :class:`~edge.enrol.PhotoMeasure` (the recognizer's own
+    Enrolment: :func:`edge.identity.enrol.plan_enrolment` per person, in order, on
+    the photos' :class:`~edge.identity.enrol.PhotoMeasure` (the recognizer's own
     detector, alignment and embedder, via :mod:`tools._faces`), with the
     recognizer's threshold-from-gallery-size rule for the look-alike check.
     Then ``recognizer.set_gallery`` picks the threshold for the final gallery
@@ -439,62 +483,24 @@ def door_protocol(
     is matched by ``recognizer.match_embeddings`` (the device's matcher, its
     threshold and margin). A person none of whose photos is accepted is not
     enrolled: their probes still count (as misses). A probe without a face
-    is a miss if mated, and names no one if a stranger.
+    is a miss if mated, and names no one if a stranger. Camera frames in the
+    split go through camera enrolment's collector first (``camera``: its
+    rules; :func:`_camera_frames`), as ``facegate enroll --camera`` does.
     """
-    model = recognizer.model_sha256
-    gallery = Gallery(model)
-    refused: list[tuple[str, str]] = []
-    looks = 0
-    failed: list[str] = []
-    for name, photos in split.enrolled:
-        names, emb, starts = gallery.matrix()
-        plan = plan_enrolment(
-            name,
-            [measures[it.path] for it in photos],
-            names,
-            emb,
-            starts,
-            recognizer.calibration,
-            recognizer.operating_point_for,
-            rules,
-        )
-        refused += [(f"{name}/{photos[i].path.name}", why) for i, why in plan.refused]
-        if not plan.accepted:
-            failed.append(name)
-            continue
-        gallery.add(name, plan.embeddings)
-        looks += len(plan.lookalikes)
+    enrolment = _enrol_as_the_device(split, measures, recognizer, rules, camera)
+    gallery, failed = enrolment.gallery, enrolment.failed
     recognizer.set_gallery(gallery)
     point = recognizer.operating_point
-
-    def decide(items: Sequence[LabelledImage]) -> tuple[list[str | None], int]:
-        rows = [measures[it.path].embedding for it in items]
-        have = [i for i, e in enumerate(rows) if e is not None]
-        E = (
-            np.stack([np.asarray(rows[i], np.float32) for i in have])
-            if have
-            else np.zeros((0, 1), np.float32)
-        )
-        matches = recognizer.match_embeddings(E)
-        out: list[str | None] = [None] * len(items)
-        for i, m in zip(have, matches, strict=True):
-            out[i] = m.name
-        return out, len(items) - len(have)
-
-    mated_names, mated_und = decide(split.mated)
-    stranger_names, str_und = decide(split.strangers)
+    mated_names, mated_und = _decide(split.mated, measures, recognizer)
+    stranger_names, str_und = _decide(split.strangers, measures, recognizer)
     fn = sum(1 for it, n in zip(split.mated, mated_names, strict=True) if n != it.label)
     wrong = sum(
         1 for it, n in zip(split.mated, mated_names, strict=True) if n is not None and n != it.label
     )
     fp = sum(1 for n in stranger_names if n is not None)
-    not_enrolled = set(failed)
-    in_gallery = [i for i, it in enumerate(split.mated) if it.label not in not_enrolled]
+    in_gallery = [i for i, it in enumerate(split.mated) if it.label not in set(failed)]
     fn_in = sum(1 for i in in_gallery if mated_names[i] != split.mated[i].label)
-    named_as: dict[str, int] = {}
-    for n in stranger_names:
-        if n is not None:
-            named_as[n] = named_as.get(n, 0) + 1
+    named_as = _named_as(stranger_names)
     return DoorResult(
         gallery_size=len(split.enrolled),
         enroll_photos=max((len(p) for _, p in split.enrolled), default=0),
@@ -509,14 +515,108 @@ def door_protocol(
         fnir=Rate.of(fn, len(split.mated)),
         wrong_name=Rate.of(wrong, len(split.mated)),
         fpir=Rate.of(fp, len(split.strangers)),
-        refused_photos=refused,
-        lookalike_warnings=looks,
+        refused_photos=enrolment.refused,
+        lookalike_warnings=enrolment.lookalikes,
         mated_undetected=mated_und,
         strangers_undetected=str_und,
         calibration_source=recognizer.calibration.source,
-        strangers_named_as=dict(sorted(named_as.items(), key=lambda kv: (-kv[1], kv[0]))),
+        strangers_named_as=named_as,
         fnir_enrolled=Rate.of(fn_in, len(in_gallery)),
+        camera_frames_offered=enrolment.frames_offered,
+        camera_frames_kept=enrolment.frames_kept,
     )
+
+
+def _named_as(names: Sequence[str | None]) -> dict[str, int]:
+    """How many strangers got each enrolled name, most first."""
+    counts: dict[str, int] = {}
+    for n in names:
+        if n is not None:
+            counts[n] = counts.get(n, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+@dataclass
+class _Enrolment:
+    """The gallery ``facegate enroll`` would build, and what it refused on the way."""
+
+    gallery: Gallery
+    failed: list[str] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    lookalikes: int = 0
+    frames_offered: int = 0
+    frames_kept: int = 0
+
+
+def _camera_frames(
+    frames: Sequence[LabelledImage], measures: dict[Path, PhotoMeasure], rules: CameraRules
+) -> tuple[list[LabelledImage], list[PhotoMeasure]]:
+    """The frames camera enrolment keeps of ``frames`` (and their measures)."""
+    collector = CameraCollector(rules)
+    for it in frames:
+        collector.offer(measures[it.path])
+    chosen = collector.chosen()
+    kept = [it for it in frames if any(measures[it.path] is m for m in chosen)]
+    return kept, [measures[it.path] for it in kept]
+
+
+def _enrol_as_the_device(
+    split: DoorSplit,
+    measures: dict[Path, PhotoMeasure],
+    recognizer: Recognizer,
+    rules: EnrolmentRules,
+    camera: CameraRules | None = None,
+) -> _Enrolment:
+    """Each person through :func:`~edge.identity.enrol.plan_enrolment`, in order (their
+    photos, then the camera frames kept)."""
+    out = _Enrolment(Gallery(recognizer.model_sha256))
+    for name, given in split.enrolled:
+        photos = list(given)
+        offered = split.frames.get(name, [])
+        if offered:
+            cam = camera or CameraRules()
+            if cam.max_distance is None:  # as enroll --camera sets it
+                cam = replace(cam, max_distance=outlier_distance(recognizer.calibration))
+            kept, _ = _camera_frames(offered, measures, cam)
+            out.frames_offered += len(offered)
+            out.frames_kept += len(kept)
+            photos += kept
+        names, emb, starts = out.gallery.matrix()
+        plan = plan_enrolment(
+            name,
+            [measures[it.path] for it in photos],
+            names,
+            emb,
+            starts,
+            recognizer.calibration,
+            recognizer.operating_point_for,
+            rules,
+        )
+        out.refused += [(f"{name}/{photos[i].path.name}", why) for i, why in plan.refused]
+        if not plan.accepted:
+            out.failed.append(name)
+            continue
+        out.gallery.add(name, plan.embeddings)
+        out.lookalikes += len(plan.lookalikes)
+    return out
+
+
+def _decide(
+    items: Sequence[LabelledImage], measures: dict[Path, PhotoMeasure], recognizer: Recognizer
+) -> tuple[list[str | None], int]:
+    """The name the device gives each probe (None: unknown or no face), and how many had none."""
+    rows = [measures[it.path].embedding for it in items]
+    have = [i for i, e in enumerate(rows) if e is not None]
+    E = (
+        np.stack([np.asarray(rows[i], np.float32) for i in have])
+        if have
+        else np.zeros((0, 1), np.float32)
+    )
+    matches = recognizer.match_embeddings(E)
+    out: list[str | None] = [None] * len(items)
+    for i, m in zip(have, matches, strict=True):
+        out[i] = m.name
+    return out, len(items) - len(have)
 
 
 def pool(results: Sequence[DoorResult]) -> dict[str, Rate]:
@@ -570,15 +670,12 @@ def door_table(rows: Sequence[tuple[str, DoorResult]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+Run = tuple[str, int, DoorResult]
+"""One door-protocol run: its label, its fold, its result."""
+
+
 def run_door(a: argparse.Namespace) -> int:
     """``--gallery-size``/``--gallery-sizes``: the door protocol, optionally cross-calibrated."""
-    from tools.calibrate import (
-        SHIPPED_FPIR,
-        SHIPPED_GALLERY_SIZE,
-        SHIPPED_PER_PERSON,
-        calibrate_faces,
-    )
-
     if a.folder is None or a.enrol or a.probe:
         raise FacegateError("the door protocol takes one folder of people (no --enrol/--probe)")
     sizes = _sizes(a)
@@ -586,52 +683,19 @@ def run_door(a: argparse.Namespace) -> int:
     cache = None if a.no_cache else DEFAULT_CACHE
     fe = FaceEmbedder(a.model, a.detector, a.min_face, a.runtime, a.threads)
     faces = fe.embed_items(items, cache, not a.quiet, f"measuring ({Path(a.model).stem})")
-    measures = faces.measures()
-    people = sorted({it.label for it in items})
-
-    def recognizer(cal: Calibration) -> Recognizer:
-        g = Gallery(fe.model_sha256)
-        return Recognizer(fe.cropper, fe.embedder, g, cal, a.target_fpir, a.threshold)
-
-    runs: list[tuple[str, int, DoorResult]] = []  # (label, fold, result)
     folds: list[dict[str, Any]] = []
     if a.cross_calibrate:
-        k = a.cross_calibrate
-        if k < 2:
-            raise FacegateError("--cross-calibrate needs at least 2 folds")
-        for j, fold in enumerate(people_folds(people, k)):
-            inside = set(fold)
-            train = faces.subset([i for i, lab in enumerate(faces.labels) if lab not in inside])
-            # The shipped calibration's settings (tools.calibrate.SHIPPED_*): they choose the
-            # fixed threshold, which the margin and the outlier check depend on.
-            res = calibrate_faces(
-                train,
-                fpir=SHIPPED_FPIR,
-                gallery_size=SHIPPED_GALLERY_SIZE,
-                per_person=SHIPPED_PER_PERSON,
-                margin=a.margin,
-            )
-            src = (
-                f"tools.calibrate on the {len(set(train.labels))} people outside fold "
-                f"{j + 1}/{k} ({res.n_impostor} impostor pairs)"
-            )
-            cal = res.calibration(src)
-            folds.append({"fold": j + 1, "people": len(fold), "calibration": asdict(cal)})
-            fold_items = [it for it in items if it.label in inside]
-            for n in sizes:
-                split = door_split(
-                    fold_items, n, a.enroll_photos, a.probes_per_person, a.stranger_photos
-                )
-                runs.append(
-                    (f"fold {j + 1}/{k} N={n}", j, door_protocol(split, measures, recognizer(cal)))
-                )
+        runs = _cross_calibrated_runs(a, sizes, items, faces, fe, folds)
     else:
         cal = calibration_for(fe.embedder, a.threshold, a.margin)
         if a.calibration is not None:
             cal = _read_calibration(a.calibration)
+        runs = []
+        measures = faces.measures()
         for n in sizes:
-            split = door_split(items, n, a.enroll_photos, a.probes_per_person, a.stranger_photos)
-            runs.append((f"N={n}", 0, door_protocol(split, measures, recognizer(cal))))
+            split = _split(a, items, n)
+            result = door_protocol(split, measures, _recognizer(a, fe, cal), camera=_camera(a))
+            runs.append((f"N={n}", 0, result))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     pooled: dict[str, dict[str, Any]] = {}
@@ -640,26 +704,125 @@ def run_door(a: argparse.Namespace) -> int:
             rs = [r for label, _, r in runs if label.endswith(f" N={n}")]
             pooled[str(n)] = {k2: asdict(v) for k2, v in pool(rs).items()}
     data: dict[str, Any] = {
-        "protocol": {
-            "folder": Path(a.folder).resolve().name,
-            "model": Path(a.model).stem,
-            "gallery_sizes": sizes,
-            "enroll_photos": a.enroll_photos,
-            "probes_per_person": a.probes_per_person,
-            "stranger_photos": a.stranger_photos or "all",
-            "target_fpir": a.target_fpir,
-            "cross_calibrate": a.cross_calibrate or None,
-            "rules": asdict(DEFAULT_RULES),
-        },
+        "protocol": _door_protocol_record(a, sizes),
         "folds": folds,
         "runs": [{"label": label, **r.to_json()} for label, _, r in runs],
         "pooled": pooled,
     }
     write_json_atomic(out / "door.json", data)
+    _print_door(a, data, runs, pooled, out)
+    return 0
+
+
+def _split(a: argparse.Namespace, items: Sequence[LabelledImage], n: int) -> DoorSplit:
+    """The door split the flags ask for, with ``n`` people enrolled."""
+    return door_split(
+        items,
+        n,
+        a.enroll_photos,
+        a.probes_per_person,
+        a.stranger_photos,
+        camera_frames=a.camera_frames,
+        probe_start=a.probe_start,
+    )
+
+
+def _camera(a: argparse.Namespace) -> CameraRules:
+    """Camera enrolment's rules with ``--camera-photos`` frames kept at most."""
+    return CameraRules(photos=a.camera_photos)
+
+
+def _recognizer(a: argparse.Namespace, fe: FaceEmbedder, cal: Calibration) -> Recognizer:
+    """A recognizer with the embedder's photos already measured, an empty gallery and ``cal``."""
+    g = Gallery(fe.model_sha256)
+    return Recognizer(fe.cropper, fe.embedder, g, cal, a.target_fpir, a.threshold)
+
+
+def _cross_calibrated_runs(
+    a: argparse.Namespace,
+    sizes: list[int],
+    items: list[LabelledImage],
+    faces: FaceSet,
+    fe: FaceEmbedder,
+    folds: list[dict[str, Any]],
+) -> list[Run]:
+    """Each fold of people decided with a calibration made on the other folds (``folds``
+    gets one record per fold)."""
+    from tools.calibrate import (
+        SHIPPED_FPIR,
+        SHIPPED_GALLERY_SIZE,
+        SHIPPED_PER_PERSON,
+        calibrate_faces,
+    )
+
+    k = a.cross_calibrate
+    if k < 2:
+        raise FacegateError("--cross-calibrate needs at least 2 folds")
+    measures = faces.measures()
+    runs: list[Run] = []
+    for j, fold in enumerate(people_folds(sorted({it.label for it in items}), k)):
+        inside = set(fold)
+        train = faces.subset([i for i, lab in enumerate(faces.labels) if lab not in inside])
+        # The shipped calibration's settings (tools.calibrate.SHIPPED_*): they choose the
+        # fixed threshold, which the margin and the outlier check depend on.
+        res = calibrate_faces(
+            train,
+            fpir=SHIPPED_FPIR,
+            gallery_size=SHIPPED_GALLERY_SIZE,
+            per_person=SHIPPED_PER_PERSON,
+            margin=a.margin,
+        )
+        src = (
+            f"tools.calibrate on the {len(set(train.labels))} people outside fold "
+            f"{j + 1}/{k} ({res.n_impostor} impostor pairs)"
+        )
+        cal = res.calibration(src)
+        folds.append({"fold": j + 1, "people": len(fold), "calibration": asdict(cal)})
+        fold_items = [it for it in items if it.label in inside]
+        for n in sizes:
+            split = _split(a, fold_items, n)
+            result = door_protocol(split, measures, _recognizer(a, fe, cal), camera=_camera(a))
+            runs.append((f"fold {j + 1}/{k} N={n}", j, result))
+    return runs
+
+
+def _door_protocol_record(a: argparse.Namespace, sizes: list[int]) -> dict[str, Any]:
+    """The settings of a door-protocol run, as ``door.json`` records them."""
+    return {
+        "folder": Path(a.folder).resolve().name,
+        "model": Path(a.model).stem,
+        "gallery_sizes": sizes,
+        "enroll_photos": a.enroll_photos,
+        "camera_frames": a.camera_frames,
+        "camera_photos": a.camera_photos if a.camera_frames else None,
+        "probe_start": a.probe_start,
+        "probes_per_person": a.probes_per_person,
+        "stranger_photos": a.stranger_photos or "all",
+        "target_fpir": a.target_fpir,
+        "cross_calibrate": a.cross_calibrate or None,
+        "rules": asdict(DEFAULT_RULES),
+    }
+
+
+def _print_door(
+    a: argparse.Namespace,
+    data: dict[str, Any],
+    runs: list[Run],
+    pooled: dict[str, dict[str, Any]],
+    out: Path,
+) -> None:
+    """The door protocol's results on stdout: a header, the table, the pooled rates."""
     print(
         f"door protocol on {data['protocol']['folder']} with {data['protocol']['model']}: "
-        f"enrol {a.enroll_photos} photo(s), up to {a.probes_per_person} probe(s) per person, "
-        f"target FPIR {100 * a.target_fpir:g}%"
+        f"enrol {a.enroll_photos} photo(s)"
+        + (
+            f" + up to {a.camera_photos} of {a.camera_frames} camera frame(s) (other photos)"
+            if a.camera_frames
+            else ""
+        )
+        + f", up to {a.probes_per_person} probe(s) per person"
+        + ("" if a.probe_start is None else f" from photo {a.probe_start + 1}")
+        + f", target FPIR {100 * a.target_fpir:g}%"
         + (
             f", calibrated on the other {a.cross_calibrate - 1} fold(s)"
             if a.cross_calibrate
@@ -677,9 +840,12 @@ def run_door(a: argparse.Namespace) -> int:
             f"  pooled N={size}: FNIR {Rate(**p['fnir']).text()}  wrong name "
             f"{Rate(**p['wrong_name']).text()}  FPIR {Rate(**p['fpir']).text()}{enrolled}"
         )
+    offered = sum(r.camera_frames_offered for _, _, r in runs)
+    if offered:
+        kept = sum(r.camera_frames_kept for _, _, r in runs)
+        print(f"camera frames: {kept} of {offered} kept by the collector")
     refused = sum(len(r.refused_photos) for _, _, r in runs)
     print(f"enrolment photos refused: {refused}; report: {out / 'door.json'}")
-    return 0
 
 
 def _sizes(a: argparse.Namespace) -> list[int]:
@@ -744,7 +910,7 @@ def table(evals: Sequence[ModelEvaluation]) -> str:
             )
         lines.append(
             "  (* = the device's threshold for this gallery from the manifest's calibration, "
-            "decided by edge.matcher)"
+            "decided by edge.identity.matcher)"
         )
         lines.append("")
     if len(evals) == 2:
@@ -791,6 +957,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-face", type=int, default=40)
     p.add_argument("--runtime", default="auto")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--target-fpir",
+        type=float,
+        default=DEFAULT_TARGET_FPIR,
+        help="the device's [matching] target_fpir (the threshold follows the gallery size)",
+    )
+    _add_door_args(p)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--no-cache", action="store_true", help="do not cache embeddings")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _add_door_args(p: argparse.ArgumentParser) -> None:
+    """The door protocol's flags (``--gallery-size`` and what goes with it)."""
     door = p.add_argument_group(
         "door protocol",
         "the first N people with E+1 photos enrolled through facegate enroll's checks, the "
@@ -803,15 +984,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--probes-per-person", type=int, default=4, help="P: genuine probes per enrolled person"
     )
     door.add_argument(
+        "--camera-frames",
+        type=int,
+        default=0,
+        metavar="F",
+        help="camera enrolment stood in for by each person's next F photos after the E "
+        "enrolment photos (never probes): they go through the camera collector",
+    )
+    door.add_argument(
+        "--camera-photos",
+        type=int,
+        default=5,
+        metavar="K",
+        help="frames the camera collector keeps at most (facegate enroll --camera --photos)",
+    )
+    door.add_argument(
+        "--probe-start",
+        type=int,
+        metavar="S",
+        help="probes are each person's photos from the S-th on (0-based; default E + F): the "
+        "same S puts runs with different E on the same people and probes",
+    )
+    door.add_argument(
         "--stranger-photos",
         type=int,
         help="photos per stranger (default: P; 0: all of them)",
-    )
-    p.add_argument(
-        "--target-fpir",
-        type=float,
-        default=DEFAULT_TARGET_FPIR,
-        help="the device's [matching] target_fpir (the threshold follows the gallery size)",
     )
     door.add_argument(
         "--cross-calibrate",
@@ -824,10 +1021,6 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="use this calibration block (a manifest or a tools.calibrate calibration.json)",
     )
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    p.add_argument("--no-cache", action="store_true", help="do not cache embeddings")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
 
 
 def make_split(a: argparse.Namespace) -> Split:

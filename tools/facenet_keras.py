@@ -122,6 +122,35 @@ def _block(x: Any, scale: float, kind: str, idx: int, activation: str | None = "
     return x
 
 
+def _reduction_a(x: Any) -> Any:
+    """Mixed 6a (Reduction-A): 35x35 to 17x17."""
+    b0 = conv_bn(x, 384, 3, strides=2, padding="valid", name="Mixed_6a_Branch_0_Conv2d_1a_3x3")
+    b1 = conv_bn(x, 192, 1, name="Mixed_6a_Branch_1_Conv2d_0a_1x1")
+    b1 = conv_bn(b1, 192, 3, name="Mixed_6a_Branch_1_Conv2d_0b_3x3")
+    b1 = conv_bn(b1, 256, 3, strides=2, padding="valid", name="Mixed_6a_Branch_1_Conv2d_1a_3x3")
+    bp = layers.MaxPooling2D(
+        3, strides=2, padding="valid", name="Mixed_6a_Branch_2_MaxPool_1a_3x3"
+    )(x)
+    x = layers.Concatenate(axis=3, name="Mixed_6a")([b0, b1, bp])
+    return x
+
+
+def _reduction_b(x: Any) -> Any:
+    """Mixed 7a (Reduction-B): 17x17 to 8x8."""
+    b0 = conv_bn(x, 256, 1, name="Mixed_7a_Branch_0_Conv2d_0a_1x1")
+    b0 = conv_bn(b0, 384, 3, strides=2, padding="valid", name="Mixed_7a_Branch_0_Conv2d_1a_3x3")
+    b1 = conv_bn(x, 256, 1, name="Mixed_7a_Branch_1_Conv2d_0a_1x1")
+    b1 = conv_bn(b1, 256, 3, strides=2, padding="valid", name="Mixed_7a_Branch_1_Conv2d_1a_3x3")
+    b2 = conv_bn(x, 256, 1, name="Mixed_7a_Branch_2_Conv2d_0a_1x1")
+    b2 = conv_bn(b2, 256, 3, name="Mixed_7a_Branch_2_Conv2d_0b_3x3")
+    b2 = conv_bn(b2, 256, 3, strides=2, padding="valid", name="Mixed_7a_Branch_2_Conv2d_1a_3x3")
+    bp = layers.MaxPooling2D(
+        3, strides=2, padding="valid", name="Mixed_7a_Branch_3_MaxPool_1a_3x3"
+    )(x)
+    x = layers.Concatenate(axis=3, name="Mixed_7a")([b0, b1, b2, bp])
+    return x
+
+
 def build_facenet(
     embedding_size: int = 512,
     input_size: int = INPUT_SIZE,
@@ -131,7 +160,7 @@ def build_facenet(
     """InceptionResNetV1 with a fixed (1, size, size, 3) input and a (1, D) embedding.
 
     The weights are random until loaded. ``l2_normalize`` appends an L2
-    normalisation; by default it is left to the device (``edge.embedder``
+    normalisation; by default it is left to the device (``edge.vision.embedder``
     normalises), which keeps int8 precision: a unit vector's 512 components
     would share an int8 scale of 1/128. ``batch_size=None`` builds the same
     layers for any batch (training, :mod:`tools.train`); conversion wants 1.
@@ -147,30 +176,11 @@ def build_facenet(
     for i in range(1, 6):
         x = _block(x, 0.17, "Block35", i)
 
-    # Mixed 6a (Reduction-A).
-    b0 = conv_bn(x, 384, 3, strides=2, padding="valid", name="Mixed_6a_Branch_0_Conv2d_1a_3x3")
-    b1 = conv_bn(x, 192, 1, name="Mixed_6a_Branch_1_Conv2d_0a_1x1")
-    b1 = conv_bn(b1, 192, 3, name="Mixed_6a_Branch_1_Conv2d_0b_3x3")
-    b1 = conv_bn(b1, 256, 3, strides=2, padding="valid", name="Mixed_6a_Branch_1_Conv2d_1a_3x3")
-    bp = layers.MaxPooling2D(
-        3, strides=2, padding="valid", name="Mixed_6a_Branch_2_MaxPool_1a_3x3"
-    )(x)
-    x = layers.Concatenate(axis=3, name="Mixed_6a")([b0, b1, bp])
+    x = _reduction_a(x)
     for i in range(1, 11):
         x = _block(x, 0.10, "Block17", i)
 
-    # Mixed 7a (Reduction-B).
-    b0 = conv_bn(x, 256, 1, name="Mixed_7a_Branch_0_Conv2d_0a_1x1")
-    b0 = conv_bn(b0, 384, 3, strides=2, padding="valid", name="Mixed_7a_Branch_0_Conv2d_1a_3x3")
-    b1 = conv_bn(x, 256, 1, name="Mixed_7a_Branch_1_Conv2d_0a_1x1")
-    b1 = conv_bn(b1, 256, 3, strides=2, padding="valid", name="Mixed_7a_Branch_1_Conv2d_1a_3x3")
-    b2 = conv_bn(x, 256, 1, name="Mixed_7a_Branch_2_Conv2d_0a_1x1")
-    b2 = conv_bn(b2, 256, 3, name="Mixed_7a_Branch_2_Conv2d_0b_3x3")
-    b2 = conv_bn(b2, 256, 3, strides=2, padding="valid", name="Mixed_7a_Branch_2_Conv2d_1a_3x3")
-    bp = layers.MaxPooling2D(
-        3, strides=2, padding="valid", name="Mixed_7a_Branch_3_MaxPool_1a_3x3"
-    )(x)
-    x = layers.Concatenate(axis=3, name="Mixed_7a")([b0, b1, b2, bp])
+    x = _reduction_b(x)
     for i in range(1, 6):
         x = _block(x, 0.20, "Block8", i)
     x = _block(x, 1.0, "Block8", 6, activation=None)

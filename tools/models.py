@@ -75,7 +75,8 @@ from edge.config import MODELS_DIR as EDGE_MODELS_DIR
 from edge.errors import FacegateError, ManifestMismatch, ModelError
 from edge.files import write_atomic
 from edge.imageio import read_image
-from edge.manifest import (
+from edge.types import Image
+from edge.vision.manifest import (
     Manifest,
     Preprocessing,
     TensorSpec,
@@ -85,7 +86,6 @@ from edge.manifest import (
     verify_file,
     write_json_atomic,
 )
-from edge.types import Image
 from tools._common import run_tool
 from tools.quantize import FACENET_PREPROCESSING as FACENET_PREPROCESSING
 from tools.quantize import SUGGESTED
@@ -385,7 +385,7 @@ def _variant(model: Path) -> str:
 
 def build_detector(spec: DetectorSpec, models_dir: Path = MODELS_DIR, force: bool = False) -> str:
     """Extract one BlazeFace model and write its manifest; returns "built" or "skipped"."""
-    from edge.runtime import load_interpreter
+    from edge.vision.runtime import load_interpreter
 
     model = models_dir / f"{spec.stem}.tflite"
     if not force and _is_built(model, spec.sha256) and _variant(model) == spec.variant:
@@ -550,7 +550,7 @@ def check_images() -> list[tuple[str, str, Image]]:
 
 def check_distances(model: Path, detector: Path) -> dict[str, float]:
     """Cosine distance of every pair of check crops under ``model``: {"a|b": d}."""
-    from edge.embedder import Embedder
+    from edge.vision.embedder import Embedder
     from tools.quantize import collect_faces
 
     emb = Embedder.load(model)
@@ -682,35 +682,7 @@ def apply_record(model: Path, detector: Path) -> str:
         "model_sha256": raw["sha256"],
         "measured_on": rec["model_sha256"],
     }
-    if rec["model_sha256"] == raw["sha256"]:
-        holds, note["status"] = True, "same model"
-        line = f"shipped calibration applies: the same model it was measured on ({note['file']})"
-    else:
-        check = rec["check"]
-        res = compare_check(
-            {k: float(v) for k, v in check["distances"].items()},
-            check_distances(model, detector),
-            float(rec["calibration"]["threshold"]),
-            float(check.get("rms_tolerance", CHECK_RMS_TOLERANCE)),
-            float(check.get("mean_tolerance", CHECK_MEAN_TOLERANCE)),
-            float(check.get("max_tolerance", CHECK_MAX_TOLERANCE)),
-        )
-        holds = res.ok
-        note.update(
-            status="checked" if res.ok else "failed",
-            pairs=res.pairs,
-            rms_delta=round(res.rms_delta, 6),
-            mean_delta=round(res.mean_delta, 6),
-            max_delta=round(res.max_delta, 6),
-            flips=res.flips,
-        )
-        if res.ok:
-            line = (
-                f"shipped calibration holds on this build (sha256 {raw['sha256'][:12]}... "
-                f"differs from {rec['model_sha256'][:12]}...; {res.message})"
-            )
-        else:
-            line = f"SHIPPED CALIBRATION DOES NOT HOLD ({res.message})"
+    holds, line = _record_holds(model, detector, raw, rec, note)
     if holds:
         raw["calibration"] = rec["calibration"]
         if "extra_calibration" in rec:
@@ -725,6 +697,44 @@ def apply_record(model: Path, detector: Path) -> str:
     if not holds:
         _warn_uncalibrated(model, line)
     return line
+
+
+def _record_holds(
+    model: Path, detector: Path, raw: dict[str, Any], rec: dict[str, Any], note: dict[str, Any]
+) -> tuple[bool, str]:
+    """Whether a calibration record holds for this build of ``model``, and the status line.
+
+    The same model: it holds. Another build: its check pairs are measured
+    again (:func:`compare_check`); ``note`` gets the outcome.
+    """
+    if rec["model_sha256"] == raw["sha256"]:
+        note["status"] = "same model"
+        return True, (
+            f"shipped calibration applies: the same model it was measured on ({note['file']})"
+        )
+    check = rec["check"]
+    res = compare_check(
+        {k: float(v) for k, v in check["distances"].items()},
+        check_distances(model, detector),
+        float(rec["calibration"]["threshold"]),
+        float(check.get("rms_tolerance", CHECK_RMS_TOLERANCE)),
+        float(check.get("mean_tolerance", CHECK_MEAN_TOLERANCE)),
+        float(check.get("max_tolerance", CHECK_MAX_TOLERANCE)),
+    )
+    note.update(
+        status="checked" if res.ok else "failed",
+        pairs=res.pairs,
+        rms_delta=round(res.rms_delta, 6),
+        mean_delta=round(res.mean_delta, 6),
+        max_delta=round(res.max_delta, 6),
+        flips=res.flips,
+    )
+    if not res.ok:
+        return False, f"SHIPPED CALIBRATION DOES NOT HOLD ({res.message})"
+    return True, (
+        f"shipped calibration holds on this build (sha256 {raw['sha256'][:12]}... "
+        f"differs from {rec['model_sha256'][:12]}...; {res.message})"
+    )
 
 
 def _warn_uncalibrated(model: Path, why: str) -> None:
@@ -822,6 +832,51 @@ def _check_fidelity(spec: EmbedderSpec, report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _convert(
+    spec: EmbedderSpec,
+    models_dir: Path,
+    detector: Path,
+    calibration: Path | None,
+    augment: int,
+    show_progress: bool,
+    validation: Path | None,
+) -> None:
+    """One embedder through :func:`tools.quantize.quantize`, with the build's recipe recorded."""
+    from tools.quantize import QuantizeConfig, quantize
+
+    src = source_file(spec, models_dir)
+    _say(f"converting {spec.name} to float32 and int8 (about a minute or two)")
+    t0 = time.monotonic()
+    cfg = QuantizeConfig(
+        model=src,
+        out_dir=models_dir,
+        name=spec.name,
+        calibration=calibration,
+        validation=validation,
+        images=None if calibration is not None else default_calibration_images(augment),
+        preprocessing=spec.preprocessing,
+        input_node=spec.input_node or "input",
+        output_node=spec.output_node or "embeddings",
+        alignment=spec.alignment,
+        detector=detector,
+        show_progress=show_progress,
+        source=_source_model(spec, src),
+        snap_steps=SNAP_STEPS,
+        extra={
+            "model": spec.description,
+            "package": f"{spec.wheel.name}=={spec.wheel.version}",
+            "license": spec.license,
+            "calibration_set": str(calibration.name) if calibration else "default-augmented",
+            "int8_ranges": f"snapped to 2^(j/{SNAP_STEPS})",
+            "build": _recipe(spec),
+        },
+    )
+    res = quantize(cfg)
+    _say(f"converted {spec.name} in {time.monotonic() - t0:.0f} s")
+    for line in _check_fidelity(spec, res.report):
+        _say(f"{spec.name}: {line}")
+
+
 def build_embedder(
     models_dir: Path = MODELS_DIR,
     force: bool = False,
@@ -838,8 +893,6 @@ def build_embedder(
     The committed calibration records are merged in (:func:`apply_record`)
     whether the models were built now or found up to date.
     """
-    from tools.quantize import QuantizeConfig, quantize
-
     targets = [models_dir / f"{t}.tflite" for t in spec.targets]
     detector = models_dir / f"{DETECTORS[0].stem}.tflite"
     recipe = _recipe(spec)
@@ -848,37 +901,7 @@ def build_embedder(
     else:
         if not _is_built(detector, DETECTORS[0].sha256):
             build_detector(DETECTORS[0], models_dir)
-        src = source_file(spec, models_dir)
-        _say(f"converting {spec.name} to float32 and int8 (about a minute or two)")
-        t0 = time.monotonic()
-        cfg = QuantizeConfig(
-            model=src,
-            out_dir=models_dir,
-            name=spec.name,
-            calibration=calibration,
-            validation=validation,
-            images=None if calibration is not None else default_calibration_images(augment),
-            preprocessing=spec.preprocessing,
-            input_node=spec.input_node or "input",
-            output_node=spec.output_node or "embeddings",
-            alignment=spec.alignment,
-            detector=detector,
-            show_progress=show_progress,
-            source=_source_model(spec, src),
-            snap_steps=SNAP_STEPS,
-            extra={
-                "model": spec.description,
-                "package": f"{spec.wheel.name}=={spec.wheel.version}",
-                "license": spec.license,
-                "calibration_set": str(calibration.name) if calibration else "default-augmented",
-                "int8_ranges": f"snapped to 2^(j/{SNAP_STEPS})",
-                "build": recipe,
-            },
-        )
-        res = quantize(cfg)
-        _say(f"converted {spec.name} in {time.monotonic() - t0:.0f} s")
-        for line in _check_fidelity(spec, res.report):
-            _say(f"{spec.name}: {line}")
+        _convert(spec, models_dir, detector, calibration, augment, show_progress, validation)
         status = "built"
     for t in targets:
         _say(f"{t.stem}: {apply_record(t, detector)}")

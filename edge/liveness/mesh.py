@@ -25,9 +25,9 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.errors import ManifestMismatch, ModelError
-from edge.manifest import Manifest, load_manifest, verify_file
-from edge.runtime import Interpreter
 from edge.types import Image
+from edge.vision.manifest import Manifest, load_manifest, verify_file
+from edge.vision.runtime import Interpreter
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]

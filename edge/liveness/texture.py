@@ -22,9 +22,9 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.errors import ManifestMismatch, ModelError
-from edge.manifest import Manifest, load_manifest, verify_file
 from edge.numerics import dequantize, quantize
 from edge.types import Box, Image
+from edge.vision.manifest import Manifest, load_manifest, verify_file
 
 _DTYPES = {"int8": np.int8, "uint8": np.uint8, "float32": np.float32}
 
@@ -96,7 +96,7 @@ class TextureModel:
 
     @classmethod
     def load(cls, path: Path | str, runtime: str = "auto", num_threads: int = 2) -> TextureModel:
-        from edge.runtime import Interpreter
+        from edge.vision.runtime import Interpreter
 
         manifest = load_manifest(path)
         if manifest.kind != "antispoof":

@@ -527,7 +527,8 @@ def _surface_effects(
     """Glare on the prop and a screen's pixel grid (in place; the hand is in the texture).
 
     ``box``: supersampled image pixels; ``img`` (and ``coverage``, the prop's
-    share of each pixel) hold the region starting at ``origin``. The glare is smooth: it is computed on every 4th pixel and interpolated.
+    share of each pixel) hold the region starting at ``origin``. The glare is
+    smooth: it is computed on every 4th pixel and interpolated.
     """
     import cv2
 

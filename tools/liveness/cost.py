@@ -27,10 +27,10 @@ def measure(frames_n: int = 150, threads: int = 2, seed: int = 1) -> dict[str, f
     import cv2
 
     from edge.demo import demo_photos
-    from edge.detector import FaceDetector
     from edge.imageio import read_image
     from edge.liveness.mesh import FaceMesh, roi_from_keypoints
     from edge.liveness.track import LivenessTrack
+    from edge.vision.detector import FaceDetector
     from tools.liveness.attacks import AttackSpec, frames, make_scene, registry_backgrounds
 
     det = FaceDetector.load(MODELS_DIR / "face_detection_short_range.tflite", num_threads=threads)

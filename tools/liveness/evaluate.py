@@ -22,11 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edge.config import MODELS_DIR, LivenessConfig
-from edge.detector import FaceDetector
 from edge.errors import FacegateError
 from edge.liveness.decide import LivenessParams
 from edge.liveness.mesh import FaceMesh
-from edge.manifest import write_json_atomic
+from edge.vision.detector import FaceDetector
+from edge.vision.manifest import write_json_atomic
 from tools import plots
 from tools._common import progress, run_tool
 from tools.liveness import report

@@ -32,12 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.detector import FaceDetector
 from edge.liveness.blink import Blink, find_blinks
 from edge.liveness.mesh import FaceMesh
 from edge.liveness.motion import Window
 from edge.liveness.track import LivenessTrack
 from edge.types import Box, Detection, Image
+from edge.vision.detector import FaceDetector
 from tools.liveness.attacks import AttackSpec, frames, make_scene
 
 CACHE_VERSION = "liveness-evidence/4"

@@ -9,7 +9,7 @@
 * ``FACES``: a folder of face photos, ``<dir>/<Person>/<image>`` (labelled:
   verification pairs are scored) or flat ``<dir>/<image>``. Every photo goes
   through the device's own detector and alignment
-  (:class:`edge.recognizer.FaceCropper`), so the int8 ranges are calibrated on
+  (:class:`edge.decide.recognizer.FaceCropper`), so the int8 ranges are calibrated on
   the crops the door will see. A share of each person's photos is held aside
   (``--holdout``) to check the int8 model on faces it was not calibrated on.
 * Preprocessing: ``--input-size``, ``--mean``/``--std`` (the model sees
@@ -46,6 +46,7 @@ from tools.quantize.common import (
     SUGGESTED,
     TOOL_VERSION,
 )
+from tools.quantize.config import QuantizeConfig
 from tools.quantize.convert import (
     convert_float,
     convert_int8,
@@ -74,7 +75,6 @@ from tools.quantize.source import (
     standardized,
 )
 from tools.quantize.tool import (
-    QuantizeConfig,
     QuantizeResult,
     build_parser,
     config_from_args,

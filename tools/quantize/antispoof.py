@@ -28,8 +28,14 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.errors import FacegateError, ModelError, NoFaceError
-from edge.manifest import Manifest, Preprocessing, save_manifest, sha256_file, write_json_atomic
 from edge.types import Image
+from edge.vision.manifest import (
+    Manifest,
+    Preprocessing,
+    save_manifest,
+    sha256_file,
+    write_json_atomic,
+)
 from tools.quantize.common import TOOL_VERSION
 from tools.quantize.convert import convert_float, convert_int8, preprocess
 from tools.quantize.inspect import io_specs
@@ -61,8 +67,8 @@ def antispoof_crops(images: list[Image], detector: Path, size: tuple[int, int],
     """The device's crops of the largest face of each photo (photos without a face skipped)."""
     import cv2
 
-    from edge.detector import FaceDetector
     from edge.liveness.texture import crop_box
+    from edge.vision.detector import FaceDetector
 
     det = FaceDetector.load(detector)
     out = []
@@ -102,7 +108,7 @@ def _live(outputs: npt.NDArray[np.float32], cfg: AntispoofConfig) -> npt.NDArray
 def _run_tflite(path: Path, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """Every input through a TFLite model, (de)quantised as its tensors say."""
     from edge.numerics import dequantize, quantize
-    from edge.runtime import Interpreter
+    from edge.vision.runtime import Interpreter
 
     it = Interpreter(path, num_threads=2)
     inp, out = it.input_details[0], it.output_details[0]

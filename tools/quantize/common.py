@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.errors import ModelError
-from edge.manifest import Calibration, Preprocessing
+from edge.vision.manifest import Calibration, Preprocessing
 
 TOOL_VERSION = "facegate-quantize/1"
 DEFAULT_DETECTOR = (
@@ -19,7 +19,7 @@ DEFAULT_DETECTOR = (
 F32 = npt.NDArray[np.float32]
 
 # Suggested open-set parameters written into new manifests: the builtin
-# defaults measured on FaceNet 20180408 cosine distances (edge.recognizer);
+# defaults measured on FaceNet 20180408 cosine distances (edge.decide.recognizer);
 # `python -m tools.calibrate` replaces them with fitted ones.
 SUGGESTED = Calibration(
     threshold=0.40, margin=0.05, conf_midpoint=0.40, conf_scale=0.04, source="quantize-default"

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.errors import ModelError, NoFaceError
-from edge.manifest import Preprocessing
+from edge.vision.manifest import Preprocessing
 from tools._common import progress
 from tools.quantize.common import F32, _tf
 from tools.quantize.source import SourceModel

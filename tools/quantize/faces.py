@@ -1,6 +1,6 @@
 """Calibration faces for :mod:`tools.quantize`: photos -> aligned crops, as the device sees them.
 
-Every photo goes through :class:`edge.recognizer.FaceCropper` (the device's
+Every photo goes through :class:`edge.decide.recognizer.FaceCropper` (the device's
 detector and alignment); a share of each person's photos is held aside
 (:func:`holdout_split`) and optional seeded augmentations add variety.
 """
@@ -71,8 +71,8 @@ def collect_faces(
     total: int | None = None,
 ) -> FaceCrops:
     """Detect and align the largest face of each (label, name, rgb) image, as the device does."""
-    from edge.detector import FaceDetector
-    from edge.recognizer import FaceCropper
+    from edge.decide.recognizer import FaceCropper
+    from edge.vision.detector import FaceDetector
 
     if size[0] != size[1]:
         raise ModelError(f"alignment needs a square input, not {size[0]}x{size[1]}")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.manifest import TensorSpec
+from edge.vision.manifest import TensorSpec
 from tools.quantize.common import EDGETPU_INSTALL, _tf
 
 

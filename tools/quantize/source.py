@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import ModelError
-from edge.manifest import sha256_file
+from edge.vision.manifest import sha256_file
 from tools.quantize.common import F32, _tf
 
 

@@ -13,14 +13,15 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edge.errors import FacegateError, ModelError, NoFaceError
-from edge.manifest import (
+from edge.types import Image
+from edge.vision.manifest import (
     Manifest,
     Preprocessing,
     load_manifest,
@@ -28,15 +29,14 @@ from edge.manifest import (
     sha256_file,
     write_json_atomic,
 )
-from edge.types import Image
 from tools._common import Stage, run_tool
 from tools.quantize.common import (
     DEFAULT_DETECTOR,
-    FACENET_PREPROCESSING,
     STANDARDIZE,
     SUGGESTED,
     TOOL_VERSION,
 )
+from tools.quantize.config import QuantizeConfig
 from tools.quantize.convert import convert_float, convert_int8, preprocess
 from tools.quantize.faces import (
     FaceCrops,
@@ -58,33 +58,6 @@ IN_GRAPH_TEXT = {
         "preprocessing above (FaceNet's prewhiten; the device feeds (pixel - mean) / std)"
     )
 }
-
-
-@dataclass(frozen=True)
-class QuantizeConfig:
-    """Everything one quantisation run needs (the CLI fills it from flags)."""
-
-    model: Path
-    out_dir: Path
-    name: str = "facenet"
-    calibration: Path | None = None
-    images: Sequence[tuple[str, str, Image]] | None = None  # in-memory photos instead of a folder
-    validation: Path | None = None
-    preprocessing: Preprocessing = FACENET_PREPROCESSING
-    input_node: str = "input"
-    output_node: str = "embeddings"
-    alignment: str = "facenet160"
-    detector: Path = DEFAULT_DETECTOR
-    holdout: float = 0.25
-    augment: int = 0
-    max_calibration: int = 400
-    min_face: int = 40
-    edgetpu: bool = False
-    show_progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
-    source: SourceModel | None = None  # an already loaded model (keras_source) instead of `model`
-    snap_steps: int = 0  # > 0: activation ranges snapped to 2^(j/snap_steps) (snap_ranges)
-    standardize: str = "none"  # "per-image": FaceNet's per-image standardisation in the graph
 
 
 @dataclass(frozen=True)
@@ -322,7 +295,7 @@ def _preprocessing(a: argparse.Namespace) -> tuple[Preprocessing, str, str]:
 
 def config_from_args(a: argparse.Namespace) -> QuantizeConfig:
     """Validate flags and build the config (preprocessing: flags over manifest over defaults)."""
-    from edge.align import TEMPLATES
+    from edge.vision.align import TEMPLATES
 
     pre, alignment, standardize = _preprocessing(a)
     if alignment not in TEMPLATES:

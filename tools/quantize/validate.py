@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from edge.manifest import Manifest
+from edge.vision.manifest import Manifest
 from tools import stats
 from tools.quantize.common import F32, FAR_TARGET, SUGGESTED, TOOL_VERSION
 from tools.quantize.convert import preprocess
@@ -25,7 +25,7 @@ from tools.quantize.inspect import model_ops, non_int8_ops
 from tools.quantize.source import SourceModel
 
 if TYPE_CHECKING:
-    from tools.quantize.tool import QuantizeConfig
+    from tools.quantize.config import QuantizeConfig
 
 TAR_RATES = (1e-2, 1e-3, 1e-4)  # the report's TAR at FAR columns
 
@@ -91,7 +91,7 @@ def _agreement(a: F32, b: F32) -> dict[str, Any]:
 
 def latency_ms(model_path: Path, runs: int = 10, num_threads: int = 2) -> float:
     """Median wall time of one inference in ms (after one warm-up run), device runtime."""
-    from edge.runtime import load_interpreter
+    from edge.vision.runtime import load_interpreter
 
     it = load_interpreter(model_path, num_threads=num_threads)
     d = it.input_details[0]
@@ -122,7 +122,7 @@ def source_agreement(
 
 
 def _embed(model: Path, crops: npt.NDArray[np.uint8]) -> F32:
-    from edge.embedder import Embedder
+    from edge.vision.embedder import Embedder
 
     emb = Embedder.load(model)
     return emb.embed(crops) if len(crops) else np.zeros((0, emb.dim), np.float32)
@@ -194,9 +194,14 @@ def render_report(rep: dict[str, Any]) -> str:
     ):
         a = rep["agreement"][key]
         lines.append(f"| {label} | {a['n']} | {_r(a['mean_cosine'])} | {_r(a['min_cosine'])} |")
+    return "\n".join(lines + _operators_section(rep))
+
+
+def _operators_section(rep: dict[str, Any]) -> list[str]:
+    """The int8 model's operators (not int8, not on the Edge TPU) and the suggested calibration."""
     bad = rep["int8"]["non_int8_ops"]
     tpu_bad = rep["int8"]["edgetpu_unsupported_ops"]
-    lines += [
+    lines = [
         "",
         "## Operators",
         "",
@@ -220,7 +225,7 @@ def render_report(rep: dict[str, Any]) -> str:
         f"({cal['source']}); run `python -m tools.calibrate` on your enrolment photos to fit them.",
         "",
     ]
-    return "\n".join(lines)
+    return lines
 
 
 def validate(
@@ -242,28 +247,9 @@ def validate(
         lab if "#aug" not in n else ""
         for lab, n in zip(cal.labels + held.labels, names, strict=True)
     ]
-    models: dict[str, Any] = {}
-    for q, p in paths.items():
-        m = manifests[q]
-        all_emb = np.concatenate(emb[q])
-        models[q] = {
-            "file": p.name,
-            "sha256": m.sha256,
-            "size_bytes": p.stat().st_size,
-            "latency_ms": latency_ms(p),
-            "input": {
-                "dtype": m.input.dtype,
-                "scale": m.input.scale,
-                "zero_point": m.input.zero_point,
-            },
-            "output": {
-                "dtype": m.output.dtype,
-                "scale": m.output.scale,
-                "zero_point": m.output.zero_point,
-            },
-            "embedding_size": m.embedding_size,
-            "verification": verification(*pair_scores(all_emb, labels)),
-        }
+    models = {
+        q: _model_record(p, manifests[q], np.concatenate(emb[q]), labels) for q, p in paths.items()
+    }
     ops = model_ops(paths["int8"])
     models["int8"]["op_count"] = len(ops)
     models["int8"]["non_int8_ops"] = non_int8_ops(ops)
@@ -291,11 +277,36 @@ def validate(
             "int8_vs_float_calibration": _agreement(emb["int8"][0], emb["float32"][0]),
             "int8_vs_float_held_aside": _agreement(emb["int8"][1], emb["float32"][1]),
         },
-        "suggested_calibration": {
-            "threshold": SUGGESTED.threshold,
-            "margin": SUGGESTED.margin,
-            "conf_midpoint": SUGGESTED.conf_midpoint,
-            "conf_scale": SUGGESTED.conf_scale,
-            "source": SUGGESTED.source,
+        "suggested_calibration": _suggested(),
+    }
+
+
+def _suggested() -> dict[str, Any]:
+    """The tool's default calibration, as the report suggests it."""
+    return {
+        "threshold": SUGGESTED.threshold,
+        "margin": SUGGESTED.margin,
+        "conf_midpoint": SUGGESTED.conf_midpoint,
+        "conf_scale": SUGGESTED.conf_scale,
+        "source": SUGGESTED.source,
+    }
+
+
+def _model_record(
+    p: Path, m: Manifest, embeddings: npt.NDArray[np.float32], labels: Sequence[str]
+) -> dict[str, Any]:
+    """One converted model in the report: file, size, speed, tensors and verification."""
+    return {
+        "file": p.name,
+        "sha256": m.sha256,
+        "size_bytes": p.stat().st_size,
+        "latency_ms": latency_ms(p),
+        "input": {"dtype": m.input.dtype, "scale": m.input.scale, "zero_point": m.input.zero_point},
+        "output": {
+            "dtype": m.output.dtype,
+            "scale": m.output.scale,
+            "zero_point": m.output.zero_point,
         },
+        "embedding_size": m.embedding_size,
+        "verification": verification(*pair_scores(embeddings, labels)),
     }

@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+import tools.train.data as data
+import tools.train.metrics as metrics
 from edge.errors import FacegateError
 from edge.imageio import read_image
-from edge.manifest import Preprocessing
+from edge.vision.manifest import Preprocessing
 from tools._common import run_tool
-from tools.train import data, metrics
 from tools.train.loop import LoopConfig, Trainer, digest
 from tools.train.loss import MINING
 from tools.train.model import StartModel, export_saved_model, load_start, set_trainable
@@ -286,7 +287,7 @@ def verdict(before: dict[str, Any], after: dict[str, Any], best_step: int) -> st
 
 def run(cfg: TrainConfig) -> dict[str, Any]:
     """The whole run; returns the report (also written to ``cfg.out``)."""
-    from tools.train import report
+    import tools.train.report as report
 
     clock = Clock()
     prep = prepare(cfg, clock)
@@ -448,7 +449,7 @@ def _check_ranges(a: argparse.Namespace) -> None:
         raise FacegateError("--lr must be in (0, 1) and --alpha positive")
     if not 0.0 < a.val_share < 1.0:
         raise FacegateError(f"--val-share must be between 0 and 1, got {a.val_share}")
-    from edge.align import TEMPLATES
+    from edge.vision.align import TEMPLATES
 
     if a.alignment not in TEMPLATES:
         raise FacegateError(f"--alignment must be one of {sorted(TEMPLATES)}, not {a.alignment!r}")

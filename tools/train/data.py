@@ -7,7 +7,7 @@
   numbers) with a recorded seed: a held-aside person is never trained on.
 * :func:`align_photos` sends every photo through the device's own detector
   and alignment (:func:`tools.quantize.collect_faces`, i.e.
-  :class:`edge.recognizer.FaceCropper`), so training sees what the door sees.
+  :class:`edge.decide.recognizer.FaceCropper`), so training sees what the door sees.
 * :func:`pk_batch` draws P people x K photos and :func:`augment_crop` flips,
   shifts and re-lights each crop.
 """
@@ -175,7 +175,7 @@ def align_photos(
     ``cache``: an ``.npz`` reused when it was made from the same photos,
     detector and alignment (a resumed run skips the detection).
     """
-    from edge.manifest import sha256_file
+    from edge.vision.manifest import sha256_file
     from tools.quantize import collect_faces
 
     key = photos_key(photos, f"{sha256_file(detector)}|{size}|{template}|{min_face}")

@@ -23,9 +23,9 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.errors import FacegateError
-from tools.train import metrics
 from tools.train.data import Crops, augment_crop, pk_batch
 from tools.train.loss import l2_normalize, triplet_loss
+from tools.train.metrics import held_out, selection_score
 from tools.train.model import StartModel
 
 F32 = npt.NDArray[np.float32]
@@ -187,8 +187,8 @@ class Trainer:
         (the starting weights) is the first best.
         """
         emb = self.embed(self.val)
-        held = metrics.held_out(emb, self.val.labels)
-        score, far = metrics.selection_score(emb, self.val.labels, EVAL_FAR)
+        held = held_out(emb, self.val.labels)
+        score, far = selection_score(emb, self.val.labels, EVAL_FAR)
         st = self.state
         rec = {"step": st.step, "val_score": score, "val_score_far": far, "val": held.to_json()}
         first = not st.evals

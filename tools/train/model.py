@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import ModelError
-from edge.manifest import Preprocessing
+from edge.vision.manifest import Preprocessing
 
 BUILTIN = ("sface", "facenet")
 

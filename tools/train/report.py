@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edge.manifest import write_json_atomic
+from edge.vision.manifest import write_json_atomic
 
 log = logging.getLogger("tools.train")
 
