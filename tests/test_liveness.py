@@ -22,7 +22,7 @@ from conftest import DETECTOR, DETECTOR_FULL, MODELS, REPO
 from edge.config import parse_config
 from edge.errors import ConfigError, ManifestMismatch, ModelError
 from edge.liveness.blink import Blink
-from edge.liveness.decide import LivenessParams, decide
+from edge.liveness.decide import PROP_MIN_STILL, LivenessParams, decide, decide_progressive
 from edge.liveness.geometry import Parallax
 from edge.liveness.mesh import FaceMesh, roi_from_keypoints, roi_matrix
 from edge.liveness.motion import ContextCount, Window
@@ -42,10 +42,12 @@ def _window(
     prop: int = 0,
     t: float = 0.5,
     klt_dir: tuple[float, float] = (1.0, 0.0),
+    still: int = 10,
 ) -> Window:
     klt = Parallax(math.radians(klt_deg), z * z, z, z, 0.2, 80, klt_dir)
     mesh = Parallax(math.radians(mesh_deg), 100.0, 10.0, 10.0, 0.5, 468, (1.0, 0.0))
-    return Window(t - 0.5, t, 120.0, 80, 0.1, klt, ContextCount(prop, 0, 0), ContextCount(), mesh)
+    beyond = ContextCount(prop, still, 0)
+    return Window(t - 0.5, t, 120.0, 80, 0.1, klt, beyond, ContextCount(), mesh)
 
 
 # -- the decision ------------------------------------------------------------------------
@@ -68,6 +70,25 @@ def test_decision_a_turn_passes_a_prop_is_a_spoof_nothing_is_null() -> None:
     # Held still, nothing seen: not enough evidence, which is never a pass.
     null = decide([_window(0.5, 0.3, 1.0)] * 6, [], p)
     assert null.passed is None and null.score < 0.5 and null.reason == "no_liveness"
+
+
+def test_a_prop_needs_the_room_seen_still_and_a_final_verdict_stays() -> None:
+    p = LivenessParams(min_prop_points=12)
+    # Everything around the face moves with it and nothing stands still: a crowd
+    # walking along (or the camera itself moving), not a prop in front of a room.
+    assert decide([_window(prop=40, still=0)], [], p).passed is None
+    assert decide([_window(prop=40, still=PROP_MIN_STILL - 1)], [], p).passed is None
+    assert decide([_window(prop=40, still=PROP_MIN_STILL)], [], p).passed is False
+    # The stage stops at the first final verdict: later evidence cannot change it.
+    turn_then_prop = [_window(9.0, 7.0, 8.0, t=0.5), _window(prop=40, t=1.0)]
+    v = decide_progressive(turn_then_prop, [], p)
+    assert v.passed is True and v.decided_at == 0.5
+    prop_then_turn = [_window(prop=40, t=0.5), _window(9.0, 7.0, 8.0, t=1.0)]
+    assert decide_progressive(prop_then_turn, [], p).passed is False
+    # A blink counts when the eyes reopen, in time order with the windows.
+    v = decide_progressive([_window(prop=40, t=1.0)], [Blink(0.3, 0.5, 0.1)], p)
+    assert v.passed is True and v.decided_at == 0.5
+    assert decide_progressive([_window(0.5, 0.3, 1.0)] * 3, [], p).passed is None
 
 
 def test_decision_blinks_texture_and_an_unmounted_camera() -> None:

@@ -435,7 +435,7 @@ def build_mesh(spec: MeshSpec = MESH, models_dir: Path = MODELS_DIR, force: bool
     The model takes a 192x192 RGB crop scaled to [0, 1] (``(p - 0) / 255``) and
     returns 468 x (x, y, z) in crop pixels plus a face-presence logit.
     """
-    from edge.runtime import load_interpreter
+    from edge.vision.runtime import load_interpreter
 
     model = models_dir / f"{spec.stem}.tflite"
     if not force and _is_built(model, spec.sha256) and _variant(model) == "mesh":

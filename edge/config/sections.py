@@ -461,8 +461,10 @@ LivenessMode = Literal["off", "report", "require"]
 class LivenessConfig(Section):
     """Presentation-attack detection per track (:mod:`edge.liveness`).
 
-    ``mode``: ``off``; ``report`` (events carry the verdict, the door ignores
-    it); ``require`` (the door opens only for a track that passed). A track
+    ``mode``: ``off``; ``report`` (the default: events carry the verdict,
+    the door ignores it); ``require`` (the door opens only for a track that
+    passed; what a door should use: docs/liveness.md says why it is not the
+    default yet). Decisions wait for the verdict, at most ``max_wait_s``. A track
     without a verdict ``max_wait_s`` after it appeared is denied
     ``no_liveness``. The thresholds are physical: ``min_turn_deg`` the
     smallest out-of-plane turn of the face (seen by the mesh; its texture
@@ -475,7 +477,7 @@ class LivenessConfig(Section):
     """
 
     SECTION = "liveness"
-    mode: LivenessMode = "require"
+    mode: LivenessMode = "report"
     model: ModelPath = "face_landmark.tflite"
     max_wait_s: Annotated[float, Range(gt=0, le=60)] = 3.0
     min_turn_deg: Annotated[float, Range(gt=0, le=45)] = 6.0

@@ -24,15 +24,20 @@ and :mod:`edge.liveness.blink`):
 * **blink** (live): both eyes dip and reopen together;
 * **prop** (spoof, mounted camera only): a KLT window in which at least
   ``min_prop_points`` points beyond the head move exactly with the face (within
-  3 noise standard deviations of the face's homography, where that and
-  standing still differ by at least 6): the border or background of a photo,
-  a phone's bezel. Nothing of a live person but a hat does that;
+  a third of the distance by which "with the face" and "standing still"
+  differ, itself at least 1 px) while at least :data:`PROP_MIN_STILL` points
+  there stand still: the border or background of a photo, a phone's bezel,
+  in front of a still room. Nothing of a live person but a hat does that;
+  a crowd walking along moves everything around the face, and nothing
+  stands still;
 * **texture model** (spoof, optional): a user-supplied anti-spoofing CNN whose
   mean live probability over the track stays under ``texture_min``.
 
 The verdict: a prop (or the texture model's refusal) means ``False`` (a
-spoof) whatever else was seen; otherwise a turn or a blink means ``True``;
-otherwise ``None``: not enough evidence, never a pass. The score (0-1) grows
+spoof); otherwise a turn or a blink means ``True``; otherwise ``None``: not
+enough evidence, never a pass. The verdict is final once it is ``True`` or
+``False``: the stage decides after every window and stops there
+(:func:`decide_progressive` replays that on recorded evidence). The score (0-1) grows
 with the strongest live evidence: ``1 - 2^-s`` where ``s`` is the best
 window's ``min(mesh turn / min_turn_deg, texture turn / (min_turn_deg / 2),
 sqrt(t2) / min_z)`` (0 when the directions disagree; a blink counts as
@@ -47,9 +52,15 @@ from dataclasses import dataclass
 
 from edge.liveness.blink import Blink
 from edge.liveness.motion import Window
+from edge.types import Liveness
 
 MIN_FACE_POINTS = 20
 """Fewer face points than this make a window's texture parallax too noisy to count."""
+PROP_MIN_STILL = 3
+"""A prop needs the room behind it seen standing still in the same window (at
+least this many points beyond the head): that is what tells a prop moving in
+front of a mounted camera from a crowd, or a companion, moving along with
+the face, where everything around the face moves."""
 MAX_DIRECTION_DEG = 60.0
 """The mesh's and the texture's parallax directions must agree this well."""
 BLINK_STRENGTH = 2.0
@@ -67,33 +78,8 @@ class LivenessParams:
     texture_min: float = 0.5
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """A track's liveness: ``passed`` True/False/None, a score and the evidence behind it.
-
-    ``evidence``: short strings such as ``"parallax 3.2deg z=6.1 at 1.4s"``,
-    ``"blink at 2.1s"``, ``"prop: 31 points beyond the head move with the face"``.
-    ``decided_at``: the track time (seconds from its first frame) at which
-    the verdict became what it is (None while undecided).
-    """
-
-    passed: bool | None
-    score: float
-    evidence: tuple[str, ...] = ()
-    decided_at: float | None = None
-
-    @property
-    def reason(self) -> str:
-        if self.passed is True:
-            return "live"
-        if self.passed is False:
-            return "spoof"
-        return "no_liveness"
-
-    def to_json(self) -> dict[str, object]:
-        """``{"passed": ..., "score": ..., "evidence": [...]}`` (the events' ``liveness``)."""
-        return {"passed": self.passed, "score": round(self.score, 4),
-                "evidence": list(self.evidence)}  # fmt: skip
+Verdict = Liveness
+"""A track's verdict (:class:`edge.types.Liveness`: decisions and events carry it)."""
 
 
 def turn_strength(w: Window, p: LivenessParams) -> float:
@@ -110,8 +96,10 @@ def turn_strength(w: Window, p: LivenessParams) -> float:
 
 
 def is_prop(w: Window, p: LivenessParams) -> bool:
-    """Whether a window saw enough points beyond the head move exactly with the face."""
-    return p.mounted and w.beyond.with_face >= p.min_prop_points
+    """Whether a window saw enough points beyond the head move exactly with the face
+    while the room behind stood still (:data:`PROP_MIN_STILL`)."""
+    b = w.beyond
+    return p.mounted and b.with_face >= p.min_prop_points and b.still >= PROP_MIN_STILL
 
 
 def decide(
@@ -160,5 +148,43 @@ def decide(
     return Verdict(None, score, tuple(evidence))
 
 
-__all__ = ["MAX_DIRECTION_DEG", "MIN_FACE_POINTS", "LivenessParams", "Verdict", "decide",
-           "is_prop", "turn_strength"]  # fmt: skip
+def decide_progressive(
+    windows: Sequence[Window],
+    blinks: Sequence[Blink],
+    p: LivenessParams,
+    t0: float = 0.0,
+) -> Verdict:
+    """The verdict the stage reaches on this evidence as it arrives (the first final one).
+
+    The stage decides after each window and blink and stops at the first
+    ``True`` or ``False``; later evidence cannot change a final verdict. This
+    replays that: evidence in time order (a window at its end, a blink when
+    the eyes reopen), :func:`decide` on each prefix.
+    """
+    events = sorted([(w.t1, 0, i) for i, w in enumerate(windows)] +
+                    [(b.t_open, 1, i) for i, b in enumerate(blinks)])  # fmt: skip
+    ws: list[Window] = []
+    bs: list[Blink] = []
+    last = decide([], [], p, t0)
+    for _, kind, i in events:
+        if kind == 0:
+            ws.append(windows[i])
+        else:
+            bs.append(blinks[i])
+        last = decide(ws, bs, p, t0)
+        if last.passed is not None:
+            return last
+    return last
+
+
+__all__ = [
+    "MAX_DIRECTION_DEG",
+    "MIN_FACE_POINTS",
+    "PROP_MIN_STILL",
+    "LivenessParams",
+    "Verdict",
+    "decide",
+    "decide_progressive",
+    "is_prop",
+    "turn_strength",
+]

@@ -20,6 +20,10 @@ from edge.liveness.motion import Gray, PointWindow, Window, window_due
 from edge.types import Detection, Image
 
 MAX_SERIES = 300  # eye-opening samples kept per track (30 s at 10 fps)
+MAX_MISSES = 2
+"""Consecutive frames the mesh may lose the face (presence under its threshold:
+a blink of the model on a turned or blurred face) before the KLT window is
+dropped; a shorter gap is skipped and the points are tracked across it."""
 WINDOW_S = 0.5
 """A KLT window's length: long enough for a turning head's parallax to build
 up over the KLT noise (a 5 degree/s turn gives ~0.5% of the face's width in
@@ -40,6 +44,7 @@ class LivenessTrack:
     last_t: float | None = None
     frames: int = 0
     _window: PointWindow | None = None
+    _misses: int = 0
     last_mesh: MeshResult | None = None
 
     def update(self, rgb: Image, gray: Gray, det: Detection, t: float) -> None:
@@ -52,8 +57,11 @@ class LivenessTrack:
             self.first_t = t
         self.last_t = t
         if res.presence < PRESENCE_THRESHOLD:
-            self._window = None  # the face is lost for the mesh: points would drift
-            return
+            self._misses += 1
+            if self._misses > MAX_MISSES:
+                self._window = None  # the face is lost for the mesh: points would drift
+            return  # a short gap: the KLT tracks across it from the last good frame
+        self._misses = 0
         self.last_mesh = res
         r, le = eye_opening(res.points)
         self.times.append(t)
@@ -84,4 +92,4 @@ class LivenessTrack:
         self._window = PointWindow(gray, points, t)
 
 
-__all__ = ["MAX_SERIES", "WINDOW_S", "LivenessTrack"]
+__all__ = ["MAX_MISSES", "MAX_SERIES", "WINDOW_S", "LivenessTrack"]

@@ -481,9 +481,10 @@ def render(scene: Scene, times: Sequence[float], region: Region) -> npt.NDArray[
                 src, shift, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
                 borderMode=cv2.BORDER_CONSTANT)  # fmt: skip
     layer *= np.float32(1.0 / len(times))
-    alpha = np.minimum(layer[..., 3], 1.0)
-    out = scene.background[ry0:ry1, rx0:rx1] * (1.0 - alpha[..., None]) + layer[..., :3]
-    out = np.asarray(out, np.float32)
+    alpha = np.asarray(np.minimum(layer[..., 3], 1.0), np.float32)
+    out = np.asarray(
+        scene.background[ry0:ry1, rx0:rx1] * (1.0 - alpha[..., None]) + layer[..., :3], np.float32
+    )
     add_effects(scene, out, alpha, float(np.mean(times)), region)
     return out
 

@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=DEFAULTS.max_wait_s, help="clip length")
     p.add_argument("--fps", type=float, default=12.5, help="attack frame rate")
     p.add_argument("--video-step", type=int, default=2, help="use every N-th video frame")
+    p.add_argument("--stride", type=float, default=0.5,
+                   help="real windows start every this many seconds of a track")  # fmt: skip
     p.add_argument(
         "--detector", type=Path, default=MODELS_DIR / "face_detection_short_range.tflite"
     )
@@ -117,9 +119,13 @@ def gather(a: argparse.Namespace) -> tuple[list[Evidence], dict[str, object]]:
     if a.video is not None:
         if not a.video.is_file():
             raise FacegateError(f"--video {a.video}: not a file")
-        real = real_evidence(a.video, mesh, det, a.video_step, a.seconds, cache)
+        real = real_evidence(a.video, mesh, det, a.video_step, a.seconds, cache, a.stride)
         samples += real
-        meta["bona_fide"] = f"{len(real)} windows of {a.seconds:g} s of tracks in {a.video.name}"
+        tracks = len({s.extra.get("track") for s in real})
+        meta["bona_fide"] = (
+            f"{len(real)} windows of {a.seconds:g} s (starting every {a.stride:g} s) "
+            f"of {tracks} face tracks in {a.video.name}"
+        )
     else:
         meta["bona_fide"] = "none (no --video)"
     return samples, meta

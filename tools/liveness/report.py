@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.liveness.decide import LivenessParams, Verdict, decide
+from edge.liveness.decide import LivenessParams, Verdict, decide_progressive
 from tools.liveness.samples import TARGET_TYPES, Evidence
 from tools.stats import binomial_upper_bound
 
@@ -55,8 +55,8 @@ class Rate:
 
 
 def verdicts(samples: Sequence[Evidence], p: LivenessParams) -> list[Verdict]:
-    """Each sample's verdict at its end (a door that waited the whole window)."""
-    return [decide(s.windows, s.blinks() if p.blinks else [], p, s.t0) for s in samples]
+    """Each sample's verdict as the stage reaches it (the first final one within the window)."""
+    return [decide_progressive(s.windows, s.blinks() if p.blinks else [], p, s.t0) for s in samples]
 
 
 @dataclass(frozen=True)

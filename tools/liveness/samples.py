@@ -18,8 +18,11 @@ Eileen Collins) are used. Each attack type gets ``n`` clips, seeds
 on overlapping tiles (the crowd's faces are 60-130 px in 1080p, too small for
 BlazeFace on the whole frame; a 480 px tile is a door camera's view of them),
 followed by box overlap, and each track cut into windows of the door's
-``max_wait_s`` (the last, shorter one kept when it is at least half as long):
-one sample per (window, track), evaluated as if the person had just appeared.
+``max_wait_s`` starting every ``stride`` seconds (the last, shorter one kept
+when it is at least half as long): one sample per (window, track), evaluated
+as if the person had just appeared there. Overlapping windows share frames,
+so they are not independent trials: the report says how many tracks they
+come from.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from edge.types import Box, Detection, Image
 from edge.vision.detector import FaceDetector
 from tools.liveness.attacks import AttackSpec, frames, make_scene
 
-CACHE_VERSION = "liveness-evidence/4"
+CACHE_VERSION = "liveness-evidence/5"
 ATTACK_TYPES: dict[str, tuple[AttackSpec, ...]] = {
     # An attack type's clips alternate between its variants.
     "print moved": (AttackSpec("print", "moved"),),
@@ -260,20 +263,27 @@ def real_tracks(detector: FaceDetector, video: list[Image], min_frames: int,
     return [t for _, t in sorted(tracks.items()) if len(t) >= min_frames]
 
 
-def windows_of(track: list[tuple[int, Detection]], fps: float,
-               seconds: float) -> Iterator[list[tuple[int, Detection]]]:  # fmt: skip
-    """A track cut into consecutive windows of ``seconds`` (a last one of at least half that)."""
+def windows_of(track: list[tuple[int, Detection]], fps: float, seconds: float,
+               stride: float | None = None) -> Iterator[list[tuple[int, Detection]]]:  # fmt: skip
+    """A track cut into windows of ``seconds`` starting every ``stride`` seconds (default:
+    one after the other); a last one of at least half the length is kept."""
     per = max(2, round(seconds * fps))
-    for k in range(0, len(track), per):
+    step = per if stride is None else max(1, round(stride * fps))
+    for k in range(0, len(track), step):
         part = track[k : k + per]
         if len(part) >= max(2, per // 2):
             yield part
+        if k + per >= len(track):
+            break
 
 
 def real_evidence(video_path: Path, mesh: FaceMesh, detector: FaceDetector, step: int,
-                  seconds: float, cache: Cache) -> list[Evidence]:  # fmt: skip
-    """Every (window, track) sample of a real clip (cached as a whole)."""
-    key = _key("real", str(video_path.resolve()), video_path.stat().st_size, step, seconds)
+                  seconds: float, cache: Cache, stride: float | None = None,
+                  ) -> list[Evidence]:  # fmt: skip
+    """Every (window, track) sample of a real clip (cached as a whole); windows start every
+    ``stride`` seconds of a track (default: back to back)."""
+    key = _key("real", str(video_path.resolve()), video_path.stat().st_size, step, seconds,
+               stride)  # fmt: skip
     if cache.folder is not None and (cache.folder / f"{key}.real.pkl").is_file():
         with open(cache.folder / f"{key}.real.pkl", "rb") as f:
             got = pickle.load(f)
@@ -282,7 +292,7 @@ def real_evidence(video_path: Path, mesh: FaceMesh, detector: FaceDetector, step
     video, fps = read_video(video_path, step)
     out = []
     for ti, track in enumerate(real_tracks(detector, video, min_frames=max(4, round(fps / 2)))):
-        for wi, part in enumerate(windows_of(track, fps, seconds)):
+        for wi, part in enumerate(windows_of(track, fps, seconds, stride)):
             seq = [(video[i], det, i / fps) for i, det in part]
             tr = run_track(mesh, seq)
             out.append(Evidence(
