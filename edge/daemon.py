@@ -59,6 +59,7 @@ from edge.types import Decision, Frame, FrameResult
 
 if TYPE_CHECKING:
     from edge.config import Config
+    from edge.decide.gate import LivenessGate
     from edge.delivery.extension import Extension
     from edge.delivery.outbox import Outbox
     from edge.door.controller import DoorController
@@ -204,6 +205,7 @@ def _event_line(d: Decision, payload: dict[str, Any]) -> str:
     return (
         f"event seq={seq} {d.kind} name={who} track={d.track_id} frames={d.track_length} "
         f"distance={d.distance:.3f} confidence={d.confidence:.2f}"
+        + ("" if d.liveness is None else f" liveness={d.liveness.reason}")
     )
 
 
@@ -400,6 +402,9 @@ class _Loop:
         # A face that jumps identity by more than the open-set threshold is
         # someone else: it ends its track (edge.decide.tracker.identity_jump).
         self.tracker = Tracker(cfg.decision, identity_threshold=rec.threshold)
+        # liveness: decisions wait for their track's verdict (edge.decide.gate).
+        self.gate = make_gate(cfg)
+        self.last_seen: tuple[Frame, FrameResult] | None = None
         self.health = _Health(notifier, pub, watchdog_interval())
         self.started = time.monotonic()
         self.frames = self.events = 0
@@ -427,6 +432,7 @@ class _Loop:
             if frame is not None:
                 self.on_frame(frame)
             elif self.cap.finished:
+                self.flush_held()
                 log.info("replay finished after %d frames, %d events", self.frames, self.events)
                 return 0
             elif not self.cap.alive:
@@ -466,6 +472,7 @@ class _Loop:
             log.error("gallery reload failed, keeping the old one: %s", e)
             return
         log.info("gallery reloaded: %d people", len(self.rec.gallery))
+        self.drop_held("gallery reload")
         if self.door is not None:
             self.door.check_gallery(self.rec.gallery, strict=False)
         # The open-set threshold follows the gallery size: so does the
@@ -486,6 +493,7 @@ class _Loop:
         except (FacegateError, ValueError) as e:
             fleet.apply_failed(pending, e)
             return
+        self.drop_held("fleet gallery")
         fleet.applied(pending)  # only now do grants resume
         self.tracker.identity_threshold = self.rec.threshold
         self.publish_state(time.monotonic())
@@ -497,23 +505,51 @@ class _Loop:
         if not self.ready:
             self.become_ready()
         decisions = self.tracker.update(result, frame.image if self.want_frames else None)
-        for d in decisions:
-            if self.door is not None:  # door: every decision, live from the tracker
-                self.door.on_decision(d, self.rec.gallery)
-            payload = self.pub.publish_decision(d)
-            self.events += 1
-            log.info("%s", _event_line(d, payload))
-        for w in self.watchers:
-            try:
-                w.observe(frame, result, decisions)
-            except Exception:  # a watcher's bug must not stop the door
-                log.exception("%s failed on frame %d", type(w).__name__, frame.index)
+        if self.gate is not None:
+            decisions = self.gate.update(
+                frame.image, frame.timestamp, self.tracker.assigned, decisions
+            )
+        self.emit(decisions)
+        self.observe(frame, result, decisions)
         self.frames += 1
         self.window_frames += 1
         self.health.frame_done()
         if (self.tracker.active_tracks > 0) != self.present:
             self.present = not self.present
             self.pub.set_presence(self.present)
+
+    def observe(self, frame: Frame, result: FrameResult, decisions: Sequence[Decision]) -> None:
+        """The watchers see each frame and the decisions that left with it."""
+        self.last_seen = (frame, result)
+        for w in self.watchers:
+            try:
+                w.observe(frame, result, decisions)
+            except Exception:  # a watcher's bug must not stop the door
+                log.exception("%s failed on frame %d", type(w).__name__, frame.index)
+
+    def flush_held(self) -> None:
+        """The frames ended: what waited for liveness leaves now, verdicts as they stand."""
+        if self.gate is None or self.last_seen is None:
+            return
+        held = self.gate.flush()
+        if held:
+            self.emit(held)
+            self.observe(*self.last_seen, held)
+
+    def drop_held(self, why: str) -> None:
+        """Decisions waiting for liveness were made with the old gallery: never act on them."""
+        n = self.gate.drop() if self.gate is not None else 0
+        if n:
+            log.info("%s: %d decision(s) waiting for liveness dropped", why, n)
+
+    def emit(self, decisions: Sequence[Decision]) -> None:
+        """Each decision to the door (first) and the publisher."""
+        for d in decisions:
+            if self.door is not None:  # door: every decision, live from the tracker
+                self.door.on_decision(d, self.rec.gallery)
+            payload = self.pub.publish_decision(d)
+            self.events += 1
+            log.info("%s", _event_line(d, payload))
 
     def become_ready(self) -> None:
         """Models loaded and the camera delivered: only now "online", before any decision."""
@@ -532,6 +568,19 @@ class _Loop:
         self.window_start, self.window_frames = now, 0
         self.notifier.status(f"{self.fps:.1f} fps, {self.frames} frames, {self.events} events")
         self.publish_state(now)
+
+
+def make_gate(cfg: Config) -> LivenessGate | None:
+    """The liveness gate ``[liveness]`` asks for (None with ``mode = "off"``)."""
+    if cfg.liveness.mode == "off":
+        return None
+    from edge.decide.gate import LivenessGate
+    from edge.liveness.clip import make_stage
+
+    stage = make_stage(cfg)
+    log.info("liveness: %s, decisions wait up to %.1f s", cfg.liveness.mode,
+             cfg.liveness.max_wait_s)  # fmt: skip
+    return LivenessGate(stage, cfg.liveness.max_wait_s)
 
 
 def _shutdown(

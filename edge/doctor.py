@@ -368,6 +368,31 @@ def check_models(ctx: Context) -> list[Check]:
     return out
 
 
+def check_liveness(ctx: Context) -> list[Check]:
+    """The face mesh loads (when liveness is on); a door without ``mode = "require"`` warns."""
+    from edge.liveness.mesh import FaceMesh
+
+    cfg = ctx.cfg
+    lv = cfg.liveness
+    if lv.mode == "off":
+        if cfg.door.enabled:
+            msg = "liveness is off: a photo of an enrolled person opens this door"
+            return [_warn("liveness", msg, 'set [liveness] mode = "require" (docs/liveness.md)')]
+        return [_pass("liveness", "off")]
+    path = cfg.model_path(lv.model)
+    if not path.exists():
+        return [_fail("liveness", f"{path} is missing", _model_fix(path))]
+    try:
+        FaceMesh.load(path, runtime=cfg.embedder.runtime, num_threads=1)
+    except FacegateError as e:
+        return [_fail("liveness", str(e), _model_fix(path))]
+    if cfg.door.enabled and lv.mode != "require":
+        return [_warn("liveness", f"mode {lv.mode!r}: the door opens for a photo of an "
+                      "enrolled person", 'set [liveness] mode = "require" on a door '
+                      "(docs/liveness.md: what it costs live visitors)")]  # fmt: skip
+    return [_pass("liveness", f"mode {lv.mode!r}, face mesh {path.name} matches its manifest")]
+
+
 CAMERA_FIX = {
     "picamera2": "stop the service first if it runs (it holds the camera); check the ribbon "
     "cable and `rpicam-hello --list-cameras`; install python3-picamera2 with apt and make "
@@ -987,6 +1012,7 @@ CHECKS: tuple[Callable[[Context], list[Check]], ...] = (
     check_python,
     check_runtime,
     check_models,
+    check_liveness,
     check_camera,
     check_clock,
     check_secrets,

@@ -121,8 +121,46 @@ class FrameResult:
 
 
 @dataclass(frozen=True)
+class Liveness:
+    """A track's liveness (:mod:`edge.liveness`): ``passed`` True/False/None, score, evidence.
+
+    ``passed``: True for a live 3-D head, False for a prop (paper, screen),
+    None while there is not enough evidence (never a pass). ``evidence``:
+    short strings such as ``"turn 9deg (texture 8deg, z=6) at 1.4s"``,
+    ``"blink at 2.1s"``. ``decided_at``: the track time (seconds from its
+    first frame) at which the verdict became final (None while undecided).
+    """
+
+    passed: bool | None
+    score: float
+    evidence: tuple[str, ...] = ()
+    decided_at: float | None = None
+
+    @property
+    def reason(self) -> str:
+        """``live``, ``spoof`` or ``no_liveness`` (the door's denial reasons)."""
+        if self.passed is True:
+            return "live"
+        if self.passed is False:
+            return "spoof"
+        return "no_liveness"
+
+    def to_json(self) -> dict[str, object]:
+        """``{"passed": ..., "score": ..., "evidence": [...]}`` (the events' ``liveness``)."""
+        return {
+            "passed": self.passed,
+            "score": round(self.score, 4),
+            "evidence": list(self.evidence),
+        }
+
+
+@dataclass(frozen=True)
 class Decision:
-    """A decision over several frames of one tracked face."""
+    """A decision over several frames of one tracked face.
+
+    ``liveness``: the track's liveness verdict when ``[liveness] mode`` is
+    not ``off`` (None: not measured).
+    """
 
     kind: str  # "recognized" | "unknown"
     name: str | None
@@ -136,3 +174,4 @@ class Decision:
     # The track's mean embedding (unit length) when the recognizer gave embeddings: what
     # the unknown-visitor review clusters and keeps (edge.review).
     embedding: Vector | None = field(default=None, repr=False, compare=False)
+    liveness: Liveness | None = None

@@ -156,7 +156,10 @@ def run_scripted(
     stop: threading.Event | None = None,
     decision: dict[str, Any] | None = None,
 ) -> tuple[int, RecordingPublisher, ScriptedCapture]:
-    cfg = parse_config({"decision": decision or {}}, base_dir=Path.cwd())
+    # Scripted faces on blank frames: the decisions alone (liveness: test_liveness_gate).
+    cfg = parse_config(
+        {"decision": decision or {}, "liveness": {"mode": "off"}}, base_dir=Path.cwd()
+    )
     cap = ScriptedCapture(names, finite=finite)
     pub = publisher or RecordingPublisher()
     rc = run(
@@ -600,8 +603,12 @@ def test_daemon_on_the_real_clip(enrolled: Enrolled, shared_video: Path) -> None
     camera: dict[str, object] = {"source": "opencv", "uri": str(shared_video), "realtime": False}
     decision: dict[str, object] = {"k": 3, "n": 4, "cooldown_s": 30.0, "max_track_age_s": 60.0}
     detector: dict[str, object] = {"model": str(FULL_RANGE)}
+    # The tracker's decisions, compared frame for frame (liveness would hold them).
+    liveness: dict[str, object] = {"mode": "off"}
     config = _write_config(
-        enrolled.dir, "video.toml", {"camera": camera, "decision": decision, "detector": detector}
+        enrolled.dir,
+        "video.toml",
+        {"camera": camera, "decision": decision, "detector": detector, "liveness": liveness},
     )
     proc = _spawn(config, None)
     out, err = proc.communicate(timeout=300)

@@ -36,6 +36,7 @@ from edge.doctor import (
     check_disk,
     check_gallery,
     check_gpio,
+    check_liveness,
     check_models,
     check_python,
     check_runtime,
@@ -148,6 +149,22 @@ def test_models_pass_and_a_missing_or_altered_model_fails(tmp_path: Path) -> Non
     (d / EMBEDDER.name).write_bytes(bytes(data))
     bad = check_models(ctx_for(cfg))[1]
     assert bad.status == "fail" and "sha256" in bad.message
+
+
+def test_liveness_a_door_without_require_warns_and_a_broken_mesh_fails(tmp_path: Path) -> None:
+    models_there()
+    door = '[door]\nenabled = true\npin_factory = "mock"\n'
+    (ok,) = check_liveness(ctx_for(write(tmp_path, '[liveness]\nmode = "require"\n' + door)))
+    assert ok.status == "pass" and "face_landmark.tflite" in ok.message
+    (warn,) = check_liveness(ctx_for(write(tmp_path, door)))  # the default, report
+    assert warn.status == "warn" and "photo" in warn.message and "require" in warn.fix
+    (off,) = check_liveness(ctx_for(write(tmp_path, '[liveness]\nmode = "off"\n')))
+    assert off.status == "pass"
+    bad = tmp_path / "mesh.tflite"
+    bad.write_bytes(b"not a model")
+    cfg = write(tmp_path, f'[liveness]\nmodel = "{bad}"\n')
+    (fail,) = check_liveness(ctx_for(cfg))
+    assert fail.status == "fail"
 
 
 # -- camera, clock --------------------------------------------------------------------

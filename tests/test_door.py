@@ -48,7 +48,10 @@ from edge.door.remote import (  # noqa: E402
 )
 from edge.errors import ConfigError  # noqa: E402
 from edge.identity.gallery import Gallery  # noqa: E402
-from edge.types import Box, Decision  # noqa: E402
+from edge.types import Box, Decision, Liveness  # noqa: E402
+
+# What the liveness gate attaches to a live person's decision (edge.decide.gate).
+LIVE = Liveness(True, 0.9, ("turn 9deg (texture 8deg, z=7) at 0.5s",), 0.5)
 
 RELAY, CONTACT, EXIT, TAMPER = 17, 5, 6, 13
 # Wednesday 7 January 2026, 10:00 UTC.
@@ -93,7 +96,12 @@ class Rig:
         return [bool(s.state) for s in self.relay.states]
 
     def decide(
-        self, name: str | None, *, age: float = 0.2, kind: str | None = None
+        self,
+        name: str | None,
+        *,
+        age: float = 0.2,
+        kind: str | None = None,
+        liveness: Liveness | None = LIVE,
     ) -> tuple[Decision, Any]:
         self.tracks[0] += 1
         d = Decision(
@@ -105,6 +113,7 @@ class Rig:
             track_length=4,
             timestamp=self.clock.wall - age,
             box=Box(10, 10, 50, 50),
+            liveness=liveness,
         )
         v = self.ctl.on_decision(d, self.gallery)
         assert self.ctl.sync()
@@ -132,7 +141,9 @@ def _gallery() -> Gallery:
     return g
 
 
-def make_rig(tmp_path: Path, inputs: bool = False, **door: Any) -> Rig:
+def make_rig(
+    tmp_path: Path, inputs: bool = False, liveness_mode: str | None = None, **door: Any
+) -> Rig:
     keys: dict[str, Any] = {
         "enabled": True,
         "pin_factory": "mock",
@@ -145,6 +156,8 @@ def make_rig(tmp_path: Path, inputs: bool = False, **door: Any) -> Rig:
         keys.update(contact_pin=CONTACT, exit_pin=EXIT, tamper_pin=TAMPER)
     tmp_path.mkdir(parents=True, exist_ok=True)
     sections: dict[str, Any] = {"door": keys, "service": {"state_dir": str(tmp_path)}}
+    if liveness_mode is not None:
+        sections["liveness"] = {"mode": liveness_mode}
     if keys.get("remote_unlock"):
         (tmp_path / "unlock.key").write_bytes(KEY)
         keys.setdefault("remote_key_file", "unlock.key")
@@ -1005,3 +1018,39 @@ def test_remote_unlock_fails_closed_when_its_nonce_cannot_be_saved(
     assert not rig.ctl.remote_command(cmd)
     assert rig.entries()[-1].reason == UNSAVED
     assert rig.relay_states() == [False]
+
+
+# -- liveness: with mode "require" only a track that passed opens ------------------------
+
+
+def test_a_spoof_or_a_track_without_liveness_never_opens_and_the_audit_says_why(
+    rigs: Any,
+) -> None:
+    rig = rigs(liveness_mode="require")
+    prop = Liveness(False, 0.0, ("prop: 31 points beyond the head move with the face",), 0.6)
+    _, v = rig.decide("Alice", liveness=prop)
+    assert not v.granted and v.reason == "spoof"
+    _, v = rig.decide("Alice", liveness=Liveness(None, 0.3))
+    assert not v.granted and v.reason == "no_liveness"
+    _, v = rig.decide("Alice", liveness=None)  # not measured at all: never a pass
+    assert not v.granted and v.reason == "no_liveness"
+    rig.advance(5.0)
+    assert rig.relay_states() == [False]
+    denied = [e for e in rig.entries() if e.kind == "access_denied"]
+    assert [e.reason for e in denied] == ["spoof", "no_liveness", "no_liveness"]
+    assert denied[0].data["liveness"]["passed"] is False
+    assert denied[0].data["liveness"]["evidence"] == list(prop.evidence)
+    # A live track of the same person opens.
+    _, v = rig.decide("Alice")
+    assert v.granted
+    assert rig.relay_states() == [False, True]
+
+
+def test_report_mode_leaves_the_door_to_the_other_rules(rigs: Any) -> None:
+    rig = rigs()
+    assert rig.cfg.liveness.mode == "report"  # the default (docs/liveness.md says why)
+    _, v = rig.decide("Alice", liveness=Liveness(None, 0.1))
+    assert v.granted
+    # A stranger is still a stranger, live or not.
+    _, v = rig.decide(None, liveness=Liveness(True, 0.9))
+    assert not v.granted and v.reason == "unknown"

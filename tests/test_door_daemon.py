@@ -160,6 +160,9 @@ def config(tmp_path: Path, **door: Any) -> Config:
         {
             "door": keys,
             "decision": {"k": 3, "n": 4, "cooldown_s": 30.0},
+            # Scripted faces on blank frames test the door's own rules; what
+            # liveness adds is tested end to end on real clips (test_liveness_e2e).
+            "liveness": {"mode": "off"},
             "service": {"state_dir": str(tmp_path)},
         },
         base_dir=tmp_path,

@@ -6,6 +6,7 @@ import json
 import re
 import sys
 import time
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -39,7 +40,7 @@ from edge.homeassistant.discovery import (
     ha_person_object_id,
     ha_static_topics,
 )
-from edge.types import Box, Decision
+from edge.types import Box, Decision, Liveness
 
 
 def decision(kind: str = "recognized", name: str | None = "Alice", **kw: object) -> Decision:
@@ -91,11 +92,17 @@ def test_event_has_every_documented_field() -> None:
         "track_id": 7,
         "track_length": 4,
         "box": [10, 21, 100, 120],
+        "liveness": None,  # [liveness] mode = "off": not measured
     }
     # The wire form is plain JSON and round-trips.
     assert json.loads(encode(e)) == e
     assert event(valid_for_s=0.5)["expires_at"] == "2026-01-02T03:04:06.178Z"
     assert event(delivery=LATE)["delivery"] == "late"
+    # With liveness on, the track's verdict travels with the decision.
+    lv = Liveness(False, 0.0, ("prop: 30 points beyond the head move with the face at 0.5s",))
+    got = event(replace(decision(), liveness=lv))["liveness"]
+    assert got == {"passed": False, "score": 0.0, "evidence": list(lv.evidence)}
+    assert json.loads(encode(event(replace(decision(), liveness=lv))))["liveness"] == got
 
 
 def test_unknown_event_has_null_name_and_never_a_face_crop() -> None:

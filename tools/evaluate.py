@@ -19,6 +19,9 @@ it) with the calibrated margin, we report:
 * rank-1: mated probes whose nearest enrolled person is the right one;
 * how many faces were not detected (enrolment and probes).
 
+``python -m tools.evaluate --liveness ...`` measures the liveness stage
+instead (APCER per attack type, BPCER: :mod:`tools.liveness.evaluate`).
+
 Output: a table on stdout, ``evaluation.json`` and ``fnir_fpir.png`` in
 ``--out`` (default ``reports/evaluation/``). ``--compare-float`` repeats the
 evaluation with the float32 model for a side-by-side view of quantisation.
@@ -1092,6 +1095,11 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI: a user error is one line on stderr and exit code 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--liveness" in args:  # liveness (issue 24): APCER/BPCER, tools.liveness.evaluate
+        from tools.liveness import evaluate as liveness
+
+        return liveness.main(args)
     return run_tool("evaluate", _main, argv)
 
 

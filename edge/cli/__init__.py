@@ -1,7 +1,7 @@
 """The ``facegate`` command line (also ``python -m edge``).
 
 Sub-commands: ``enroll``, ``gallery list|stats|remove|set-groups|rebind``,
-``identify``, ``demo``, ``doctor``, ``check-config``, ``run``, ``audit``,
+``identify``, ``liveness``, ``demo``, ``doctor``, ``check-config``, ``run``, ``audit``,
 ``door test|sign-unlock``, ``events verify``, ``fleet keygen|push|status``,
 ``unknowns list|show|enroll|forget``.
 Bad input never produces a traceback: every
@@ -15,8 +15,9 @@ its sub-commands and their ``cmd_*`` functions: :mod:`~edge.cli.gallery`
 (``demo``, ``check-config``, ``run``), :mod:`~edge.cli.door` (``audit``,
 ``door``), :mod:`~edge.cli.events` (``events``), :mod:`~edge.cli.fleet`
 (``fleet``), :mod:`~edge.cli.unknowns` (``unknowns``), :mod:`~edge.cli.doctor`
-(``doctor``); what they share is :mod:`~edge.cli.common`. A new command is a
-new module listed in :data:`COMMAND_MODULES`.
+(``doctor``), :mod:`~edge.cli.liveness` (``liveness``); what they share is
+:mod:`~edge.cli.common`. A new command is a new module listed in
+:data:`COMMAND_MODULES`.
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ import sys
 from collections.abc import Sequence
 
 from edge import __version__
-from edge.cli import doctor, door, events, fleet, gallery, service, unknowns
+from edge.cli import doctor, door, events, fleet, gallery, liveness, service, unknowns
 from edge.errors import FacegateError
 
 log = logging.getLogger("facegate")
 
-COMMAND_MODULES = (gallery, service, door, events, fleet, unknowns, doctor)
+COMMAND_MODULES = (gallery, service, door, events, fleet, unknowns, doctor, liveness)
 """Each adds its sub-commands to the parser (``register``); a new command is a new module."""
 
 

@@ -28,6 +28,7 @@ from edge.config.sections import (
     FleetConfig,
     GalleryConfig,
     HomeAssistantConfig,
+    LivenessConfig,
     MatchingConfig,
     MqttConfig,
     ReviewConfig,
@@ -57,6 +58,7 @@ class Config:
     door: DoorConfig = field(default_factory=DoorConfig)
     review: ReviewConfig = field(default_factory=ReviewConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
+    liveness: LivenessConfig = field(default_factory=LivenessConfig)
     base_dir: Path = field(default_factory=Path.cwd, compare=False)
 
     def __post_init__(self) -> None:

@@ -95,6 +95,10 @@ class CameraConfig(Section):
     # Replay sources (folder, video file): deliver every frame instead of
     # dropping stale ones the way a live camera must.
     realtime: bool = True
+    # The camera is fixed to a wall, so the room behind a face stands still;
+    # a hand-held or moving camera turns the liveness stage's prop cue off
+    # (edge.liveness.decide).
+    mounted: bool = True
 
     def check(self) -> None:
         if self.source == "folder" and not self.path:
@@ -450,6 +454,40 @@ class FleetConfig(Section):
             )
 
 
+LivenessMode = Literal["off", "report", "require"]
+
+
+@dataclass(frozen=True)
+class LivenessConfig(Section):
+    """Presentation-attack detection per track (:mod:`edge.liveness`).
+
+    ``mode``: ``off``; ``report`` (the default: events carry the verdict,
+    the door ignores it); ``require`` (the door opens only for a track that
+    passed; what a door should use: docs/liveness.md says why it is not the
+    default yet). Decisions wait for the verdict, at most ``max_wait_s``. A track
+    without a verdict ``max_wait_s`` after it appeared is denied
+    ``no_liveness``. The thresholds are physical: ``min_turn_deg`` the
+    smallest out-of-plane turn of the face (seen by the mesh; its texture
+    must show half of it), ``min_z`` the texture parallax's significance,
+    ``min_prop_points`` how many points beyond the head moving exactly with
+    the face (while the room behind stands still) mark a prop.
+    ``texture_model``: an optional anti-spoofing model (``tools.quantize
+    --antispoof``); a track whose mean live probability is under
+    ``texture_min`` is a spoof (see docs/liveness.md).
+    """
+
+    SECTION = "liveness"
+    mode: LivenessMode = "report"
+    model: ModelPath = "face_landmark.tflite"
+    max_wait_s: Annotated[float, Range(gt=0, le=60)] = 3.0
+    min_turn_deg: Annotated[float, Range(gt=0, le=45)] = 6.0
+    min_z: Annotated[float, Range(gt=0, le=100)] = 4.5
+    min_prop_points: Annotated[int, Range(ge=1, le=10000)] = 12
+    blinks: bool = True
+    texture_model: OptionalFile = ""
+    texture_min: Annotated[float, Range(gt=0, lt=1)] = 0.5
+
+
 @dataclass(frozen=True)
 class ServiceConfig(Section):
     """Process-level settings."""
@@ -474,6 +512,8 @@ __all__ = [
     "GalleryConfig",
     "HomeAssistantConfig",
     "IoU",
+    "LivenessConfig",
+    "LivenessMode",
     "MatchingConfig",
     "ModelPath",
     "MqttConfig",

@@ -38,7 +38,7 @@ import numpy as np
 
 from edge.config import DecisionConfig
 from edge.numerics import cosine_distance, l2_normalize
-from edge.types import Box, Decision, FaceResult, FrameResult, Image, Vector
+from edge.types import Box, Decision, Detection, FaceResult, FrameResult, Image, Vector
 
 RECOGNIZED = "recognized"
 UNKNOWN = "unknown"
@@ -131,6 +131,8 @@ class Tracker:
             self.k, self.n = self.cfg.k, self.cfg.n
         self._tracks: list[_Track] = []
         self._ids = itertools.count(1)
+        self.assigned: list[tuple[int, Detection]] = []
+        """The last frame's faces with their track ids (what the liveness stage follows)."""
         # Per-person time of the last "recognized" decision (frame time).
         self._last_recognized: dict[str, float] = {}
 
@@ -191,6 +193,7 @@ class Tracker:
             t for t in self._tracks if 0.0 <= now - t.last_seen <= self.cfg.max_track_age_s
         ]
         decisions: list[Decision] = []
+        self.assigned = []
         for face, track in self._associate(result.faces):
             box = face.detection.box
             if track is None:
@@ -208,6 +211,7 @@ class Tracker:
             track.history.append(_Observation(m.name, m.distance, m.confidence, box))
             track.box, track.last_seen = box, now
             track.length += 1
+            self.assigned.append((track.id, face.detection))
             d = self._decide(track, now, image)
             if d is not None:
                 decisions.append(d)

@@ -121,8 +121,10 @@ def build_event(
     trusted), ``type`` (``recognized``/``unknown``), ``name`` (null when
     unknown), ``distance`` (cosine distance to the nearest enrolled face),
     ``confidence`` (calibrated probability in [0, 1]), ``track_id``,
-    ``track_length`` (frames the face was tracked) and ``box`` ([x, y, w, h]
-    pixels). The face crop never travels in the event: with
+    ``track_length`` (frames the face was tracked), ``box`` ([x, y, w, h]
+    pixels) and ``liveness`` (``{"passed": true|false|null, "score",
+    "evidence": [...]}``, or null when ``[liveness] mode = "off"``: see
+    docs/liveness.md). The face crop never travels in the event: with
     ``mqtt.snapshot`` it goes to the ``snapshot`` topic.
     """
     if decision.kind not in EVENT_TYPES:
@@ -150,6 +152,7 @@ def build_event(
         "track_id": decision.track_id,
         "track_length": decision.track_length,
         "box": decision.box.as_list(),
+        "liveness": None if decision.liveness is None else decision.liveness.to_json(),
     }
 
 

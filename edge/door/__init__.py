@@ -12,6 +12,9 @@ of (:func:`edge.door.policy.judge`, in this order):
 1. not during a lockout;
 2. not while the tamper alarm is in force, with ``door.deny_while_tampered``;
 3. ``recognized`` with a name (``unknown`` is denied, and counts towards a lockout);
+   with ``[liveness] mode = "require"``, a track whose liveness passed (a
+   prop is denied ``spoof``; no verdict within ``liveness.max_wait_s``,
+   ``no_liveness``: :mod:`edge.decide.gate`);
 4. not seen before (the same decision twice is a replay) and younger than
    ``door.max_decision_age_ms`` by the wall clock (frame timestamps are
    wall-clock capture times);

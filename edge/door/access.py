@@ -62,6 +62,8 @@ class Access:
         d = cfg.door
         self.door = d
         self.device_id = cfg.device.id
+        # liveness: with mode "require" only a track that passed may open.
+        self.liveness_required = cfg.liveness.mode == "require"
         self._key = key
         self._clock = clock
         self._wall = wall
@@ -117,6 +119,7 @@ class Access:
                 locked=self._lockout.active(now),
                 replayed=replayed,
                 tampered=tampered and d.deny_while_tampered,
+                liveness_required=self.liveness_required,
             )
             engaged = verdict.reason == UNKNOWN and self._lockout.denied_unknown(now)
             until = round(wall_now + (self._lockout.until - now), 3) if engaged else None
@@ -169,6 +172,8 @@ def decision_data(decision: Decision, groups: tuple[str, ...], wall_now: float) 
     }
     if groups:
         data["groups"] = list(groups)
+    if decision.liveness is not None:
+        data["liveness"] = decision.liveness.to_json()
     return data
 
 

@@ -29,6 +29,8 @@ CLOCK_NOT_SYNCED = "clock_not_synced"
 LOCKOUT = "lockout"
 STALE = "stale"
 TAMPERED = "tampered"
+SPOOF = "spoof"
+NO_LIVENESS = "no_liveness"
 
 FUTURE_SLACK_S = 0.25
 """A decision stamped further than this in the future (the clock stepped back) is stale."""
@@ -95,6 +97,7 @@ class Facts:
     locked: bool = False
     replayed: bool = False
     tampered: bool = False
+    liveness_required: bool = False
 
 
 def _lockout(f: Facts) -> str | None:
@@ -108,6 +111,22 @@ def _tampered(f: Facts) -> str | None:
 def _unknown(f: Facts) -> str | None:
     d = f.decision
     return None if d.kind == "recognized" and d.name else "face not recognized"
+
+
+def _spoof(f: Facts) -> str | None:
+    lv = f.decision.liveness
+    if not f.liveness_required or lv is None or lv.passed is not False:
+        return None
+    return "liveness: a flat prop (photo or screen): " + "; ".join(lv.evidence[:2])
+
+
+def _no_liveness(f: Facts) -> str | None:
+    lv = f.decision.liveness
+    if not f.liveness_required or (lv is not None and lv.passed is True):
+        return None
+    if lv is None:
+        return "liveness is required and was not measured"
+    return f"not enough liveness evidence (score {lv.score:.2f})"
 
 
 def _stale(f: Facts) -> str | None:
@@ -143,6 +162,8 @@ RULES: tuple[tuple[str, Rule], ...] = (
     (LOCKOUT, _lockout),
     (TAMPERED, _tampered),
     (UNKNOWN, _unknown),
+    (SPOOF, _spoof),
+    (NO_LIVENESS, _no_liveness),
     (STALE, _stale),
     (NOT_ALLOWED, _not_allowed),
     (CLOCK_NOT_SYNCED, _clock),
@@ -178,6 +199,7 @@ def judge(
     locked: bool,
     replayed: bool,
     tampered: bool = False,
+    liveness_required: bool = False,
 ) -> Verdict:
     """The granting rules (:data:`RULES`), in order; the first that fails is the reason.
 
@@ -189,7 +211,7 @@ def judge(
     """
     facts = Facts(
         decision, tuple(allow), tuple(groups), windows, tz, wall_now, max_age_s, synced,
-        locked, replayed, tampered,
+        locked, replayed, tampered, liveness_required,
     )  # fmt: skip
     return judge_facts(facts)
 
@@ -344,8 +366,10 @@ __all__ = [
     "FUTURE_SLACK_S",
     "LOCKOUT",
     "NOT_ALLOWED",
+    "NO_LIVENESS",
     "OUTSIDE_SCHEDULE",
     "RULES",
+    "SPOOF",
     "STALE",
     "TAMPERED",
     "UNKNOWN",

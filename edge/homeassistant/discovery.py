@@ -39,7 +39,7 @@ def build_last_person(event: dict[str, Any] | None) -> dict[str, Any]:
     """The ``last_person`` payload for a live event, or the blank one (``event`` None).
 
     ``person`` is the name, :data:`STRANGER` for an unknown face, and ``""``
-    once cleared; ``type``, ``name``, ``confidence``, ``ts`` and ``id`` come
+    once cleared; ``type``, ``name``, ``confidence``, ``ts``, ``id`` and ``liveness`` come
     from the event (Home Assistant shows them as the sensor's attributes).
     """
     if event is None:
@@ -51,6 +51,7 @@ def build_last_person(event: dict[str, Any] | None) -> dict[str, Any]:
         "confidence": event.get("confidence"),
         "ts": event.get("ts"),
         "id": event.get("id"),
+        "liveness": event.get("liveness"),
     }
 
 
@@ -69,7 +70,8 @@ HA_EVENT_TEMPLATE = (
     " 'confidence': value_json.confidence, 'distance': value_json.distance,"
     " 'id': value_json.id, 'seq': value_json.seq, 'ts': value_json.ts,"
     " 'expires_at': value_json.expires_at, 'track_id': value_json.track_id,"
-    " 'delivery': value_json.delivery, 'clock_synced': value_json.clock_synced} | tojson }}"
+    " 'delivery': value_json.delivery, 'clock_synced': value_json.clock_synced,"
+    " 'liveness': value_json.get('liveness')} | tojson }}"
     "{%- endif -%}"
 )
 # Device triggers cannot see the last event: they fire on every live event

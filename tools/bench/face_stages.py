@@ -1,4 +1,4 @@
-"""The per-face stages the bench measures beside its built-in ones (none yet).
+"""The per-face stages the bench measures beside its built-in ones (liveness).
 
 A per-face stage (liveness, say) lives in its own module of this package,
 built on :class:`tools.bench.stages.FaceStage` and
@@ -12,7 +12,8 @@ without a circle.
 
 from __future__ import annotations
 
+from tools.bench.liveness import LivenessCost
 from tools.bench.stages import FaceStage
 
 # In table order.
-FACE_STAGES: tuple[FaceStage, ...] = ()
+FACE_STAGES: tuple[FaceStage, ...] = (LivenessCost(),)

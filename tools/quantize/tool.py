@@ -261,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-calibration", type=int, default=400)
     p.add_argument("--edgetpu", action="store_true", help="also run edgetpu_compiler")
     p.add_argument("--no-progress", action="store_true")
+    from tools.quantize.antispoof import add_arguments  # liveness (issue 24)
+
+    add_arguments(p)
     return p
 
 
@@ -329,7 +332,16 @@ def summary(res: QuantizeResult) -> str:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    res = quantize(config_from_args(build_parser().parse_args(argv)))
+    a = build_parser().parse_args(argv)
+    if a.antispoof:  # liveness (issue 24): a face anti-spoofing classifier
+        import json
+
+        from tools.quantize.antispoof import config_from_args as antispoof_config
+        from tools.quantize.antispoof import quantize_antispoof
+
+        print(json.dumps(quantize_antispoof(antispoof_config(a, _preprocessing(a)[0])), indent=2))
+        return 0
+    res = quantize(config_from_args(a))
     print(summary(res))
     return 0
 

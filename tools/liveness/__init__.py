@@ -1,0 +1,1 @@
+"""Liveness evaluation: generated presentation attacks, real clips, APCER/BPCER reports."""
