@@ -51,7 +51,7 @@ from edge.daemon import Publisher
 from edge.delivery.codec import encode
 from edge.delivery.events import build_event, iso_utc
 from edge.delivery.topics import Topics
-from edge.types import Box, Decision
+from edge.types import Box, Decision, Liveness
 from tools import ha_venv
 
 pytestmark = [
@@ -386,6 +386,7 @@ def face(name: str | None, age_s: float = 0.0) -> Decision:
         timestamp=time.time() - age_s,
         box=Box(200, 100, 120, 140),
         snapshot=np.full((140, 120, 3), 120, np.uint8),
+        liveness=Liveness(True, 0.8158, ("turn 21deg (texture 15deg, z=11) at 1.1s",)),
     )
 
 
@@ -447,9 +448,12 @@ def test_home_assistant_runs_the_readme_unlock_automation_safely(
             face_event(alice["id"])
             and ha.last(FACE, "delivery") == '"live"'
             and ha.last(FACE, "name") == '"Alice"'
+            and ha.last(FACE, "liveness") is not None
         ),
         why="the event's attributes",
     )
+    assert json.loads(ha.last(FACE, "liveness") or "null") == alice["liveness"]
+    assert alice["liveness"]["passed"] is True
     ha.wait(lambda: "Alice" in ha.values("sensor/front_door_last_person"), why="Last person")
     ha.wait(lambda: ha.last("sensor/front_door_last_person") == "", why="Last person cleared")
 
