@@ -57,6 +57,7 @@ GOOD = {
     "event_p95_ms": 110.0,
     "fleet_p95_20_s": 0.4,
     "fleet_p95_100_s": 1.1,
+    "liveness_ms": 6.0,
 }
 
 
@@ -115,6 +116,7 @@ def test_evaluate_targets_all_pass_on_good_numbers() -> None:
         ("event_p95_ms", 250.0),
         ("fleet_p95_20_s", 2.01),
         ("fleet_p95_100_s", math.inf),  # a door never applied the push
+        ("liveness_ms", 10.01),
     ],
 )
 def test_each_target_fails_just_past_its_limit(key: str, value: float) -> None:
@@ -192,6 +194,7 @@ def _stage(runtime: str, threads: int, f: float, i: float) -> StageResult:
     s = StageResult(runtime, threads)
     s.embed_float_invoke_ms, s.embed_int8_invoke_ms = f, i
     s.fps, s.overhead = 80.0, 1.2
+    s.extra["liveness_ms"] = 5.0
     return s
 
 
@@ -211,6 +214,7 @@ def test_target_values_judge_the_worst_runtime_and_both_identifications() -> Non
     assert vals["id_vs_peer"] == 4.0
     assert vals["overhead"] == 1.2
     assert vals["event_p95_ms"] == 110.0
+    assert vals["liveness_ms"] == 5.0  # the preferred runtime's, at 2 threads
     assert notes == {}
 
 
