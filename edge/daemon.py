@@ -43,6 +43,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -534,7 +535,10 @@ class _Loop:
         held = self.gate.flush()
         if held:
             self.emit(held)
-            self.observe(*self.last_seen, held)
+            # The watchers hear of them with the last frame but no faces: that
+            # frame's faces were seen already (an enrolment must not keep it twice).
+            frame, result = self.last_seen
+            self.observe(frame, replace(result, faces=()), held)
 
     def drop_held(self, why: str) -> None:
         """Decisions waiting for liveness were made with the old gallery: never act on them."""

@@ -44,6 +44,7 @@ GOOD_VALUES = {
     "event_p95_ms": 110.0,
     "fleet_p95_20_s": 0.4,
     "fleet_p95_100_s": 1.1,
+    "liveness_ms": 6.0,
 }
 
 

@@ -64,6 +64,7 @@ def test_second_build_skips_and_keeps_files(built: dict[str, str]) -> None:
     assert set(again) == {
         "face_detection_short_range",
         "face_detection_full_range",
+        "face_landmark",
         "sface",
         "facenet",
     }

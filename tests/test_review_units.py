@@ -227,7 +227,8 @@ def test_a_watcher_that_fails_does_not_stop_the_loop(caplog: pytest.LogCaptureFi
             Broken.snapshots += sum(d.snapshot is not None for d in decisions)
             raise RuntimeError("boom")
 
-    cfg = parse_config({"decision": {"k": 1, "n": 1}})
+    # Scripted faces on blank frames: one watcher call per frame (no liveness to wait for).
+    cfg = parse_config({"decision": {"k": 1, "n": 1}, "liveness": {"mode": "off"}})
     pub = MemoryPublisher(cfg)
     rc = run(
         cfg,
