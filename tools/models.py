@@ -416,17 +416,22 @@ def build_detector(spec: DetectorSpec, models_dir: Path = MODELS_DIR, force: boo
             size=(spec.input_size, spec.input_size), mean=127.5, std=127.5, color="RGB"
         ),
         quantization="float32",
-        source={
-            "package": f"{spec.wheel.name}=={spec.wheel.version}",
-            "file": spec.member,
-            "sha256": spec.sha256,
-            "license": "Apache-2.0",
-        },
+        source=_wheel_source(spec.wheel, spec.member, spec.sha256),
         tool_version=TOOL_VERSION,
         extra={"variant": spec.variant, "num_anchors": spec.num_anchors},
     )
     save_manifest(manifest, model.with_suffix(".json"))  # 0644, readable by the service user
     return "built"
+
+
+def _wheel_source(wheel: Wheel, member: str, sha256: str) -> dict[str, str]:
+    """A manifest's ``source`` for a model taken from an Apache-2.0 wheel (the MediaPipe ones)."""
+    return {
+        "package": f"{wheel.name}=={wheel.version}",
+        "file": member,
+        "sha256": sha256,
+        "license": "Apache-2.0",
+    }
 
 
 def build_mesh(spec: MeshSpec = MESH, models_dir: Path = MODELS_DIR, force: bool = False) -> str:
@@ -462,12 +467,7 @@ def build_mesh(spec: MeshSpec = MESH, models_dir: Path = MODELS_DIR, force: bool
             size=(spec.input_size, spec.input_size), mean=0.0, std=255.0, color="RGB"
         ),
         quantization="float32",
-        source={
-            "package": f"{spec.wheel.name}=={spec.wheel.version}",
-            "file": spec.member,
-            "sha256": spec.sha256,
-            "license": "Apache-2.0",
-        },
+        source=_wheel_source(spec.wheel, spec.member, spec.sha256),
         tool_version=TOOL_VERSION,
         extra={"variant": "mesh", "num_landmarks": spec.num_landmarks, "roi_scale": 1.5},
     )
