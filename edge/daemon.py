@@ -579,9 +579,9 @@ def make_gate(cfg: Config) -> LivenessGate | None:
     if cfg.liveness.mode == "off":
         return None
     from edge.decide.gate import LivenessGate
-    from edge.liveness.clip import make_stage
+    from edge.liveness.stage import LivenessStage
 
-    stage = make_stage(cfg)
+    stage = LivenessStage.from_config(cfg)
     log.info("liveness: %s, decisions wait up to %.1f s", cfg.liveness.mode,
              cfg.liveness.max_wait_s)  # fmt: skip
     return LivenessGate(stage, cfg.liveness.max_wait_s)

@@ -105,14 +105,7 @@ class Recognizer:
     @classmethod
     def from_config(cls, cfg: Config, gallery: Gallery | None = None) -> Recognizer:
         """Build the pipeline the config describes (models verified against manifests)."""
-        det = FaceDetector.load(
-            cfg.model_path(cfg.detector.model),
-            runtime=cfg.embedder.runtime,
-            num_threads=cfg.embedder.num_threads,
-            score_threshold=cfg.detector.score_threshold,
-            nms_iou=cfg.detector.nms_iou,
-            max_faces=cfg.detector.max_faces,
-        )
+        det = FaceDetector.from_config(cfg)
         emb = Embedder.load(
             cfg.model_path(cfg.embedder.model),
             runtime=cfg.embedder.runtime,

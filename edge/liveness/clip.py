@@ -20,10 +20,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.errors import SourceError
 from edge.liveness.stage import LivenessStage
 from edge.types import Box, Detection, Image
+
+if TYPE_CHECKING:
+    from edge.config import Config
 
 IOU_MIN = 0.3
 MAX_GAP = 3  # frames a track may miss before it ends
@@ -122,53 +126,27 @@ def run_clip(path: Path, stage: LivenessStage, detect: object, fps: float,
     return ClipResult(name, v.passed, v.score, n, v.reason, v.evidence)
 
 
-__all__ = ["ClipResult", "Follower", "clip_frames", "run_clip"]
-
-
-def make_stage(cfg: object) -> LivenessStage:
-    """The liveness stage a config describes (the mesh verified against its manifest)."""
-    from edge.config import Config
-    from edge.liveness.decide import LivenessParams
-    from edge.liveness.mesh import FaceMesh
-
-    assert isinstance(cfg, Config)
-    lv = cfg.liveness
-    mesh = FaceMesh.load(cfg.model_path(lv.model), runtime=cfg.embedder.runtime,
-                         num_threads=cfg.embedder.num_threads)  # fmt: skip
-    params = LivenessParams(lv.min_turn_deg, lv.min_z, lv.min_prop_points, lv.blinks,
-                            cfg.camera.mounted, lv.texture_min)  # fmt: skip
-    texture = None
-    if lv.texture_model:
-        from edge.liveness.texture import TextureModel
-
-        texture = TextureModel.load(cfg.model_path(lv.texture_model), runtime=cfg.embedder.runtime,
-                                    num_threads=cfg.embedder.num_threads)  # fmt: skip
-    return LivenessStage(mesh, params, texture=texture)
-
-
-def main_clips(cfg: object, clips: list[str], fps: float | None = None) -> int:
+def main_clips(cfg: Config, clips: list[str], fps: float | None = None) -> int:
     """``facegate liveness CLIP...``: one JSON line per clip; 1 when a clip could not be read."""
     import json
     import sys
 
-    from edge.config import Config
     from edge.errors import FacegateError
     from edge.vision.detector import FaceDetector
 
-    assert isinstance(cfg, Config)
-    det = FaceDetector.load(
-        cfg.model_path(cfg.detector.model), runtime=cfg.embedder.runtime,
-        num_threads=cfg.embedder.num_threads, score_threshold=cfg.detector.score_threshold,
-        nms_iou=cfg.detector.nms_iou, max_faces=cfg.detector.max_faces,
-    )  # fmt: skip
+    det = FaceDetector.from_config(cfg)
+    models = LivenessStage.from_config(cfg)  # loaded once; each clip gets fresh tracks
     failed = 0
     for c in clips:
-        stage = make_stage(cfg)
         try:
-            res = run_clip(Path(c), stage, det, fps or cfg.camera.fps, cfg.detector.min_face_size)
+            res = run_clip(Path(c), models.fresh(), det, fps or cfg.camera.fps,
+                           cfg.detector.min_face_size)  # fmt: skip
         except FacegateError as e:
             failed += 1
             print(f"skipped {c}: {str(e).removeprefix(f'{c}: ')}", file=sys.stderr, flush=True)
             continue
         print(json.dumps(res.to_json()), flush=True)
     return 1 if failed else 0
+
+
+__all__ = ["ClipResult", "Follower", "clip_frames", "main_clips", "run_clip"]

@@ -25,6 +25,7 @@ from edge.liveness.track import WINDOW_S, LivenessTrack
 from edge.types import Detection, Image
 
 if TYPE_CHECKING:
+    from edge.config import Config
     from edge.liveness.texture import TextureModel
 
 UNDECIDED = Verdict(None, 0.0)
@@ -50,6 +51,26 @@ class LivenessStage:
         self.max_age_s = max_age_s
         self.window_s = window_s
         self._tracks: dict[int, _Entry] = {}
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> LivenessStage:
+        """The stage ``[liveness]`` describes (models verified against their manifests)."""
+        lv = cfg.liveness
+        rt, threads = cfg.embedder.runtime, cfg.embedder.num_threads
+        mesh = FaceMesh.load(cfg.model_path(lv.model), runtime=rt, num_threads=threads)
+        params = LivenessParams(lv.min_turn_deg, lv.min_z, lv.min_prop_points, lv.blinks,
+                                cfg.camera.mounted, lv.texture_min)  # fmt: skip
+        texture = None
+        if lv.texture_model:
+            from edge.liveness.texture import TextureModel
+
+            path = cfg.model_path(lv.texture_model)
+            texture = TextureModel.load(path, runtime=rt, num_threads=threads)
+        return cls(mesh, params, texture=texture)
+
+    def fresh(self) -> LivenessStage:
+        """A stage with no tracks that shares this one's models and settings (a new clip)."""
+        return LivenessStage(self.mesh, self.params, self.max_age_s, self.window_s, self.texture)
 
     def update(self, rgb: Image, t: float, faces: Iterable[tuple[int, Detection]]) -> None:
         """One frame: its faces, each with its track id."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +22,9 @@ from edge.imageio import apply_lut
 from edge.types import Box, Detection, Image
 from edge.vision.manifest import Manifest, load_manifest, verify_file
 from edge.vision.runtime import Interpreter
+
+if TYPE_CHECKING:
+    from edge.config import Config
 
 F32 = npt.NDArray[np.float32]
 
@@ -163,6 +166,18 @@ class FaceDetector:
         pre = manifest.preprocessing
         self._lut = ((np.arange(256, dtype=np.float32) - pre.mean) / pre.std).astype(np.float32)
         self._canvas = np.zeros((self.size, self.size, 3), dtype=np.uint8)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> FaceDetector:
+        """The detector ``[detector]`` describes, on ``[embedder]``'s runtime and threads."""
+        return cls.load(
+            cfg.model_path(cfg.detector.model),
+            runtime=cfg.embedder.runtime,
+            num_threads=cfg.embedder.num_threads,
+            score_threshold=cfg.detector.score_threshold,
+            nms_iou=cfg.detector.nms_iou,
+            max_faces=cfg.detector.max_faces,
+        )
 
     @classmethod
     def load(
